@@ -1,0 +1,34 @@
+"""Spatial operations: warping, affine maps, composition, resizing and filtering.
+
+Every function accepts NumPy arrays or tensors, channels-last ``[B, *S, C]`` with 2 or 3 spatial
+axes, and returns a float32 ``tf.Tensor``.
+"""
+
+from labelreg.ops.affine import affine_to_ddf, identity_affine, random_affine, resample_affine
+from labelreg.ops.checks import check_ddf, check_finite, check_image
+from labelreg.ops.filters import gaussian_filter, gaussian_kernel1d
+from labelreg.ops.grid import reference_grid
+from labelreg.ops.integrate import compose, integrate_svf
+from labelreg.ops.jit import xla_disabled, xla_enabled
+from labelreg.ops.resize import resize
+from labelreg.ops.warp import sample, warp
+
+__all__ = [
+    "warp",
+    "sample",
+    "resample_affine",
+    "affine_to_ddf",
+    "random_affine",
+    "identity_affine",
+    "compose",
+    "integrate_svf",
+    "reference_grid",
+    "resize",
+    "gaussian_kernel1d",
+    "gaussian_filter",
+    "check_image",
+    "check_ddf",
+    "check_finite",
+    "xla_enabled",
+    "xla_disabled",
+]

@@ -1,0 +1,105 @@
+"""Input validation shared by the operations, losses and networks.
+
+The checks run on static shapes, so they cost nothing inside a ``tf.function``; the NaN check
+reads values and therefore only runs on eager tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from labelreg._tf import tf
+
+__all__ = ["check_image", "check_ddf", "check_finite", "spatial_rank"]
+
+
+def _describe(shape: Any) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def spatial_rank(x: tf.Tensor) -> int:
+    """Number of spatial axes of a channels-last batch ``[B, *S, C]``."""
+    return x.shape.rank - 2
+
+
+def check_image(
+    x: Any, name: str, ndim: int | None = None, channels: int | None = None
+) -> tf.Tensor:
+    """Convert ``x`` to a float32 tensor ``[B, *S, C]`` and check its rank and channels.
+
+    Args:
+        x: NumPy array or tensor, channels-last with a batch axis.
+        name: the argument's name, used in the error message.
+        ndim: required number of spatial axes (2 or 3); ``None`` accepts either.
+        channels: required channel count; ``None`` accepts any.
+
+    Returns:
+        ``x`` as a float32 ``tf.Tensor``.
+
+    Raises:
+        ValueError: when the rank or the channel count is not the expected one.
+    """
+    t = tf.convert_to_tensor(x)
+    if t.dtype != tf.float32:
+        t = tf.cast(t, tf.float32)
+    rank = t.shape.rank
+    if rank is None:
+        return t
+    allowed = (ndim + 2,) if ndim is not None else (4, 5)
+    if rank not in allowed:
+        expected = (
+            f"[batch, {', '.join('S%d' % i for i in range(ndim))}, channels] (rank {ndim + 2})"
+            if ndim is not None
+            else "[batch, *spatial, channels] with 2 or 3 spatial axes (rank 4 or 5)"
+        )
+        raise ValueError(
+            f"{name} must have shape {expected}; received shape {_describe(t.shape)} "
+            f"(rank {rank})."
+        )
+    if channels is not None and t.shape[-1] is not None and t.shape[-1] != channels:
+        raise ValueError(
+            f"{name} must have {channels} channel(s) on its last axis; received shape "
+            f"{_describe(t.shape)}."
+        )
+    return t
+
+
+def check_ddf(ddf: Any, name: str = "ddf", ndim: int | None = None) -> tf.Tensor:
+    """Convert a dense displacement field ``[B, *S, n]`` and check that ``n == len(S)``.
+
+    Raises:
+        ValueError: when the rank is not 4 or 5, or the number of displacement components (the
+            last axis) differs from the number of spatial axes.
+    """
+    t = check_image(ddf, name, ndim=ndim)
+    n = spatial_rank(t)
+    if t.shape[-1] is not None and t.shape[-1] != n:
+        raise ValueError(
+            f"{name} has {t.shape[-1]} displacement components on its last axis but {n} spatial "
+            f"axes; a DDF must have shape [batch, *spatial, {n}]. Received shape "
+            f"{_describe(t.shape)}."
+        )
+    return t
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise ``ValueError`` if an eager value holds NaN or Inf; do nothing in graph mode.
+
+    Reading values would force a sync inside a compiled graph, so this check is meant for the
+    entry points that users call eagerly.
+    """
+    if isinstance(x, np.ndarray):
+        values = x
+    elif tf.is_tensor(x) and tf.executing_eagerly() and hasattr(x, "numpy"):
+        values = x.numpy()
+    else:
+        return
+    if values.dtype.kind in "fc":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or Inf value(s) out of {values.size} "
+                f"(shape {_describe(values.shape)}); registration inputs must be finite."
+            )
