@@ -92,7 +92,7 @@ def identity_affine(batch: int, ndim: int = 3) -> tf.Tensor:
 
 
 def random_affine(
-    batch: int, ndim: int = 3, scale: float = 0.1, seed: int | np.random.Generator | None = None
+    batch: int | tf.Tensor, ndim: int = 3, scale: float = 0.1, seed: Any = None
 ) -> tf.Tensor:
     """Random affine transforms drawn as label-reg's augmentation draws them.
 
@@ -103,29 +103,37 @@ def random_affine(
     translation within about +-0.1. Like label-reg, the matrix is applied to voxel indices with the
     origin at voxel 0, so its effect is a zoom/shear of up to ~10 % anchored at that corner.
 
+    Written with TF ops, so it runs inside a ``tf.function`` (e.g. a train step) as well.
+
     Args:
-        batch: number of transforms.
+        batch: number of transforms (an int or a scalar tensor).
         ndim: 2 or 3.
         scale: the largest inward move of a corner coordinate, in [0, 1).
-        seed: an int, a ``numpy.random.Generator``, or ``None`` for fresh entropy.
+        seed: ``None`` for TensorFlow's global random stream, or an int / ``[2]`` int tensor for a
+            stateless draw that depends only on the seed (so a resumed run repeats it).
 
     Returns:
         float32 ``[batch, ndim, ndim+1]``.
     """
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3; received ndim={ndim}.")
-    if not 0.0 <= scale < 1.0:
+    if not 0.0 <= float(scale) < 1.0:
         raise ValueError(f"scale must be in [0, 1); received scale={scale}.")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     corners = -np.ones((ndim + 1, ndim))
     for d in range(ndim):
         corners[d + 1, ndim - 1 - d] = 1.0  # (-1,-1,-1), (-1,-1,1), (-1,1,-1), (1,-1,-1)
     inward = -np.sign(corners)  # towards the centre of the cube
     source = np.concatenate([corners, np.ones((ndim + 1, 1))], axis=1)  # [n+1, n+1]
-    thetas = np.empty((batch, ndim, ndim + 1), np.float32)
-    for b in range(batch):
-        moved = corners + inward * rng.uniform(0.0, scale, size=corners.shape)
-        # source @ X = moved has an exact solution: n+1 affinely independent points.
-        solution = np.linalg.solve(source, moved)  # [n+1, n]
-        thetas[b] = solution.T
-    return tf.constant(thetas)
+    shape = tf.stack([tf.cast(batch, tf.int32), ndim + 1, ndim])
+    if seed is None:
+        moves = tf.random.uniform(shape, 0.0, scale, dtype=tf.float64)
+    else:
+        seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+        if seed.shape.rank == 0:
+            seed = tf.stack([seed, tf.constant(0, tf.int64)])
+        moves = tf.random.stateless_uniform(shape, seed, 0.0, scale, dtype=tf.float64)
+    moved = corners + inward * moves  # [B, n+1, n]
+    # source @ X = moved has an exact solution: the n+1 corners are affinely independent.
+    system = tf.broadcast_to(tf.constant(source), tf.concat([shape[:1], [ndim + 1, ndim + 1]], 0))
+    solution = tf.linalg.solve(system, moved)  # [B, n+1, n]
+    return tf.cast(tf.transpose(solution, [0, 2, 1]), tf.float32)

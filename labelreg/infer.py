@@ -1,0 +1,243 @@
+"""Inference behind ``python inference.py config.ini``: register test pairs and write the results.
+
+For every pair the network predicts the DDF from the two images alone. Written per case, in the
+folder ``<dir_save>/<case>/``, all in the FIXED image's space with its affine and header:
+
+- ``ddf.nii.gz``: ``[*S_fix, n]`` float32 displacement in moving-image voxels;
+- ``warped_image.nii.gz``: the moving image warped onto the fixed grid (linear);
+- ``warped_label.nii.gz``: every moving label (``[*S_fix, L]``), when moving labels are given;
+- ``overlay.png``: fixed | moving | warped middle slices with label contours (``save_png``).
+
+With fixed labels, ``<dir_save>/metrics.csv`` has one row per pair and label: Dice, centroid
+distance (mm) and Hausdorff-95 (mm) before (zero DDF) and after registration, and the DDF's folding
+ratio. Everything is first written into a staging folder and moved into place only when every
+pair has succeeded, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import nibabel as nib
+import numpy as np
+
+from labelreg import metrics, ops
+from labelreg._tf import tf
+from labelreg.config import Config
+from labelreg.data import NiftiReader, PairedDataset
+from labelreg.data.pipeline import normalise_intensity
+from labelreg.errors import DataError
+from labelreg.train.checkpoints import load_model_description, rebuild_model, resolve_checkpoint
+from labelreg.train.summaries import middle_slice_panel
+
+__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = (
+    "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
+    "centroid_distance_mm", "hausdorff95_mm", "folding_ratio",
+)
+
+
+@dataclass
+class InferenceResult:
+    """What a call to :func:`infer` wrote and measured."""
+
+    dir_save: Path
+    cases: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def mean(self, column: str, label_index: int | None = 0) -> float:
+        """Mean of a metrics column over the pairs (of one label index, default the gland)."""
+        values = [r[column] for r in self.rows
+                  if label_index is None or r["label_index"] == label_index]
+        return float(np.nanmean(values)) if values else float("nan")
+
+
+def load_trained_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, dict[str, Any], str]:
+    """Rebuild the network of a training run and restore its weights.
+
+    Args:
+        checkpoint: anything :func:`labelreg.train.checkpoints.resolve_checkpoint` accepts.
+
+    Returns:
+        ``(model, meta, checkpoint_prefix)``; ``meta`` holds the training shapes and options.
+    """
+    prefix, run_dir = resolve_checkpoint(checkpoint)
+    description = load_model_description(run_dir)
+    model = rebuild_model(description)
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    return model, description.get("meta", {}), prefix
+
+
+def _nifti_bytes(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
+    header = header.copy() if header is not None else None
+    image = nib.Nifti1Image(data.astype(np.float32), affine, header)
+    image.set_data_dtype(np.float32)
+    image.header.set_qform(affine, code=int(header["qform_code"]) if header is not None else 1)
+    image.header.set_sform(affine, code=int(header["sform_code"]) if header is not None else 1)
+    return image
+
+
+def _check_writable(dir_save: Path) -> None:
+    parent = dir_save if dir_save.exists() else dir_save.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise DataError(f"{dir_save}: cannot write the output folder ([Inference] dir_save); "
+                        f"{parent} is not writable.")
+
+
+def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
+    """Register every test pair of ``[Inference]`` and write the outputs (see module docstring).
+
+    Raises:
+        DataError: missing or unreadable inputs or checkpoint, or an unwritable ``dir_save``.
+    """
+    inf = cfg["Inference"]
+    dir_save = Path(inf["dir_save"])
+    _check_writable(dir_save)
+    model, meta, prefix = load_trained_model(inf["file_model_saved"])
+    normalise = bool(meta.get("normalise", True))
+    both_labels = inf["dir_moving_label"] is not None and inf["dir_fixed_label"] is not None
+    paired = PairedDataset(inf["dir_moving_image"], inf["dir_fixed_image"],
+                           inf["dir_moving_label"] if both_labels else None,
+                           inf["dir_fixed_label"] if both_labels else None)
+    moving_labels = None
+    if inf["dir_moving_label"] is not None and not both_labels:
+        moving_labels = NiftiReader(inf["dir_moving_label"])
+        missing = sorted(set(paired.names) - set(moving_labels.names))
+        if missing:
+            raise DataError(f"{inf['dir_moving_label']}: no label file for case(s) {missing[:5]}.")
+    if paired.ndim != model.ndim:
+        raise DataError(
+            f"{inf['dir_fixed_image']}: {paired.ndim}-D images, but the model in {prefix} is "
+            f"{model.ndim}-D."
+        )
+    log(f"registering {paired.num_cases} pair(s) with {prefix}")
+
+    dir_save.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dir_save.name}.partial-", dir=dir_save.parent))
+    result = InferenceResult(dir_save=dir_save, cases=list(paired.names))
+    interpolation = inf["label_interpolation"]
+    try:
+        batch_size = int(inf["minibatch_size"])
+        for start in range(0, paired.num_cases, batch_size):
+            cases = list(range(start, min(start + batch_size, paired.num_cases)))
+            moving = [paired.read("moving_image", c)[..., 0] for c in cases]
+            fixed = [paired.read("fixed_image", c)[..., 0] for c in cases]
+            if normalise:
+                moving = [normalise_intensity(m) for m in moving]
+                fixed = [normalise_intensity(f) for f in fixed]
+            moving_t = np.stack(moving)[..., None]
+            fixed_t = np.stack(fixed)[..., None]
+            ddf = model([moving_t, fixed_t], training=False)
+            warped = ops.warp(moving_t, ddf).numpy()
+            folding = metrics.folding_ratio(ddf).numpy()
+            ddf = ddf.numpy()
+            for i, case in enumerate(cases):
+                name = paired.names[case]
+                out = staging / name
+                out.mkdir()
+                affine = paired.affine("fixed_image", case)
+                header = paired.header("fixed_image", case)
+                nib.save(_nifti_bytes(ddf[i], affine, header), out / "ddf.nii.gz")
+                nib.save(_nifti_bytes(warped[i, ..., 0], affine, header),
+                         out / "warped_image.nii.gz")
+                labels = None
+                if both_labels:
+                    labels = paired.read("moving_label", case)
+                elif moving_labels is not None:
+                    labels = moving_labels.read(moving_labels.names.index(name))
+                warped_labels = None
+                if labels is not None:
+                    # [*S_mov, L] -> one batch of L channels warped by this pair's DDF.
+                    stacked = labels[None] if labels.ndim == paired.ndim + 1 else labels[None, ..., None]
+                    warped_labels = ops.warp(stacked, ddf[i:i + 1],
+                                             interpolation=interpolation).numpy()[0]
+                    nib.save(_nifti_bytes(warped_labels, affine, header),
+                             out / "warped_label.nii.gz")
+                if both_labels:
+                    result.rows.extend(_pair_metrics(
+                        name, labels, paired.read("fixed_label", case), ddf[i],
+                        warped_labels, paired.spacing("fixed_image", case), float(folding[i])))
+                if inf["save_png"]:
+                    _write_overlay(out / "overlay.png", fixed[i], moving[i], warped[i, ..., 0],
+                                   paired.fixed_shape,
+                                   fixed_label=paired.read("fixed_label", case)[..., 0]
+                                   if both_labels else None,
+                                   moving_label=labels[..., 0] if labels is not None else None,
+                                   warped_label=warped_labels[..., 0]
+                                   if warped_labels is not None else None)
+            log(f"registered {min(start + batch_size, paired.num_cases)}/{paired.num_cases}")
+        if result.rows:
+            _write_csv(staging / "metrics.csv", result.rows)
+        _publish(staging, dir_save)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray,
+                  ddf: np.ndarray, warped_labels: np.ndarray, spacing: tuple[float, ...],
+                  folding: float) -> list[dict[str, Any]]:
+    """Per-label metrics of one pair; ``before`` samples the moving label with a zero DDF."""
+    n = ddf.shape[-1]
+    fixed = np.moveaxis(fixed_labels.reshape(*fixed_labels.shape[:n], -1), -1, 0)[..., None]
+    after = np.moveaxis(warped_labels.reshape(*warped_labels.shape[:n], -1), -1, 0)[..., None]
+    moving = np.moveaxis(moving_labels.reshape(*moving_labels.shape[:n], -1), -1, 0)[..., None]
+    before = ops.warp(moving, np.zeros(fixed.shape[:-1] + (n,), np.float32)).numpy()
+    spacing_b = np.tile(np.asarray(spacing, np.float32), (fixed.shape[0], 1))
+    dice_before = metrics.dice(fixed, before).numpy()
+    dice_after = metrics.dice(fixed, after).numpy()
+    dist_before = metrics.centroid_distance(fixed, before, spacing=spacing_b).numpy()
+    dist_after = metrics.centroid_distance(fixed, after, spacing=spacing_b).numpy()
+    hd95 = metrics.hausdorff95(fixed, after, spacing=spacing_b).numpy()
+    return [
+        {"case": name, "label_index": j, "dice_before": float(dice_before[j]),
+         "dice": float(dice_after[j]), "centroid_distance_mm_before": float(dist_before[j]),
+         "centroid_distance_mm": float(dist_after[j]), "hausdorff95_mm": float(hd95[j]),
+         "folding_ratio": folding}
+        for j in range(fixed.shape[0])
+    ]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _write_overlay(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray,
+                   fixed_shape: tuple[int, ...], fixed_label: np.ndarray | None,
+                   moving_label: np.ndarray | None, warped_label: np.ndarray | None) -> None:
+    from PIL import Image
+
+    def on_fixed_grid(volume: np.ndarray) -> np.ndarray:
+        return ops.resize(volume[None, ..., None], fixed_shape).numpy()[0, ..., 0]
+
+    picture = middle_slice_panel(
+        fixed, on_fixed_grid(moving), warped, fixed_label,
+        on_fixed_grid(moving_label) if moving_label is not None else None, warped_label)
+    Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def _publish(staging: Path, dir_save: Path) -> None:
+    """Move the staged per-case folders and files into ``dir_save`` (replacing old results)."""
+    dir_save.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        target = dir_save / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
