@@ -1,0 +1,87 @@
+"""Random affine augmentation of training pairs, in TensorFlow ops.
+
+label-reg augments each moving and each fixed image with its own random affine (the corners of
+``[-1, 1]^n`` moved inward by ``U(0, scale)``, solved exactly; see
+:func:`labelreg.ops.random_affine`), and applies an image's affine to its label too, so image and
+label stay aligned. The matrices act on voxel indices with the origin at voxel 0, like label-reg.
+
+The draws are *stateless*: the same ``seed`` tensor gives the same transforms, inside or outside
+a ``tf.function``, so a training step seeded with ``step_seed(seed, step)`` is reproducible and
+resumable without any generator state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from labelreg._tf import tf
+from labelreg.ops import check_image, random_affine, resample_affine
+
+__all__ = ["step_seed", "apply_affine", "augment_batch"]
+
+
+def step_seed(seed: Any, step: Any) -> tf.Tensor:
+    """The stateless seed ``[seed, step]`` (int64 ``[2]``) of one training step."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+
+
+def apply_affine(image: Any, label: Any | None, theta: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Resample an image and its label through the same affine (linear, zero outside).
+
+    The two are stacked on the channel axis and sampled together, so they see exactly the same
+    sampling positions.
+
+    Args:
+        image: ``[B, *S, C]``.
+        label: ``[B, *S, C']`` or ``None``.
+        theta: ``[B, n, n+1]`` mapping output voxel indices to input voxel indices.
+
+    Returns:
+        ``(image, label)`` resampled on the same grid ``S`` (label ``None`` if not given).
+    """
+    image = check_image(image, "image")
+    if label is None:
+        return resample_affine(image, theta), None
+    label = check_image(label, "label")
+    if image.shape[1:-1] != label.shape[1:-1]:
+        raise ValueError(
+            f"image and label must share their spatial shape; received image shape "
+            f"{tuple(image.shape)} and label shape {tuple(label.shape)}."
+        )
+    channels = image.shape[-1]
+    both = resample_affine(tf.concat([image, label], axis=-1), theta)
+    return both[..., :channels], both[..., channels:]
+
+
+def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any) -> dict[str, Any]:
+    """Augment a training batch with independent random affines for moving and fixed.
+
+    Args:
+        batch: a dict with ``moving_image [B, *S_mov, 1]`` and ``fixed_image [B, *S_fix, 1]``
+            and optionally ``moving_label`` / ``fixed_label`` of the same shapes (as yielded by
+            :func:`labelreg.data.make_train_dataset`); other entries are passed through.
+        scale: ``[Data] affine_scale``; 0 gives the identity.
+        seed: stateless seed, int ``[2]`` (e.g. ``step_seed(seed, step)``).
+
+    Returns:
+        A new dict with the four volumes resampled, plus ``moving_affine`` and ``fixed_affine``
+        (``[B, n, n+1]``) holding the transforms used.
+    """
+    moving = check_image(batch["moving_image"], "moving_image")
+    fixed = check_image(batch["fixed_image"], "fixed_image")
+    ndim = moving.shape.rank - 2
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    batch_size = tf.shape(moving)[0]
+    theta_moving = random_affine(batch_size, ndim, scale, seed=seeds[0])
+    theta_fixed = random_affine(batch_size, ndim, scale, seed=seeds[1])
+    out = dict(batch)
+    out["moving_image"], moving_label = apply_affine(moving, batch.get("moving_label"), theta_moving)
+    out["fixed_image"], fixed_label = apply_affine(fixed, batch.get("fixed_label"), theta_fixed)
+    if moving_label is not None:
+        out["moving_label"] = moving_label
+    if fixed_label is not None:
+        out["fixed_label"] = fixed_label
+    out["moving_affine"] = theta_moving
+    out["fixed_affine"] = theta_fixed
+    return out

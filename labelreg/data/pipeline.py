@@ -1,0 +1,351 @@
+"""tf.data input pipelines for training and ordered batches for validation and inference.
+
+Training (:func:`make_train_dataset`): every file is read once, in parallel threads, into memory
+(registration volumes are small: the 108-case MR/US set is about 0.5 GB as float32 images plus
+one byte per label voxel); each step then gathers the minibatch chosen by
+:class:`labelreg.data.sampling.PairSampler`, which depends only on ``(seed, step)``. The dataset
+is infinite, deterministic for a seed, resumable at any step, and prefetched.
+
+Intensity normalisation (``normalise=True``, ``[Data] normalise``): each image is mapped to
+[0, 1] by its own minimum and maximum; a constant image becomes all zeros. Labels are not
+normalised; they must already lie in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from labelreg._tf import tf
+from labelreg.data.nifti import PairedDataset
+from labelreg.data.sampling import PairSampler
+from labelreg.errors import DataError
+
+__all__ = [
+    "normalise_intensity",
+    "CaseCache",
+    "make_train_dataset",
+    "make_eval_batches",
+    "TimedIterator",
+    "measure_input_share",
+]
+
+
+def normalise_intensity(image: np.ndarray) -> np.ndarray:
+    """Min-max normalise one image to [0, 1] (float32); a constant image becomes zeros."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return np.zeros_like(image)
+    return ((image - low) / (high - low)).astype(np.float32)
+
+
+def _check_label_range(label: np.ndarray, path: Any) -> None:
+    low, high = float(label.min()), float(label.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"{path}: label values must lie in [0, 1] (1 = inside); found values in "
+            f"[{low:g}, {high:g}]. Rescale the labels (e.g. a 0/255 mask to 0/1)."
+        )
+
+
+def _compact_label(label: np.ndarray) -> np.ndarray:
+    # Binary labels are held as uint8 (4x less memory); soft labels stay float32.
+    if np.all((label == 0.0) | (label == 1.0)):
+        return label.astype(np.uint8)
+    return label.astype(np.float32)
+
+
+class CaseCache:
+    """Every image and label of a :class:`PairedDataset`, read once into memory.
+
+    Args:
+        paired: the dataset.
+        normalise: min-max normalise each image to [0, 1].
+        num_workers: threads reading files in parallel (``None``: up to 8, one per CPU).
+
+    Raises:
+        DataError: a file cannot be read, holds NaN/Inf, or a label lies outside [0, 1].
+    """
+
+    def __init__(
+        self, paired: PairedDataset, normalise: bool = True, num_workers: int | None = None
+    ) -> None:
+        self.paired = paired
+        self.normalise = bool(normalise)
+        roles = ["moving_image", "fixed_image"]
+        if paired.has_labels:
+            roles += ["moving_label", "fixed_label"]
+        tasks = [(role, case) for case in range(paired.num_cases) for role in roles]
+        workers = num_workers or min(8, os.cpu_count() or 1)
+        # nibabel's gzip decompression releases the GIL, so threads read files in parallel.
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            arrays = list(pool.map(lambda task: self._load(*task), tasks))
+        loaded = dict(zip(tasks, arrays, strict=True))
+        n = paired.num_cases
+        self.moving_images = np.stack([loaded["moving_image", c] for c in range(n)])
+        self.fixed_images = np.stack([loaded["fixed_image", c] for c in range(n)])
+        self.moving_labels = [loaded["moving_label", c] for c in range(n)] if paired.has_labels \
+            else None
+        self.fixed_labels = [loaded["fixed_label", c] for c in range(n)] if paired.has_labels \
+            else None
+
+    def _load(self, role: str, case: int) -> np.ndarray:
+        data = self.paired.read(role, case)  # [*S, L]
+        if role.endswith("image"):
+            volume = data[..., 0]
+            return normalise_intensity(volume) if self.normalise else volume
+        _check_label_range(data, self.paired.file(role, case))
+        return _compact_label(data)
+
+    @property
+    def num_cases(self) -> int:
+        """Number of cases."""
+        return self.paired.num_cases
+
+    def batch(self, cases: Iterable[int], labels: Iterable[int] | None = None) -> dict[str, Any]:
+        """Stack cases (and one label index per case) into a batch.
+
+        Returns:
+            A dict of float32 ``moving_image [B, *S_mov, 1]``, ``fixed_image [B, *S_fix, 1]``,
+            ``moving_label`` / ``fixed_label`` (same shapes, only with labels), and int32
+            ``case_index [B]``, ``label_index [B]`` (zeros without labels).
+        """
+        cases = np.asarray(list(cases), dtype=np.int64)
+        labels = np.zeros_like(cases) if labels is None else np.asarray(list(labels), np.int64)
+        out = {
+            "moving_image": self.moving_images[cases][..., None],
+            "fixed_image": self.fixed_images[cases][..., None],
+        }
+        if self.moving_labels is not None and self.fixed_labels is not None:
+            out["moving_label"] = np.stack(
+                [self.moving_labels[c][..., j] for c, j in zip(cases, labels, strict=True)]
+            ).astype(np.float32)[..., None]
+            out["fixed_label"] = np.stack(
+                [self.fixed_labels[c][..., j] for c, j in zip(cases, labels, strict=True)]
+            ).astype(np.float32)[..., None]
+        out["case_index"] = cases.astype(np.int32)
+        out["label_index"] = labels.astype(np.int32)
+        return out
+
+
+def _signature(paired: PairedDataset, batch: int) -> dict[str, tf.TensorSpec]:
+    spec = {
+        "moving_image": tf.TensorSpec([batch, *paired.moving_shape, 1], tf.float32),
+        "fixed_image": tf.TensorSpec([batch, *paired.fixed_shape, 1], tf.float32),
+    }
+    if paired.has_labels:
+        spec["moving_label"] = tf.TensorSpec([batch, *paired.moving_shape, 1], tf.float32)
+        spec["fixed_label"] = tf.TensorSpec([batch, *paired.fixed_shape, 1], tf.float32)
+    spec["case_index"] = tf.TensorSpec([batch], tf.int32)
+    spec["label_index"] = tf.TensorSpec([batch], tf.int32)
+    spec["step"] = tf.TensorSpec([], tf.int64)
+    return spec
+
+
+def make_train_dataset(
+    paired: PairedDataset,
+    minibatch_size: int,
+    seed: int,
+    start_step: int = 0,
+    normalise: bool = True,
+    num_workers: int | None = None,
+) -> tf.data.Dataset:
+    """The endless training stream of label-reg's two-stage sampling.
+
+    Element ``k`` (counting from 0) is the minibatch of training step ``start_step + k``: the
+    cases of that step and one random label index per pair, the same for moving and fixed (see
+    :class:`labelreg.data.sampling.PairSampler`). So a run resumed with ``start_step=k`` sees
+    exactly the batches an uninterrupted run saw from step ``k``.
+
+    Args:
+        paired: the training pairs.
+        minibatch_size: pairs per batch (``[Train] minibatch_size``).
+        seed: the sampling seed (``[Train] seed``).
+        start_step: the step of the first element.
+        normalise: min-max normalise each image to [0, 1] (constant images become zeros).
+        num_workers: threads reading the files (``None``: up to 8).
+
+    Returns:
+        An infinite, prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
+        1]``, ``fixed_image [B, *S_fix, 1]``, ``moving_label [B, *S_mov, 1]``, ``fixed_label [B,
+        *S_fix, 1]`` (the labels only when the dataset has them), int32 ``case_index [B]`` and
+        ``label_index [B]``, and int64 scalar ``step``. Augmentation is not applied here; apply
+        :func:`labelreg.data.augment.augment_batch` in the train step.
+
+    Raises:
+        DataError: ``minibatch_size`` exceeds the number of cases (raised before any file is
+            read), or a file is unreadable or invalid.
+    """
+    if int(start_step) < 0:
+        raise ValueError(f"start_step must be >= 0; received start_step={start_step}.")
+    sampler = PairSampler(paired.num_labels, minibatch_size, seed)
+    cache = CaseCache(paired, normalise=normalise, num_workers=num_workers)
+
+    def generate() -> Iterator[dict[str, Any]]:
+        for step, cases, labels in sampler.iterate(start_step):
+            batch = cache.batch(cases, labels if paired.has_labels else None)
+            batch["step"] = np.int64(step)
+            yield batch
+
+    dataset = tf.data.Dataset.from_generator(
+        generate, output_signature=_signature(paired, sampler.minibatch_size)
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_batches(
+    paired: PairedDataset,
+    batch_size: int,
+    normalise: bool = True,
+    label_index: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every case, and every label of every case, in order, in batches.
+
+    The items are the pairs ``(case, label)`` for case ``0..N-1`` and, per case, label
+    ``0..L-1`` (or only ``label_index`` when given; a dataset without labels gives one item per
+    case). Files are read once, case by case, so memory holds one case at a time.
+
+    Args:
+        paired: the validation or test pairs.
+        batch_size: items per batch; the last batch may be smaller.
+        normalise: min-max normalise each image to [0, 1].
+        label_index: only this label of each case (e.g. 0, the gland), or ``None`` for all.
+
+    Yields:
+        Dicts of NumPy arrays like :func:`make_train_dataset`'s elements (without ``step``),
+        plus ``case_name``: the case names (``str [B]``).
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+        DataError: a case lacks ``label_index``, or a file is unreadable or invalid.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}.")
+
+    def items() -> Iterator[dict[str, Any]]:
+        for case in range(paired.num_cases):
+            moving = paired.read("moving_image", case)[..., 0]
+            fixed = paired.read("fixed_image", case)[..., 0]
+            if normalise:
+                moving, fixed = normalise_intensity(moving), normalise_intensity(fixed)
+            item = {"moving_image": moving, "fixed_image": fixed, "case_index": case,
+                    "case_name": paired.names[case]}
+            if not paired.has_labels:
+                yield {**item, "label_index": 0}
+                continue
+            moving_labels = paired.read("moving_label", case)
+            fixed_labels = paired.read("fixed_label", case)
+            _check_label_range(moving_labels, paired.file("moving_label", case))
+            _check_label_range(fixed_labels, paired.file("fixed_label", case))
+            count = paired.num_labels[case]
+            if label_index is not None and not 0 <= label_index < count:
+                raise DataError(
+                    f"{paired.file('moving_label', case)}: label index {label_index} requested "
+                    f"but the case holds {count} label(s)."
+                )
+            wanted = range(count) if label_index is None else [label_index]
+            for j in wanted:
+                yield {**item, "label_index": j, "moving_label": moving_labels[..., j],
+                       "fixed_label": fixed_labels[..., j]}
+
+    def collate(group: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("moving_image", "fixed_image", "moving_label", "fixed_label"):
+            if key in group[0]:
+                out[key] = np.stack([g[key] for g in group]).astype(np.float32)[..., None]
+        out["case_index"] = np.asarray([g["case_index"] for g in group], np.int32)
+        out["label_index"] = np.asarray([g["label_index"] for g in group], np.int32)
+        out["case_name"] = np.asarray([g["case_name"] for g in group])
+        return out
+
+    group: list[dict[str, Any]] = []
+    for item in items():
+        group.append(item)
+        if len(group) == batch_size:
+            yield collate(group)
+            group = []
+    if group:
+        yield collate(group)
+
+
+class TimedIterator:
+    """Wraps an iterator and accumulates the time spent waiting in ``next()``.
+
+    Use it to measure how much of a training loop waits on input::
+
+        batches = TimedIterator(dataset)
+        start = time.perf_counter()
+        for _ in range(100):
+            train_step(next(batches))
+        share = batches.wait_seconds / (time.perf_counter() - start)
+
+    Attributes:
+        wait_seconds: total seconds spent inside ``next()``.
+        count: number of items returned.
+    """
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self._iterator = iter(iterable)
+        self.wait_seconds = 0.0
+        self.count = 0
+
+    def __iter__(self) -> TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self._iterator)
+        finally:
+            self.wait_seconds += time.perf_counter() - start
+            self.count += 1
+
+    def reset(self) -> None:
+        """Zero the counters (e.g. after warm-up steps)."""
+        self.wait_seconds = 0.0
+        self.count = 0
+
+
+def measure_input_share(
+    batches: Iterable[Any],
+    step_fn: Callable[[Any], Any],
+    num_steps: int,
+    warmup_steps: int = 1,
+) -> dict[str, float]:
+    """Run ``step_fn`` on ``num_steps`` batches and report the share of time spent on input.
+
+    ``step_fn`` should block until its work is done (e.g. return a value read with ``.numpy()``),
+    otherwise asynchronous execution hides its cost.
+
+    Args:
+        batches: an iterable of batches (e.g. a ``tf.data.Dataset``).
+        step_fn: called with each batch.
+        num_steps: measured steps.
+        warmup_steps: steps run first and not measured (tracing, filling the prefetch buffer).
+
+    Returns:
+        ``{"steps", "total_seconds", "input_seconds", "input_share", "seconds_per_step"}``.
+    """
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1; received num_steps={num_steps}.")
+    timed = TimedIterator(batches)
+    for _ in range(int(warmup_steps)):
+        step_fn(next(timed))
+    timed.reset()
+    start = time.perf_counter()
+    for _ in range(int(num_steps)):
+        step_fn(next(timed))
+    total = time.perf_counter() - start
+    return {
+        "steps": float(num_steps),
+        "total_seconds": total,
+        "input_seconds": timed.wait_seconds,
+        "input_share": timed.wait_seconds / total if total > 0 else 0.0,
+        "seconds_per_step": total / int(num_steps),
+    }

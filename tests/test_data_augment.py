@@ -1,0 +1,124 @@
+"""Tests of labelreg.data.augment: random affine augmentation in TensorFlow ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.ndimage import map_coordinates
+
+from labelreg import ops
+from labelreg.data.augment import apply_affine, augment_batch, step_seed
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_affines_follow_label_reg_distribution_and_seed(ndim):
+    shape = (2,) * ndim  # tiny volumes: this test is about the transforms
+    batch = {
+        "moving_image": np.zeros((300, *shape, 1), np.float32),
+        "fixed_image": np.zeros((300, *shape, 1), np.float32),
+    }
+    out = augment_batch(batch, 0.1, step_seed(3, 4))
+    for key in ("moving_affine", "fixed_affine"):
+        theta = out[key].numpy()
+        assert theta.shape == (300, ndim, ndim + 1)
+        diagonal = theta[:, np.arange(ndim), np.arange(ndim)]
+        off = theta[:, :, :ndim][:, ~np.eye(ndim, dtype=bool)]
+        # label-reg's distribution: diagonal in [0.90, 1.00], |off-diagonal| <= 0.05, small shift.
+        assert diagonal.min() >= 0.9 - 1e-6 and diagonal.max() <= 1.0 + 1e-6
+        assert np.abs(off).max() <= 0.05 + 1e-6
+        assert np.abs(theta[:, :, ndim]).max() <= 0.1 + 1e-6
+        assert abs(diagonal.mean() - 0.95) < 0.01
+    again = augment_batch(batch, 0.1, step_seed(3, 4))
+    np.testing.assert_array_equal(again["fixed_affine"].numpy(), out["fixed_affine"].numpy())
+    other = augment_batch(batch, 0.1, step_seed(3, 5))
+    assert not np.allclose(other["fixed_affine"].numpy(), out["fixed_affine"].numpy())
+    identity = augment_batch(batch, 0.0, step_seed(1, 1))["moving_affine"].numpy()
+    np.testing.assert_allclose(identity, ops.identity_affine(300, ndim).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(step_seed(3, 4).numpy(), [3, 4])
+
+
+def smooth_volume(shape, seed):
+    """A smooth random image in [0, 1]: a few low-frequency cosines."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    total = sum(np.cos(grid @ rng.normal(0, 0.3, len(shape)) + rng.uniform(0, 6)) for _ in range(4))
+    return ((total - total.min()) / (total.max() - total.min())).astype(np.float32)
+
+
+# The same shapes in every test, so XLA compiles the warp once per shape.
+SHAPES = {2: ((18, 20), (14, 16)), 3: ((12, 14, 10), (10, 12, 8))}
+BATCH = 3
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_apply_affine_equals_scipy(ndim):
+    shape = SHAPES[ndim][1]
+    image = np.stack([smooth_volume(shape, s) for s in range(BATCH)])[..., None]
+    theta = ops.random_affine(BATCH, ndim, 0.1, seed=[0, 9]).numpy()
+    warped, none = apply_affine(image, None, theta)
+    assert none is None
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), 0).reshape(ndim, -1)
+    for b in range(BATCH):
+        coords = theta[b, :, :ndim] @ grid + theta[b, :, ndim:]
+        expected = map_coordinates(image[b, ..., 0], coords, order=1, mode="grid-constant")
+        np.testing.assert_allclose(warped.numpy()[b, ..., 0].ravel(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_augment_batch_applies_one_transform_to_image_and_label(ndim):
+    moving_shape, fixed_shape = SHAPES[ndim]
+    batch_size = BATCH
+    moving = np.stack([smooth_volume(moving_shape, s) for s in range(batch_size)])[..., None]
+    fixed = np.stack([smooth_volume(fixed_shape, 10 + s) for s in range(batch_size)])[..., None]
+    batch = {
+        "moving_image": moving,
+        "fixed_image": fixed,
+        # A label equal to the thresholded image, and for moving a label equal to the image.
+        "moving_label": moving.copy(),
+        "fixed_label": (fixed > 0.5).astype(np.float32),
+        "case_index": np.arange(batch_size, dtype=np.int32),
+    }
+    out = augment_batch(batch, 0.1, step_seed(4, 17))
+    assert out["case_index"] is batch["case_index"]
+    assert out["moving_image"].shape == moving.shape and out["fixed_label"].shape == fixed.shape
+    # Same transform for image and label: identical when the label is the image...
+    np.testing.assert_array_equal(out["moving_label"].numpy(), out["moving_image"].numpy())
+    # ...and where the warped mask is exactly 0 or 1 (every interpolation corner on one side of
+    # the threshold, inside the grid), the warped image lies on the same side of the threshold.
+    warped_label = out["fixed_label"].numpy()
+    warped_image = out["fixed_image"].numpy()
+    certain = (warped_label == 0.0) | (warped_label == 1.0)
+    assert certain.mean() > 0.5
+    np.testing.assert_array_equal((warped_image > 0.5)[certain], (warped_label == 1.0)[certain])
+    # The transform used is the one reported, and moving and fixed differ.
+    expected, _ = apply_affine(fixed, None, out["fixed_affine"])
+    np.testing.assert_allclose(out["fixed_image"].numpy(), expected.numpy(), atol=1e-6)
+    assert not np.allclose(out["moving_affine"].numpy(), out["fixed_affine"].numpy())
+    # Each sample of the batch gets its own transform.
+    assert not np.allclose(out["fixed_affine"][0].numpy(), out["fixed_affine"][1].numpy())
+
+
+def test_augment_batch_is_reproducible_in_a_tf_function():
+    moving_shape, fixed_shape = SHAPES[3]
+    batch = {
+        "moving_image": np.stack([smooth_volume(moving_shape, s) for s in range(BATCH)])[..., None],
+        "fixed_image": np.stack([smooth_volume(fixed_shape, s) for s in range(BATCH)])[..., None],
+    }
+
+    @tf.function
+    def train_step_augment(batch, seed):
+        return augment_batch(batch, 0.1, seed)
+
+    eager = augment_batch(batch, 0.1, step_seed(0, 5))
+    graph = train_step_augment(batch, step_seed(0, 5))
+    np.testing.assert_allclose(graph["moving_image"].numpy(), eager["moving_image"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(graph["fixed_affine"].numpy(), eager["fixed_affine"].numpy())
+    assert "moving_label" not in graph
+    different = augment_batch(batch, 0.1, step_seed(0, 6))
+    assert not np.allclose(different["moving_affine"].numpy(), eager["moving_affine"].numpy())
+
+
+def test_apply_affine_rejects_mismatched_label():
+    with pytest.raises(ValueError, match="share their spatial shape"):
+        apply_affine(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 5, 1)), ops.identity_affine(1, 2))
