@@ -1,0 +1,35 @@
+"""Registration networks (Keras 3 models, 2-D and 3-D).
+
+- :class:`LocalNet`, :class:`GlobalNet`, :class:`CompositeNet`: label-reg's networks;
+- :class:`UNet`: a VoxelMorph-style U-Net registration network, and :class:`UNetBackbone`, the
+  same U-Net on a single image (segmentation or DeepSim features);
+- :func:`get_network`, :func:`build_network`, :func:`register_network`: the INI-name registry.
+
+Every registration network maps ``[moving_image, fixed_image]`` to a DDF ``[B, *S_fix, n]``
+applied as ``labelreg.ops.warp(moving_image, ddf)``.
+"""
+
+from labelreg.networks.composite import CompositeNet
+from labelreg.networks.globalnet import GlobalNet
+from labelreg.networks.layers import RegistrationModel
+from labelreg.networks.localnet import LocalNet
+from labelreg.networks.registry import (
+    available_networks,
+    build_network,
+    get_network,
+    register_network,
+)
+from labelreg.networks.unet import UNet, UNetBackbone
+
+__all__ = [
+    "LocalNet",
+    "GlobalNet",
+    "CompositeNet",
+    "UNet",
+    "UNetBackbone",
+    "RegistrationModel",
+    "get_network",
+    "build_network",
+    "register_network",
+    "available_networks",
+]
