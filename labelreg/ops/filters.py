@@ -1,4 +1,9 @@
-"""Separable Gaussian smoothing with zero padding."""
+"""Separable filtering with zero padding: Gaussian smoothing and box sums.
+
+These run as plain TensorFlow graphs, not XLA: on this kind of CPU the oneDNN convolutions are
+30-50x faster than XLA's for long 1-D kernels (measured with sigma 16 on ``[4, 64, 64, 64, 1]``:
+0.19 s plain against 9.2 s compiled).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,8 @@ import numpy as np
 
 from labelreg._tf import tf
 from labelreg.ops.checks import check_image
-from labelreg.ops.jit import maybe_compiled
 
-__all__ = ["gaussian_kernel1d", "gaussian_filter"]
+__all__ = ["gaussian_kernel1d", "gaussian_filter", "separable_filter"]
 
 
 def gaussian_kernel1d(sigma: float) -> np.ndarray:
@@ -40,10 +44,30 @@ def _filter(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     for d in range(n):
         kshape = [1] * n + [1, 1]
         kshape[d] = -1
-        folded = tf.nn.convolution(folded, tf.reshape(kernel, kshape), padding="SAME")
+        # An explicit data_format avoids a TF 2.21 crash in the eager Conv3D gradient.
+        folded = tf.nn.convolution(folded, tf.reshape(kernel, kshape), padding="SAME",
+                                   data_format="NHWC" if n == 2 else "NDHWC")
     unfolded = tf.reshape(folded, tf.concat([[shape[0], channels], tf.shape(folded)[1:-1]], 0))
     inverse = [0] + list(range(2, n + 2)) + [1]
     return tf.transpose(unfolded, inverse)
+
+
+def separable_filter(x: Any, kernel: Any) -> tf.Tensor:
+    """Correlate each channel of ``[B, *S, C]`` with a 1-D kernel along every spatial axis.
+
+    Zero padding outside (``"SAME"``), so it equals ``scipy.ndimage.correlate1d(...,
+    mode="constant")`` applied along each spatial axis in turn for odd-length kernels.
+
+    Args:
+        x: ``[B, *S, C]`` with 2 or 3 spatial axes.
+        kernel: 1-D weights (odd length).
+
+    Returns:
+        float32 ``[B, *S, C]``.
+    """
+    x = check_image(x, "x")
+    kernel = tf.reshape(tf.cast(kernel, tf.float32), [-1])
+    return _filter(x, kernel)
 
 
 def gaussian_filter(x: Any, sigma: float) -> tf.Tensor:
@@ -63,5 +87,4 @@ def gaussian_filter(x: Any, sigma: float) -> tf.Tensor:
     kernel = gaussian_kernel1d(sigma)
     if kernel.size == 1:
         return x
-    fn = maybe_compiled(_filter, x.shape.rank)
-    return fn(x, tf.constant(kernel))
+    return _filter(x, tf.constant(kernel))

@@ -1,0 +1,185 @@
+"""Label similarity losses, label-reg's exact formulas, single- and multi-scale.
+
+Every loss compares a fixed label ``y_true`` with a warped moving label ``y_pred`` (soft values in
+[0, 1], channels-last ``[B, *S, C]``, 2-D or 3-D) and returns one value per sample ``[B]``; the
+training step reduces over the batch. Lower is better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from labelreg._tf import tf
+from labelreg.ops import check_image, gaussian_filter
+
+__all__ = [
+    "dice_loss",
+    "jaccard_loss",
+    "cross_entropy_loss",
+    "mean_squared_loss",
+    "multi_scale_loss",
+    "multi_scale_dice_loss",
+    "check_pair",
+    "check_scales",
+    "DEFAULT_SCALES",
+    "SINGLE_SCALE_LOSSES",
+]
+
+DEFAULT_SCALES = (0, 1, 2, 4, 8, 16)
+_EPS = 1e-6  # label-reg's epsilon in the Dice/Jaccard denominators and the cross-entropy clip.
+
+
+def check_pair(
+    a: Any, b: Any, names: tuple[str, str] = ("y_true", "y_pred")
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Convert two ``[B, *S, C]`` inputs to float32 and check that their shapes agree.
+
+    Args:
+        a, b: NumPy arrays or tensors with 2 or 3 spatial axes.
+        names: the two argument names used in error messages.
+
+    Returns:
+        ``(a, b)`` as float32 tensors.
+
+    Raises:
+        ValueError: when a rank is not 4 or 5 or the (static) shapes differ.
+    """
+    a, b = check_image(a, names[0]), check_image(b, names[1])
+    if not a.shape.is_compatible_with(b.shape):
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape; received {names[0]} shape "
+            f"{tuple(a.shape)} and {names[1]} shape {tuple(b.shape)}."
+        )
+    return a, b
+
+
+def _sum(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(x, axis=list(range(1, x.shape.rank)))
+
+
+def _mean(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(x, axis=list(range(1, x.shape.rank)))
+
+
+def dice_loss(y_true: Any, y_pred: Any) -> tf.Tensor:
+    """Soft Dice loss ``1 - 2 Σ t p / (Σ t + Σ p + 1e-6)``, sums over all non-batch axes.
+
+    Args:
+        y_true, y_pred: ``[B, *S, C]`` labels in [0, 1].
+
+    Returns:
+        float32 ``[B]`` in [0, 1]; two empty labels give 1.
+    """
+    t, p = check_pair(y_true, y_pred)
+    return 1.0 - 2.0 * _sum(t * p) / (_sum(t) + _sum(p) + _EPS)
+
+
+def jaccard_loss(y_true: Any, y_pred: Any) -> tf.Tensor:
+    """Soft Jaccard loss ``1 - Σ t p / (Σ t² + Σ p² - Σ t p + 1e-6)``.
+
+    Args:
+        y_true, y_pred: ``[B, *S, C]`` labels in [0, 1].
+
+    Returns:
+        float32 ``[B]``.
+    """
+    t, p = check_pair(y_true, y_pred)
+    overlap = _sum(t * p)
+    return 1.0 - overlap / (_sum(t * t) + _sum(p * p) - overlap + _EPS)
+
+
+def cross_entropy_loss(y_true: Any, y_pred: Any) -> tf.Tensor:
+    """Binary cross-entropy, mean over voxels (label-reg's weighted form, positive weight 1).
+
+    ``-mean(t log p + (1 - t) log(1 - p))`` with ``p`` clipped to ``[1e-6, 1 - 1e-6]`` so the
+    logarithms stay finite (the clip also stops the gradient where ``p`` is saturated).
+
+    Args:
+        y_true, y_pred: ``[B, *S, C]`` labels in [0, 1].
+
+    Returns:
+        float32 ``[B]`` in nats.
+    """
+    t, p = check_pair(y_true, y_pred)
+    p = tf.clip_by_value(p, _EPS, 1.0 - _EPS)
+    return -_mean(t * tf.math.log(p) + (1.0 - t) * tf.math.log(1.0 - p))
+
+
+def mean_squared_loss(y_true: Any, y_pred: Any) -> tf.Tensor:
+    """Mean squared difference ``mean((t - p)²)`` over all non-batch axes.
+
+    Args:
+        y_true, y_pred: ``[B, *S, C]``.
+
+    Returns:
+        float32 ``[B]``.
+    """
+    t, p = check_pair(y_true, y_pred)
+    return _mean(tf.square(t - p))
+
+
+# The single-scale losses under their INI names (the registry and multi_scale_loss share it).
+SINGLE_SCALE_LOSSES: dict[str, Callable[[Any, Any], tf.Tensor]] = {
+    "dice": dice_loss,
+    "cross-entropy": cross_entropy_loss,
+    "mean-squared": mean_squared_loss,
+    "jaccard": jaccard_loss,
+}
+
+
+def check_scales(scales: Any) -> tuple[float, ...]:
+    """Validate multi-scale sigmas; returns them as floats or raises ValueError naming scales."""
+    try:
+        values = () if isinstance(scales, str | bytes) else tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(np.isfinite(s) and s >= 0 for s in values):
+        raise ValueError(
+            "scales must be a non-empty sequence of finite Gaussian sigmas >= 0 (voxels); "
+            f"received scales={scales!r}."
+        )
+    return values
+
+
+def multi_scale_loss(
+    y_true: Any,
+    y_pred: Any,
+    kind: str = "dice",
+    scales: Sequence[float] = DEFAULT_SCALES,
+) -> tf.Tensor:
+    """Mean over scales of a label loss on both labels smoothed by the same Gaussian.
+
+    At scale ``s`` both labels are filtered with :func:`labelreg.ops.gaussian_filter` (sigma
+    ``s`` voxels, half-width ``int(3 s)``, kernel summing to 1, zero padding; ``s = 0`` means
+    no smoothing). Blurring lets labels that do not overlap yet still produce a gradient.
+
+    Args:
+        y_true, y_pred: ``[B, *S, C]`` labels in [0, 1].
+        kind: ``"dice"``, ``"jaccard"``, ``"cross-entropy"`` or ``"mean-squared"``.
+        scales: Gaussian sigmas in voxels, each >= 0.
+
+    Returns:
+        float32 ``[B]``.
+
+    Raises:
+        ValueError: for an unknown ``kind``, invalid ``scales`` or mismatched shapes.
+    """
+    if kind not in SINGLE_SCALE_LOSSES:
+        raise ValueError(
+            f"kind must be one of {tuple(SINGLE_SCALE_LOSSES)}; received kind={kind!r}."
+        )
+    sigmas = check_scales(scales)
+    t, p = check_pair(y_true, y_pred)
+    single_scale = SINGLE_SCALE_LOSSES[kind]
+    per_scale = [single_scale(gaussian_filter(t, s), gaussian_filter(p, s)) for s in sigmas]
+    return tf.reduce_mean(tf.stack(per_scale, axis=0), axis=0)
+
+
+def multi_scale_dice_loss(
+    y_true: Any, y_pred: Any, scales: Sequence[float] = DEFAULT_SCALES
+) -> tf.Tensor:
+    """``multi_scale_loss(y_true, y_pred, kind="dice", scales=scales)``, label-reg's default."""
+    return multi_scale_loss(y_true, y_pred, kind="dice", scales=scales)
