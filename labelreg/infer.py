@@ -36,7 +36,12 @@ from labelreg.config import Config
 from labelreg.data import NiftiReader, PairedDataset
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.errors import DataError
-from labelreg.train.checkpoints import load_model_description, rebuild_model, resolve_checkpoint
+from labelreg.train.checkpoints import (
+    load_model_description,
+    make_checkpoint,
+    rebuild_model,
+    resolve_checkpoint,
+)
 from labelreg.train.summaries import middle_slice_panel
 
 __all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS"]
@@ -74,7 +79,9 @@ def load_trained_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, dict
     prefix, run_dir = resolve_checkpoint(checkpoint)
     description = load_model_description(run_dir)
     model = rebuild_model(description)
-    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    # The optimizer and step of the training checkpoint are not needed here; every model weight is.
+    status = make_checkpoint(model).restore(prefix)
+    status.expect_partial().assert_existing_objects_matched()
     return model, description.get("meta", {}), prefix
 
 

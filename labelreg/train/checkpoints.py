@@ -26,6 +26,8 @@ __all__ = [
     "load_model_description",
     "rebuild_model",
     "resolve_checkpoint",
+    "model_variables",
+    "make_checkpoint",
 ]
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -46,6 +48,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def model_variables(model: keras.Model) -> dict[str, Any]:
+    """Every weight of a built Keras model, keyed by its path below the model.
+
+    ``tf.train.Checkpoint(model=keras_model)`` does not see Keras 3 layers that a model keeps in
+    lists or dicts, so checkpoints name the variables explicitly. The model's own name is left
+    out of the keys because Keras numbers it per process (``local_net_1``...), which would make a
+    checkpoint unreadable by a second model built in the same process.
+
+    Raises:
+        ValueError: when the model is not built or two weights share a path.
+    """
+    if not model.weights:
+        raise ValueError(f"model {model.name!r} has no weights yet; call it once to build it.")
+    items: dict[str, Any] = {}
+    for variable in model.weights:
+        key = variable.path.split("/", 1)[-1]
+        if key in items:
+            raise ValueError(f"model {model.name!r} has two weights with the path {key!r}.")
+        items[key] = variable
+    return items
+
+
+def make_checkpoint(model: keras.Model, **others: Any) -> tf.train.Checkpoint:
+    """A ``tf.train.Checkpoint`` holding the model's weights (see :func:`model_variables`) under
+    ``model`` and any other trackables (optimizer, step counter...) under their keyword."""
+    return tf.train.Checkpoint(model=model_variables(model), **others)
 
 
 def save_model_description(model: keras.Model, run_dir: str | os.PathLike, **extra: Any) -> Path:
@@ -78,7 +108,8 @@ def load_model_description(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def rebuild_model(description: dict[str, Any]) -> keras.Model:
     """Recreate the (untrained) network from :func:`load_model_description`'s result and build
-    its weights with one call on zeros of the stored shapes."""
+    its weights with one call on zeros of the stored shapes (restore them with
+    ``make_checkpoint(model).restore(prefix)``)."""
     import labelreg.networks  # noqa: F401  (registers the classes for deserialisation)
 
     model = keras.saving.deserialize_keras_object(description["model"])

@@ -34,7 +34,7 @@ from labelreg.errors import DataError
 from labelreg.networks.registry import build_network
 from labelreg.train.checkpoints import (
     CHECKPOINT_SUBDIR,
-    atomic_write_text,
+    make_checkpoint,
     save_model_description,
 )
 from labelreg.train.summaries import SummaryWriter, format_line, middle_slice_panel
@@ -209,7 +209,7 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
         optimizer = keras.optimizers.Adam(learning_rate=float(train_cfg["learning_rate"]))
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    checkpoint = make_checkpoint(model, optimizer=optimizer, step=step_var)
     manager = tf.train.CheckpointManager(
         checkpoint, str(run_dir / CHECKPOINT_SUBDIR),
         max_to_keep=int(train_cfg["max_checkpoints_to_keep"]),
