@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[cpu,test]"
+	# The gRPC client tests need the TF-Serving protos; the package requires the full
+	# `tensorflow` wheel, which tensorflow-cpu already provides, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,13 +21,13 @@ demo: $(STAMP)
 	$(BIN)/python inference.py configs/demo.ini
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "slow or not slow" -n 2
+	$(BIN)/python -m pytest -m "slow or not slow" -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

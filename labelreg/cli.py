@@ -98,7 +98,8 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export", metavar="BASE_DIR",
                         help="instead of registering, export the trained model for TF-Serving "
                              "to BASE_DIR/<name>/<version>/")
-    parser.add_argument("--name", default="labelreg", help="model name for --export")
+    parser.add_argument("--name", default="labelreg",
+                        help="model name for --export (a CoMIR config defaults to 'comir')")
     parser.add_argument("--version", type=int, default=None,
                         help="version for --export (default: next free integer)")
     args = parser.parse_args(argv)
@@ -107,6 +108,12 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         return _fail(LabelregError(f"{args.config}: config file not found."))
     try:
         if is_comir_config(args.config):
+            if args.export:
+                from labelreg.export import export_comir_run
+
+                name = "comir" if args.name == "labelreg" else args.name
+                print(f"exported {export_comir_run(args.config, args.export, name, args.version)}")
+                return 0
             from comir_tf import cli as comir_cli
 
             return comir_cli.infer(args.config, args.overrides)
@@ -116,8 +123,10 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         if args.export:
             from labelreg.export import export_saved_model
 
-            path = export_saved_model(cfg["Inference"]["file_model_saved"], args.export,
-                                      args.name, args.version)
+            path = export_saved_model(
+                cfg["Inference"]["file_model_saved"], args.export, args.name, args.version,
+                label_interpolation=cfg["Inference"]["label_interpolation"],
+            )
             print(f"exported {path}")
             return 0
         _ensure_demo_data(cfg)

@@ -95,12 +95,23 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti
 
 
 def _check_writable(dir_save: Path) -> None:
-    parent = dir_save if dir_save.exists() else dir_save.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise DataError(f"{dir_save}: cannot write the output folder ([Inference] dir_save); "
-                        f"{parent} is not writable.")
+    """Fail before any work when ``dir_save`` cannot be created or written."""
+    ancestor = dir_save
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    problem = None
+    if not ancestor.is_dir():
+        problem = f"{ancestor} is not a folder"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=ancestor):
+                pass
+        except OSError as err:
+            problem = f"{ancestor} is not writable ({err.strerror})"
+    if problem:
+        raise DataError(
+            f"{dir_save}: cannot write the output folder ([Inference] dir_save): {problem}."
+        )
 
 
 def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:

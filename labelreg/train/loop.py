@@ -32,6 +32,7 @@ from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
 from labelreg.errors import DataError
 from labelreg.networks.registry import build_network
+from labelreg.train.batchnorm import recalibrate_batch_norm
 from labelreg.train.checkpoints import (
     CHECKPOINT_SUBDIR,
     make_checkpoint,
@@ -88,6 +89,15 @@ def _spacings(paired: PairedDataset, override: tuple[float, ...]) -> np.ndarray:
     return np.asarray(
         [paired.spacing("fixed_image", i) for i in range(paired.num_cases)], np.float32
     )
+
+
+def _nan_mean(values: tf.Tensor) -> tf.Tensor:
+    """Mean over the finite entries (a centroid distance is NaN when a warped landmark vanishes);
+    NaN when there are none."""
+    finite = tf.math.is_finite(values)
+    count = tf.reduce_sum(tf.cast(finite, values.dtype))
+    total = tf.reduce_sum(tf.where(finite, values, tf.zeros_like(values)))
+    return tf.where(count > 0, total / tf.maximum(count, 1.0), tf.constant(float("nan")))
 
 
 class _Objective:
@@ -250,7 +260,7 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
             loss = tf.nn.compute_average_loss(terms["loss"], global_batch_size=batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return {name: tf.reduce_mean(value) for name, value in terms.items()}
+        return {name: _nan_mean(value) for name, value in terms.items()}
 
     @tf.function
     def train_step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -282,7 +292,7 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
             step_var.assign(step)
             if step % print_every == 0 or step == total or step == first_step + 1:
                 host = {k: float(v.numpy()) for k, v in values.items()}
-                if not all(math.isfinite(v) for v in host.values()):
+                if not math.isfinite(host["loss"]):
                     raise FloatingPointError(
                         f"non-finite training loss at step {step}: {host}; lower [Train] "
                         "learning_rate or check the data for extreme values."
@@ -294,6 +304,7 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
                 result.last_values = host
             progress.update(step)
             if step % save_every == 0 or step == total:
+                _recalibrate(model, paired, batch_size, bool(data_cfg["normalise"]))
                 log(f"saved {save(step)}")
                 if valid is not None:
                     result.validation = _validate(model, valid, _spacings(valid, tuple(
@@ -306,11 +317,31 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
         result.interrupted = True
         if step > first_step and (result.checkpoint is None or not result.checkpoint.endswith(
                 f"-{step}")):
+            _recalibrate(model, paired, batch_size, bool(data_cfg["normalise"]))
             log(f"interrupted: saved {save(step)}")
     finally:
         writer.flush()
     result.last_step = step
     return result
+
+
+_RECALIBRATION_BATCHES = 32
+
+
+def _recalibrate(model: keras.Model, paired: PairedDataset, batch_size: int, normalise: bool
+                 ) -> None:
+    """Re-estimate the BatchNorm averages on (up to 32 batches of) the training images, as
+    inference will see them (no augmentation); see :mod:`labelreg.train.batchnorm`."""
+    label_index = 0 if paired.has_labels else None
+
+    def batches():
+        for i, batch in enumerate(make_eval_batches(paired, batch_size, normalise=normalise,
+                                                    label_index=label_index)):
+            if i == _RECALIBRATION_BATCHES:
+                return
+            yield [batch["moving_image"], batch["fixed_image"]]
+
+    recalibrate_batch_norm(model, batches())
 
 
 def _write_picture(writer: SummaryWriter, model: keras.Model, paired: PairedDataset, step: int,

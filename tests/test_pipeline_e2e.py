@@ -1,0 +1,297 @@
+"""End-to-end: training.py / inference.py on a tiny generated dataset, resume, outputs, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from labelreg import config, metrics
+from labelreg.cli import infer_main, train_main
+from labelreg.train import train
+
+MOVING, FIXED = (16, 16, 16), (14, 15, 13)
+FIXED_AFFINE = np.array([[1.5, 0, 0, -10.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, 7.5], [0, 0, 0, 1]])
+
+
+def _ball(shape, centre, radius):
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    return (np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius).astype(np.float32)
+
+
+def write_case(root: Path, name: str, rng: np.random.Generator, num_labels: int = 2) -> None:
+    shift = rng.uniform(-1.5, 1.5, size=3)
+    moving_labels = np.stack([_ball(MOVING, (8, 8, 8), 5), _ball(MOVING, (6, 9, 7), 2)][:num_labels], -1)
+    fixed_labels = np.stack([_ball(FIXED, 7 + shift, 5), _ball(FIXED, (5, 8, 6) + shift, 2)][:num_labels], -1)
+    moving = (moving_labels[..., 0] * 100 + rng.normal(0, 5, MOVING)).astype(np.float32)
+    fixed = (fixed_labels[..., 0] * 60 + rng.normal(0, 5, FIXED)).astype(np.int16)
+    for folder, data, affine in (
+        ("moving_images", moving, np.diag([1.0, 1.0, 1.0, 1.0])),
+        ("fixed_images", fixed, FIXED_AFFINE),
+        ("moving_labels", moving_labels, np.diag([1.0, 1.0, 1.0, 1.0])),
+        ("fixed_labels", fixed_labels, FIXED_AFFINE),
+    ):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, affine), root / folder / f"{name}.nii.gz")
+
+
+def write_dataset(root: Path, num_cases: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(num_cases):
+        write_case(root, f"case{i:02d}", rng)
+    return root
+
+
+def write_config(path: Path, data: Path, **sections: dict) -> Path:
+    values = {
+        "Data": {f"dir_{role}": str(data / folder) for role, folder in (
+            ("moving_image", "moving_images"), ("fixed_image", "fixed_images"),
+            ("moving_label", "moving_labels"), ("fixed_label", "fixed_labels"))},
+        "Network": {"network_type": "local", "num_channel_initial": "4"},
+        "Loss": {"similarity_scales": "[0, 1, 2]"},
+        "Train": {"total_iterations": "3", "minibatch_size": "2", "learning_rate": "1e-3",
+                  "freq_info_print": "1", "freq_model_save": "2",
+                  "file_model_save": str(path.parent / "run" / "model.ckpt")},
+        "Inference": {"dir_moving_image": str(data / "moving_images"),
+                      "dir_fixed_image": str(data / "fixed_images"),
+                      "dir_moving_label": str(data / "moving_labels"),
+                      "dir_fixed_label": str(data / "fixed_labels"),
+                      "dir_save": str(path.parent / "out"), "minibatch_size": "3"},
+    }
+    for section, entries in sections.items():
+        values.setdefault(section, {}).update(entries)
+    text = "".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in e.items()) + "\n"
+                   for s, e in values.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_train_resume_infer_end_to_end(tmp_path, dataset, capsys):
+    ini = write_config(tmp_path / "run.ini", dataset)
+    assert train_main([str(ini)]) == 0
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == [
+        "model.ckpt-2.index", "model.ckpt-3.index"]
+    assert (run / "config.ini").is_file() and (run / "model.json").is_file()
+    assert any((run / "tensorboard").iterdir())
+
+    # Rerunning with more steps resumes at step 3 and goes on to step 5.
+    assert train_main([str(ini), "--set", "Train.total_iterations=5"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "model.ckpt-3" in out and "step 4/5" in out
+    assert "step 1/5" not in out
+    assert (run / "checkpoints" / "model.ckpt-5.index").is_file()
+
+    assert infer_main([str(ini), "--set", "Train.total_iterations=5"]) == 0
+    out_dir = tmp_path / "out"
+    cases = sorted(p.name for p in out_dir.iterdir() if p.is_dir())
+    assert cases == ["case00", "case01", "case02", "case03"]
+    for case in cases:
+        fixed = nib.load(dataset / "fixed_images" / f"{case}.nii.gz")
+        for name, shape in (("ddf", FIXED + (3,)), ("warped_image", FIXED),
+                            ("warped_label", FIXED + (2,))):
+            image = nib.load(out_dir / case / f"{name}.nii.gz")
+            assert image.shape == shape
+            np.testing.assert_allclose(image.affine, fixed.affine)
+            assert np.all(np.isfinite(image.get_fdata()))
+        assert (out_dir / case / "overlay.png").stat().st_size > 0
+
+    rows = list(csv.DictReader((out_dir / "metrics.csv").open()))
+    assert len(rows) == 8  # 4 pairs x 2 labels
+    for row in rows:
+        warped = nib.load(out_dir / row["case"] / "warped_label.nii.gz").get_fdata()
+        fixed = nib.load(dataset / "fixed_labels" / f"{row['case']}.nii.gz").get_fdata()
+        j = int(row["label_index"])
+        expected = metrics.dice(fixed[None, ..., j, None], warped[None, ..., j, None]).numpy()[0]
+        assert float(row["dice"]) == pytest.approx(expected, abs=1e-5)
+        distance = metrics.centroid_distance(fixed[None, ..., j, None], warped[None, ..., j, None],
+                                             spacing=(1.5, 1.5, 2.0)).numpy()[0]
+        assert float(row["centroid_distance_mm"]) == pytest.approx(distance, abs=1e-4)
+        assert 0.0 <= float(row["folding_ratio"]) <= 1.0
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, dataset):
+    straight = config.load(write_config(tmp_path / "a" / "a.ini", dataset,
+                                        Train={"total_iterations": "4"}))
+    ini_b = write_config(tmp_path / "b" / "b.ini", dataset, Train={"total_iterations": "2"})
+    train(straight, log=lambda line: None)
+    train(config.load(ini_b), log=lambda line: None)
+    result = train(config.load(ini_b, ["Train.total_iterations=4"]), log=lambda line: None)
+    assert result.first_step == 2 and result.last_step == 4
+    import tensorflow as tf
+
+    reader_a = tf.train.load_checkpoint(str(tmp_path / "a" / "run" / "checkpoints" / "model.ckpt-4"))
+    reader_b = tf.train.load_checkpoint(str(tmp_path / "b" / "run" / "checkpoints" / "model.ckpt-4"))
+    names = [n for n in reader_a.get_variable_to_shape_map() if n.startswith("model/")]
+    assert len(names) > 20
+    for name in names:
+        np.testing.assert_allclose(reader_a.get_tensor(name), reader_b.get_tensor(name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path, dataset):
+    cfg = config.load(write_config(tmp_path / "c.ini", dataset, Train={"total_iterations": "50",
+                                                                       "freq_model_save": "100"}))
+
+    def interrupt(line: str) -> None:
+        if line.startswith("step 2/"):
+            raise KeyboardInterrupt
+
+    result = train(cfg, log=interrupt)
+    assert result.interrupted and result.last_step == 2
+    assert (tmp_path / "run" / "checkpoints" / "model.ckpt-2.index").is_file()
+
+
+def test_label_reg_config_demo_trains_with_only_paths_changed(tmp_path, dataset):
+    # label-reg's config_demo.ini, key for key, with its paths pointed at the tiny dataset.
+    text = f"""[Data]
+dir_moving_image = {dataset}/moving_images
+dir_fixed_image = {dataset}/fixed_images
+dir_moving_label = {dataset}/moving_labels
+dir_fixed_label = {dataset}/fixed_labels
+
+[Network]
+network_type = local
+
+[Loss]
+similarity_type = dice
+similarity_scales = [0, 1, 2, 4, 8, 16]
+regulariser_type = bending
+regulariser_weight = 0.5
+
+[Train]
+total_iterations = 10000
+minibatch_size = 4
+learning_rate = 1e-5
+freq_info_print = 100
+freq_model_save = 500
+file_model_save = {tmp_path}/data/model.ckpt
+
+[Inference]
+file_model_saved = {tmp_path}/data/model.ckpt
+dir_moving_image = {dataset}/moving_images
+dir_fixed_image = {dataset}/fixed_images
+dir_save = {tmp_path}/data/
+dir_moving_label = {dataset}/moving_labels
+dir_fixed_label = {dataset}/fixed_labels
+"""
+    ini = tmp_path / "config_demo.ini"
+    ini.write_text(text)
+    cfg = config.load(ini, ["Train.total_iterations=1"])  # one step of the full-size LocalNet
+    assert cfg["Train"]["minibatch_size"] == 4 and cfg["Loss"]["regulariser_weight"] == 0.5
+    result = train(cfg, log=lambda line: None)
+    assert result.last_step == 1 and np.isfinite(result.last_values["loss"])
+
+
+def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
+    data = Path(mrus_sample_dir)
+    ini = write_config(tmp_path / "real.ini", data, Train={"total_iterations": "1",
+                                                          "minibatch_size": "2"})
+    result = train(config.load(ini), log=lambda line: None)
+    assert result.last_step == 1
+    assert 0.0 <= result.last_values["dice"] <= 1.0 and np.isfinite(result.last_values["loss"])
+
+
+# ---- bad input: a clear error naming the culprit, exit code 2, and nothing written ----------
+
+
+def _expect_failure(capsys, argv, *fragments):
+    code = train_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_missing_folder(tmp_path, dataset, capsys):
+    ini = write_config(tmp_path / "x.ini", dataset,
+                       Data={"dir_moving_image": str(tmp_path / "nowhere")})
+    _expect_failure(capsys, [str(ini)], "nowhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_folders_with_different_names(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    os.rename(data / "fixed_images" / "case01.nii.gz", data / "fixed_images" / "other.nii.gz")
+    ini = write_config(tmp_path / "x.ini", data)
+    _expect_failure(capsys, [str(ini)], "case01", "fixed_images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_different_label_counts(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    # A 3-D fixed label where the moving label holds 2 landmarks.
+    write_case(data, "case02", np.random.default_rng(5), num_labels=2)
+    label = nib.load(data / "fixed_labels" / "case02.nii.gz")
+    nib.save(nib.Nifti1Image(label.get_fdata()[..., 0].astype(np.float32), label.affine),
+             data / "fixed_labels" / "case02.nii.gz")
+    ini = write_config(tmp_path / "x.ini", data)
+    _expect_failure(capsys, [str(ini)], "case02", "2 label(s)", "1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_nifti(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    (data / "moving_images" / "case01.nii.gz").write_bytes(b"\x1f\x8bnot really gzip")
+    ini = write_config(tmp_path / "x.ini", data)
+    _expect_failure(capsys, [str(ini)], "case01.nii.gz")
+    assert not list((tmp_path / "run").glob("checkpoints/*.index"))
+
+
+def test_nan_in_an_image(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    image = nib.load(data / "moving_images" / "case02.nii.gz")
+    values = image.get_fdata().astype(np.float32)
+    values[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine), data / "moving_images" / "case02.nii.gz")
+    ini = write_config(tmp_path / "x.ini", data)
+    _expect_failure(capsys, [str(ini)], "case02.nii.gz", "NaN")
+    assert not list((tmp_path / "run").glob("checkpoints/*.index"))
+
+
+def test_misspelt_key_and_wrong_type(tmp_path, dataset, capsys):
+    ini = write_config(tmp_path / "x.ini", dataset, Train={"learnin_rate": "1e-3"})
+    _expect_failure(capsys, [str(ini)], "x.ini", "[Train]", "learnin_rate", "learning_rate")
+    ini = write_config(tmp_path / "y.ini", dataset, Train={"minibatch_size": "four"})
+    _expect_failure(capsys, [str(ini)], "y.ini", "minibatch_size", "four")
+    _expect_failure(capsys, [str(write_config(tmp_path / "z.ini", dataset)),
+                             "--set", "Train.total_iterations=-3"], "total_iterations", "-3")
+    assert not (tmp_path / "run").exists()
+
+
+def test_minibatch_larger_than_the_dataset(tmp_path, dataset, capsys):
+    ini = write_config(tmp_path / "x.ini", dataset, Train={"minibatch_size": "9"})
+    _expect_failure(capsys, [str(ini)], "minibatch_size", "9", "4")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_dir_save(tmp_path, dataset, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ini = write_config(tmp_path / "x.ini", dataset, Inference={"dir_save": str(blocker / "out")})
+    assert train_main([str(ini), "--set", "Train.total_iterations=1"]) == 0
+    assert infer_main([str(ini)]) == 2
+    err = capsys.readouterr().err
+    assert "dir_save" in err and "a-file" in err
+
+
+def test_inference_failure_leaves_no_output(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    ini = write_config(tmp_path / "x.ini", data, Train={"total_iterations": "1"})
+    assert train_main([str(ini)]) == 0
+    (data / "fixed_images" / "case02.nii.gz").write_bytes(b"garbage")
+    assert infer_main([str(ini)]) == 2
+    assert "case02.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
