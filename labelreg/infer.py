@@ -31,7 +31,6 @@ import nibabel as nib
 import numpy as np
 
 from labelreg import metrics, ops
-from labelreg._tf import tf
 from labelreg.config import Config
 from labelreg.data import NiftiReader, PairedDataset
 from labelreg.data.pipeline import normalise_intensity

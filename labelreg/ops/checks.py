@@ -50,7 +50,7 @@ def check_image(
     allowed = (ndim + 2,) if ndim is not None else (4, 5)
     if rank not in allowed:
         expected = (
-            f"[batch, {', '.join('S%d' % i for i in range(ndim))}, channels] (rank {ndim + 2})"
+            f"[batch, {', '.join(f'S{i}' for i in range(ndim))}, channels] (rank {ndim + 2})"
             if ndim is not None
             else "[batch, *spatial, channels] with 2 or 3 spatial axes (rank 4 or 5)"
         )

@@ -36,7 +36,7 @@ def xla_disabled() -> Iterator[None]:
         _state.enabled = previous
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fn: Callable, rank: int) -> Callable:
     # One compiled function per tensor rank, so that shape relaxation between calls never loses
     # the rank (2-D and 3-D calls would otherwise relax to an unknown rank).

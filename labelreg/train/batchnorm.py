@@ -15,7 +15,6 @@ from typing import Any
 
 import keras
 
-
 __all__ = ["batch_norm_layers", "recalibrate_batch_norm"]
 
 
