@@ -75,7 +75,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if is_comir_config(args.config):
             from comir_tf import cli as comir_cli
 
-            return comir_cli.train(args.config, args.overrides)
+            overrides = [*args.overrides, *(["Train.resume=false"] if args.fresh else [])]
+            return comir_cli.train(args.config, overrides)
         from labelreg import config
         from labelreg.train import train
 

@@ -115,7 +115,7 @@ EXPECTED_DEFAULTS = {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,
         "dir_fixed_label": None, "dir_valid_moving_image": None, "dir_valid_fixed_image": None,
         "dir_valid_moving_label": None, "dir_valid_fixed_label": None, "normalise": True,
-        "augmentation": True, "affine_scale": 0.1, "voxel_spacing": (),
+        "augmentation": True, "affine_scale": 0.1, "voxel_spacing": (), "demo_data": None,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4)},
     "Loss": {

@@ -54,6 +54,10 @@ class TrainResult:
     interrupted: bool = False
     last_values: dict[str, float] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
+    #: Wall time per step and the share of it spent waiting for input, over the steps after
+    #: the first (which includes tracing).
+    seconds_per_step: float = float("nan")
+    input_share: float = float("nan")
 
 
 def choose_strategy() -> tf.distribute.Strategy:
@@ -285,10 +289,18 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
     step = first_step
     tic, tic_step = time.perf_counter(), step
     iterator = iter(dist_dataset)
+    waited = 0.0
+    steady_start = None
     try:
         while step < total:
-            values = train_step(next(iterator))
+            fetch = time.perf_counter()
+            batch = next(iterator)
+            if steady_start is not None:
+                waited += time.perf_counter() - fetch
+            values = train_step(batch)
             step += 1
+            if steady_start is None:
+                steady_start, steady_first = time.perf_counter(), step
             step_var.assign(step)
             if step % print_every == 0 or step == total or step == first_step + 1:
                 host = {k: float(v.numpy()) for k, v in values.items()}
@@ -322,6 +334,12 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
     finally:
         writer.flush()
     result.last_step = step
+    if steady_start is not None and step > steady_first:
+        elapsed = time.perf_counter() - steady_start
+        result.seconds_per_step = elapsed / (step - steady_first)
+        result.input_share = waited / elapsed
+        log(f"{result.seconds_per_step:.3f} s per step, {100 * result.input_share:.1f}% of it "
+            "waiting for input")
     return result
 
 

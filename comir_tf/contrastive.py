@@ -1,0 +1,183 @@
+"""CoMIR's contrastive objective: InfoNCE over whole patches, critics and activation decay.
+
+A batch holds ``N`` aligned patch pairs ``(a_i, b_i)``. The ``2N`` representations
+``p = [a_1..a_N, b_1..b_N]`` are compared pairwise with a *critic* (a similarity, higher is more
+alike), divided by the temperature ``tau``:
+
+    S[i, j] = critic(p_i, p_j) / tau
+
+The positive of anchor ``i`` is the same patch in the other modality, ``pos(i) = (i + N) mod 2N``;
+every other patch of either modality is a negative and only the anchor itself is left out:
+
+    l_i = -S[i, pos(i)] + log sum_{k != i} exp(S[i, k]),      loss = mean_i l_i
+
+Critics (``x``, ``y`` are ``[H, W, C]`` maps; "per pixel" quantities are taken over the channel
+axis and then averaged over the ``H * W`` pixels):
+
+=========  ===========================================================
+``mse``    ``-mean((x - y)**2)`` over all elements (the paper's critic)
+``cosine`` mean over pixels of the cosine of ``x_p`` and ``y_p``
+``l1``     ``-mean_p sum_c |x - y|``
+``l2``     ``-mean_p sqrt(sum_c (x - y)**2)`` (euclidean)
+``linf``   ``-mean_p max_c |x - y|``
+``huber``  ``-mean(sqrt(1 + (x - y)**2))`` over all elements (pseudo-Huber)
+``corr``   ``mean_p sum_c x * y``
+=========  ===========================================================
+
+The reference code takes the per-pixel norms and the cosine along the image-row axis of a
+``(C, H, W)`` tensor (a quirk); here they are taken along the channel axis as the paper intends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from labelreg._tf import tf
+
+__all__ = ["CRITICS", "similarity_matrix", "info_nce_loss", "activation_decay"]
+
+CRITICS = ("mse", "cosine", "l1", "l2", "linf", "huber", "corr")
+
+_EPS = 1e-8
+
+
+def _flat(points: tf.Tensor) -> tf.Tensor:
+    """``[M, H, W, C]`` -> ``[M, H*W*C]``."""
+    return tf.reshape(points, [tf.shape(points)[0], -1])
+
+
+def _gram_mse(points: tf.Tensor) -> tf.Tensor:
+    # ||x - y||^2 = |x|^2 + |y|^2 - 2 x.y: one matrix product instead of M^2 differences.
+    flat = _flat(points)
+    sq = tf.reduce_sum(flat * flat, axis=1)
+    dist = sq[:, None] + sq[None, :] - 2.0 * tf.matmul(flat, flat, transpose_b=True)
+    numel = tf.cast(tf.shape(flat)[1], points.dtype)
+    return -tf.maximum(dist, 0.0) / numel
+
+
+def _gram_corr(points: tf.Tensor) -> tf.Tensor:
+    flat = _flat(points)
+    pixels = tf.cast(tf.reduce_prod(tf.shape(points)[1:3]), points.dtype)
+    return tf.matmul(flat, flat, transpose_b=True) / pixels
+
+
+def _gram_cosine(points: tf.Tensor) -> tf.Tensor:
+    norm = tf.sqrt(tf.reduce_sum(points * points, axis=-1, keepdims=True))
+    unit = points / tf.maximum(norm, _EPS)
+    return _gram_corr(unit)
+
+
+def _safe_sqrt(x: tf.Tensor) -> tf.Tensor:
+    # sqrt has an infinite slope at 0 (a patch against itself); give it a zero gradient there.
+    positive = x > 0.0
+    return tf.where(positive, tf.sqrt(tf.where(positive, x, 1.0)), 0.0)
+
+
+_ROW_CRITICS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    # Each maps the differences d = x - y [M, H, W, C] of one anchor against all M points to [M].
+    "l1": lambda d: -tf.reduce_mean(tf.reduce_sum(tf.abs(d), axis=-1), axis=[1, 2]),
+    "l2": lambda d: -tf.reduce_mean(_safe_sqrt(tf.reduce_sum(d * d, axis=-1)), axis=[1, 2]),
+    "linf": lambda d: -tf.reduce_mean(tf.reduce_max(tf.abs(d), axis=-1), axis=[1, 2]),
+    "huber": lambda d: -tf.reduce_mean(tf.sqrt(1.0 + d * d), axis=[1, 2, 3]),
+}
+
+
+def _row_wise(points: tf.Tensor, per_row: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    # One anchor at a time against all points: memory O(M * H * W * C) instead of O(M^2 ...).
+    return tf.map_fn(lambda anchor: per_row(anchor[None] - points), points,
+                     fn_output_signature=tf.TensorSpec([None], points.dtype))
+
+
+def _check_pair(a: Any, b: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    a = tf.convert_to_tensor(a, tf.float32)
+    b = tf.convert_to_tensor(b, tf.float32)
+    if a.shape.rank != 4 or b.shape.rank != 4:
+        raise ValueError(
+            "a and b must be batches of 2-D maps [N, H, W, C]; received a shape "
+            f"{tuple(a.shape)} and b shape {tuple(b.shape)}."
+        )
+    if a.shape.is_fully_defined() and b.shape.is_fully_defined() and a.shape != b.shape:
+        raise ValueError(
+            "a and b must have the same shape (aligned pairs of CoMIRs); received a shape "
+            f"{tuple(a.shape)} and b shape {tuple(b.shape)}."
+        )
+    return a, b
+
+
+def similarity_matrix(a: Any, b: Any, critic: str = "mse", tau: float = 0.5) -> tf.Tensor:
+    """The ``[2N, 2N]`` matrix ``S[i, j] = critic(p_i, p_j) / tau`` with ``p = [a, b]``.
+
+    Args:
+        a: modality-A representations ``[N, H, W, C]``.
+        b: modality-B representations, same shape, ``b[i]`` aligned with ``a[i]``.
+        critic: one of :data:`CRITICS`.
+        tau: temperature, > 0.
+
+    Returns:
+        float32 ``[2N, 2N]``, symmetric.
+
+    Raises:
+        ValueError: unknown critic, non-positive tau, or ill-shaped inputs.
+    """
+    if critic not in CRITICS:
+        raise ValueError(f"critic must be one of {CRITICS}; received critic={critic!r}.")
+    if not float(tau) > 0.0:
+        raise ValueError(f"tau must be positive; received tau={tau!r}.")
+    a, b = _check_pair(a, b)
+    points = tf.concat([a, b], axis=0)
+    if critic == "mse":
+        sim = _gram_mse(points)
+    elif critic == "corr":
+        sim = _gram_corr(points)
+    elif critic == "cosine":
+        sim = _gram_cosine(points)
+    else:
+        sim = _row_wise(points, _ROW_CRITICS[critic])
+    return sim / float(tau)
+
+
+def info_nce_loss(a: Any, b: Any, critic: str = "mse", tau: float = 0.5) -> tf.Tensor:
+    """CoMIR's InfoNCE loss over the ``2N`` patches of a batch of aligned pairs.
+
+    Args:
+        a: modality-A CoMIRs ``[N, H, W, C]`` (``N >= 1``).
+        b: modality-B CoMIRs of the same patches, same shape.
+        critic: one of :data:`CRITICS` (``"mse"`` is the paper's).
+        tau: temperature (0.5 in the paper's biomedical experiments).
+
+    Returns:
+        float32 scalar, ``mean_i (-S[i, pos(i)] + logsumexp_{k != i} S[i, k])``; at least
+        ``log(2N - 1)`` minus the largest similarity gap, and ``log(2N - 1)`` when all patches
+        are identical.
+
+    Raises:
+        ValueError: unknown critic, non-positive tau, or ill-shaped inputs.
+    """
+    sim = similarity_matrix(a, b, critic, tau)
+    m = tf.shape(sim)[0]
+    n = m // 2
+    eye = tf.eye(m, dtype=tf.bool)
+    others = tf.where(eye, tf.constant(-float("inf"), sim.dtype), sim)
+    positive_index = (tf.range(m) + n) % m
+    positives = tf.gather(sim, positive_index, axis=1, batch_dims=1)
+    return tf.reduce_mean(tf.reduce_logsumexp(others, axis=1) - positives)
+
+
+def activation_decay(outputs: Sequence[Any], p: float) -> tf.Tensor:
+    """CoMIR's activation regulariser ``(1 + sum |x|**p) / numel`` over all the given maps.
+
+    Args:
+        outputs: tensors (e.g. the two modalities' CoMIRs); sum and element count run over all.
+        p: the exponent (1 for the L1 term, 2 for the L2 term).
+
+    Returns:
+        float32 scalar.
+    """
+    total = tf.constant(1.0, tf.float32)
+    numel = tf.constant(0.0, tf.float32)
+    for x in outputs:
+        x = tf.convert_to_tensor(x, tf.float32)
+        total += tf.reduce_sum(tf.abs(x) ** p)
+        numel += tf.cast(tf.size(x), tf.float32)
+    return total / numel
