@@ -7,12 +7,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-slow test-all lint bench clean
 
+# The gRPC client tests need the TF-Serving protos; tensorflow-serving-api requires the full
+# `tensorflow` wheel, which tensorflow-cpu already provides, hence --no-deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[cpu,test]"
-	# The gRPC client tests need the TF-Serving protos; the package requires the full
-	# `tensorflow` wheel, which tensorflow-cpu already provides, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
 	touch $(STAMP)
 
@@ -35,6 +35,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_warp.py
 	$(BIN)/python benchmarks/bench_networks.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_comir.py
 
 clean:
 	rm -rf $(VENV) demo_data runs exports .pytest_cache
