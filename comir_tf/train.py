@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from comir_tf.tiramisu import Tiramisu
 from labelreg._tf import tf
 from labelreg.config import Config
 from labelreg.errors import DataError
-from labelreg.train.checkpoints import CHECKPOINT_SUBDIR, atomic_write_text
+from labelreg.train.checkpoints import CHECKPOINT_SUBDIR, atomic_write_text, prepare_run_dir
 from labelreg.train.summaries import format_line
 
 __all__ = [
@@ -199,19 +198,6 @@ def restore_models(cfg: Config, checkpoint: str | None = None) -> tuple[Tiramisu
     return model_a, model_b, path
 
 
-def _prepare_run_dir(run_dir: Path, fresh: bool, log: Callable[[str], None]) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{run_dir}: cannot create the run folder ([Train] run_dir): {err}") from err
-    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
-    if fresh and ckpt_dir.exists():
-        # Starting over never deletes earlier checkpoints: they are moved aside.
-        aside = run_dir / f"{CHECKPOINT_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(ckpt_dir), str(aside))
-        log(f"starting fresh: previous checkpoints moved to {aside}")
-
-
 def _picture(model_a: keras.Model, model_b: keras.Model, a: np.ndarray, b: np.ndarray
              ) -> np.ndarray:
     """``[H, 4W, 3]`` in [0, 1]: image A | image B | CoMIR A | CoMIR B (first channels)."""
@@ -250,7 +236,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> TrainResult:
     pairs = read_pairs(cfg, "train_dir")
     valid = read_pairs(cfg, "test_dir") if (train_cfg["validate"] and data["test_dir"]) else None
     run_dir = Path(train_cfg["run_dir"])
-    _prepare_run_dir(run_dir, not train_cfg["resume"], log)
+    prepare_run_dir(run_dir, not train_cfg["resume"], log, setting="[Train] run_dir")
 
     model_a, model_b = build_models(cfg)
     optimizers = []

@@ -720,8 +720,14 @@ class RegistrationModel(keras.Model):
         self.ndim = check_ndim(ndim)
 
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
-        """All outputs of the network as a dict (``"ddf"`` and, for some networks, more)."""
-        raise NotImplementedError
+        """All outputs of the network as a dict (``"ddf"`` and, for some networks, more).
+
+        Every concrete network overrides this; the base class has no network to run.
+        """
+        raise TypeError(
+            f"{type(self).__name__} is a base class without a network; use LocalNet, GlobalNet, "
+            "CompositeNet or UNet."
+        )
 
     def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
         return self.forward(inputs, training=training)["ddf"]

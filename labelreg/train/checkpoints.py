@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +31,40 @@ __all__ = [
     "resolve_checkpoint",
     "model_variables",
     "make_checkpoint",
+    "prepare_run_dir",
 ]
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MODEL_FILE = "model.json"
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, fresh: bool, log: Callable[[str], None],
+                    setting: str = "[Train] dir_run") -> Path:
+    """Create a run folder (checking it is writable) and, for a fresh start, set its old
+    checkpoints aside: starting over never deletes a previous run's checkpoints.
+
+    Args:
+        run_dir: the folder.
+        fresh: move an existing ``checkpoints/`` to ``checkpoints.<timestamp>``.
+        log: where to say so.
+        setting: the config key that named the folder, for the error message.
+
+    Raises:
+        DataError: when the folder cannot be created or written.
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise DataError(f"{run_dir}: cannot write the run folder ({setting}): {err}") from err
+    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
+    if fresh and ckpt_dir.exists():
+        aside = run_dir / f"{CHECKPOINT_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(ckpt_dir), str(aside))
+        log(f"starting fresh: previous checkpoints moved to {aside}")
+    return run_dir
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -14,7 +14,6 @@ uninterrupted run would.
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from labelreg.train.batchnorm import recalibrate_batch_norm
 from labelreg.train.checkpoints import (
     CHECKPOINT_SUBDIR,
     make_checkpoint,
+    prepare_run_dir,
     save_model_description,
 )
 from labelreg.train.summaries import SummaryWriter, format_line, middle_slice_panel
@@ -147,25 +147,6 @@ class _Objective:
         return terms
 
 
-def _prepare_run_dir(cfg: Config, fresh: bool, log: Callable[[str], None]) -> Path:
-    train_cfg = cfg["Train"]
-    run_dir = Path(train_cfg["dir_run"])
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise DataError(f"{run_dir}: cannot write the run folder ([Train] dir_run): {err}") from err
-    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
-    if fresh and ckpt_dir.exists():
-        # Starting over never deletes a previous run's checkpoints: they are set aside.
-        aside = run_dir / f"{CHECKPOINT_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(ckpt_dir), str(aside))
-        log(f"starting fresh: previous checkpoints moved to {aside}")
-    return run_dir
-
-
 def _validate(model: keras.Model, paired: PairedDataset, spacing: np.ndarray, batch_size: int,
               normalise: bool) -> dict[str, float]:
     dices, distances = [], []
@@ -215,7 +196,7 @@ def train(cfg: Config, fresh: bool = False, log: Callable[[str], None] = print) 
     if data_cfg["dir_valid_moving_image"] is not None and data_cfg["dir_valid_moving_label"]:
         valid = PairedDataset(data_cfg["dir_valid_moving_image"], data_cfg["dir_valid_fixed_image"],
                               data_cfg["dir_valid_moving_label"], data_cfg["dir_valid_fixed_label"])
-    run_dir = _prepare_run_dir(cfg, fresh, log)
+    run_dir = prepare_run_dir(train_cfg["dir_run"], fresh, log)
 
     strategy = choose_strategy()
     with strategy.scope():
