@@ -39,6 +39,7 @@ from labelreg._tf import tf
 from labelreg.config import Config
 from labelreg.errors import DataError
 from labelreg.train.checkpoints import CHECKPOINT_SUBDIR, atomic_write_text, prepare_run_dir
+from labelreg.train.loop import TrainResult as LabelregTrainResult
 from labelreg.train.summaries import format_line
 
 __all__ = [
@@ -56,17 +57,10 @@ MODEL_FILE = "model.json"
 
 
 @dataclass
-class TrainResult:
-    """What a call to :func:`train` did."""
+class TrainResult(LabelregTrainResult):
+    """What a call to :func:`train` did: the main pipeline's result plus the logged values."""
 
-    run_dir: Path
-    first_step: int
-    last_step: int
-    checkpoint: str | None
-    interrupted: bool = False
-    last_values: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    validation: dict[str, float] = field(default_factory=dict)
 
 
 def build_models(cfg: Config) -> tuple[Tiramisu, Tiramisu]:
