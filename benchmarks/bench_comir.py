@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from comir_tf.data import load_pairs, make_patch_dataset
     from comir_tf.synthetic import write_synthetic_pairs
     from comir_tf.tiramisu import Tiramisu
-    from comir_tf.train import make_train_step
+    from labelreg.methods.comir import make_train_step
 
     folder = write_synthetic_pairs(os.path.join(tempfile.mkdtemp(), "pairs"), 4, 256)
     pairs = load_pairs(folder, "_SHG", "_BF", 1, 3)

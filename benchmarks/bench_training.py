@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_training.py [--steps 20]``. Trains the configuration the
 issue names (LocalNet c=32, minibatch 4, mrus shapes 69x69x64 -> 47x63x44, 6-scale Dice, bending
-energy, augmentation on) through :func:`labelreg.train.train` in a temporary run folder, and
+energy, augmentation on) through :func:`labelreg.engine.train` in a temporary run folder, and
 prints steps per second, the share of step time spent waiting for input and the peak memory.
 """
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _timing import peak_rss_mib  # noqa: E402
 
 from labelreg import config  # noqa: E402
-from labelreg.train import train  # noqa: E402
+from labelreg.engine import train  # noqa: E402
 
 
 def main() -> None:

@@ -7,14 +7,17 @@ align. Sub-modules are imported on first use, so ``import comir_tf`` stays cheap
 Public names (see ``docs/comir.md``):
 
 - ``Tiramisu``: the FC-DenseNet (``comir_tf.tiramisu``);
-- ``info_nce_loss``, ``similarity_matrix``, ``activation_decay``, ``CRITICS``
-  (``comir_tf.contrastive``);
+- ``info_nce_loss``, ``similarity_matrix``, ``activation_decay``, ``comir_loss_terms``,
+  ``CRITICS`` (``comir_tf.contrastive``);
 - ``rot90`` (``comir_tf.equivariance``);
 - ``generate``, ``write_comir`` (``comir_tf.generate``);
 - ``register_rigid``, ``register_sift``, ``RigidTransform``, ``rigid_matrix``, ``warp_rigid``,
   ``corner_error`` (``comir_tf.register``);
 - ``write_synthetic_pairs``, ``render_pair`` (``comir_tf.synthetic``);
-- sub-modules ``config``, ``data``, ``train``, ``evaluate``, ``cli``.
+- sub-modules ``config``, ``data``, ``evaluate``.
+
+Training, inference and export run through labelreg's shared engine: the method is
+:class:`labelreg.methods.comir.CoMIR`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _NAMES = {
     "info_nce_loss": "contrastive",
     "similarity_matrix": "contrastive",
     "activation_decay": "contrastive",
+    "comir_loss_terms": "contrastive",
     "CRITICS": "contrastive",
     "rot90": "equivariance",
     "generate": "generate",
@@ -41,7 +45,7 @@ _NAMES = {
     "render_pair": "synthetic",
 }
 _SUBMODULES = ("tiramisu", "contrastive", "equivariance", "generate", "register", "synthetic",
-               "config", "data", "train", "evaluate", "cli")
+               "config", "data", "evaluate")
 
 __all__ = [*_NAMES, *_SUBMODULES]
 

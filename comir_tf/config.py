@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from comir_tf.contrastive import CRITICS
-from labelreg.config import REQUIRED, Config, Key, Schema, parse, schema_markdown
+from labelreg.config import (
+    REQUIRED,
+    Config,
+    Key,
+    Schema,
+    check_train,
+    derive_run_paths,
+    method_section,
+    parse,
+    schema_markdown,
+    train_section,
+)
 from labelreg.errors import ConfigError
 
 __all__ = [
+    "CRITICS", "RENAMED_KEYS",
     "COMIR_SCHEMA", "COMIR_SECTION_DOCS", "load", "schema_docs", "update_docs", "METHODS",
     "DEFAULT_METHODS",
 ]
@@ -23,7 +35,21 @@ __all__ = [
 METHODS = ("comir", "raw_mse", "raw_mi", "comir_sift")
 DEFAULT_METHODS = ("comir", "raw_mse", "raw_mi")
 
+#: CoMIR's ``[Train]`` key names before the shared trainer, still read (with a note).
+RENAMED_KEYS = {
+    ("Train", "run_dir"): "dir_run",
+    ("Train", "steps"): "total_iterations",
+    ("Train", "batch_size"): "minibatch_size",
+    ("Train", "save_every"): "freq_model_save",
+    ("Train", "log_every"): "freq_info_print",
+    ("Train", "max_checkpoints"): "max_checkpoints_to_keep",
+}
+
+#: The critics of the InfoNCE loss (``comir_tf.contrastive``).
+CRITICS = ("mse", "cosine", "l1", "l2", "linf", "huber", "corr")
+
 COMIR_SCHEMA: Schema = {
+    "Method": method_section("comir"),
     "CoMIR": {
         "channels_a": Key("int", 1, "Channels of modality A's images (1 for SHG).", min=1),
         "channels_b": Key("int", 3, "Channels of modality B's images (3 for RGB brightfield).",
@@ -81,31 +107,11 @@ COMIR_SCHEMA: Schema = {
         "synthetic_size": Key("int", 256, "Side of the synthetic images, in pixels.", min=32),
         "synthetic_seed": Key("int", 0, "Seed of the synthetic images.", min=0),
     },
-    "Train": {
-        "run_dir": Key("path", "runs/comir", "Run folder: checkpoints, config.ini, model.json, "
-                       "TensorBoard logs."),
-        "steps": Key("int", 736, "Total training steps (the paper: 23 epochs of 32 steps).",
-                     min=1),
-        "batch_size": Key("int", 32, "Patch pairs per step (N; the loss compares 2N patches).",
-                          min=2),
-        "learning_rate": Key("float", 1e-2, "SGD learning rate.", min=0.0),
-        "momentum": Key("float", 0.9, "SGD momentum.", min=0.0, max=1.0),
-        "weight_decay": Key("float", 1e-5, "L2 weight decay added to the gradients (PyTorch "
-                            "SGD style).", min=0.0),
-        "clip_norm": Key("float", 1.0, "Clip each network's gradient to this global norm "
-                         "(0 = no clipping).", min=0.0),
-        "seed": Key("int", 0, "Seed of initialisation, sampling and augmentation.", min=0),
-        "deterministic": Key("bool", True, "Enable TensorFlow op determinism (same CoMIRs run "
-                             "to run on CPU)."),
-        "save_every": Key("int", 100, "Save a checkpoint every this many steps (and at the end).",
-                          min=1),
-        "log_every": Key("int", 10, "Log a line and TensorBoard scalars every this many steps.",
-                         min=1),
-        "max_checkpoints": Key("int", 3, "Checkpoints kept in the run folder.", min=1),
-        "resume": Key("bool", True, "Continue from the latest checkpoint of run_dir."),
-        "validate": Key("bool", True, "Report the InfoNCE loss on centre crops of the test pairs "
-                        "at every checkpoint."),
-    },
+    "Train": train_section(
+        file_model_save=None, dir_run="runs/comir", total_iterations=736, minibatch_size=32,
+        learning_rate=1e-2, optimizer="sgd", momentum=0.9, weight_decay=1e-5, clip_norm=1.0,
+        deterministic=True, freq_model_save=100, freq_info_print=10,
+    ),
     "Inference": {
         "output_dir": Key("path", None, "Where CoMIRs are written (unset: <run_dir>/comirs)."),
         "tile": Key("int", 0, "Tile side for large images, a multiple of 2**len(down_blocks) "
@@ -140,7 +146,11 @@ COMIR_SECTION_DOCS = {
     "CoMIR": "The two Tiramisu networks (one per modality, same architecture) and the "
              "contrastive loss. The defaults are the CoMIR paper's biomedical configuration.",
     "Data": "Aligned image pairs and the training augmentation.",
-    "Train": "Optimisation (SGD as in the paper), checkpoints and logging.",
+    "Method": "Optional: `name = comir` (a file with a [CoMIR] section is a CoMIR run anyway).",
+    "Train": "The shared trainer's keys (see docs/config.md), with CoMIR's defaults: SGD as in "
+             "the paper, one optimiser per network, gradient clipping and weight decay. The "
+             "former names run_dir, steps, batch_size, save_every, log_every and max_checkpoints "
+             "are still read, with a note to rename them.",
     "Inference": "`python inference.py comir.ini`: the CoMIR of every test image.",
     "Evaluate": "`python -m comir_tf.evaluate comir.ini`: rigid registration of known random "
                 "transforms, on CoMIRs and on the raw images.",
@@ -153,7 +163,17 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = parse(path, COMIR_SCHEMA, overrides)
+    cfg = parse(path, COMIR_SCHEMA, overrides, renamed=RENAMED_KEYS)
+    train = cfg["Train"]
+    if train["file_model_save"] is None:
+        cfg._replace("Train", "file_model_save", Path(train["dir_run"]) / "comir.ckpt")
+    derive_run_paths(cfg)
+    check_train(cfg)
+    if train["minibatch_size"] < 2:
+        raise ConfigError(
+            f"{cfg.path}: [Train] minibatch_size = {train['minibatch_size']}: expected at least 2 "
+            "(the contrastive loss needs negative pairs)."
+        )
     if not cfg.has_section("CoMIR"):
         raise ConfigError(f"{cfg.path}: missing section [CoMIR]; a CoMIR config needs it.")
     comir = cfg["CoMIR"]

@@ -33,11 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from comir_tf.config import CRITICS
+from comir_tf.equivariance import rot90
 from labelreg._tf import tf
 
-__all__ = ["CRITICS", "similarity_matrix", "info_nce_loss", "activation_decay"]
+__all__ = ["CRITICS", "similarity_matrix", "info_nce_loss", "activation_decay", "comir_loss_terms"]
 
-CRITICS = ("mse", "cosine", "l1", "l2", "linf", "huber", "corr")
 
 _EPS = 1e-8
 
@@ -181,3 +182,46 @@ def activation_decay(outputs: Sequence[Any], p: float) -> tf.Tensor:
         total += tf.reduce_sum(tf.abs(x) ** p)
         numel += tf.cast(tf.size(x), tf.float32)
     return total / numel
+
+
+def comir_loss_terms(
+    model_a: Any,
+    model_b: Any,
+    batch: dict[str, tf.Tensor],
+    critic: str = "mse",
+    tau: float = 0.5,
+    l1_decay: float = 1e-4,
+    l2_decay: float = 1e-4,
+    equivariance: bool = True,
+    training: bool = True,
+) -> dict[str, tf.Tensor]:
+    """CoMIR's training objective on a batch of aligned patch pairs.
+
+    With ``equivariance`` each patch is turned by its own multiple of 90 degrees (``batch["k_a"]``,
+    ``batch["k_b"]``) before its network and turned back after, so the loss asks the networks to
+    commute with quarter turns (C4 equivariance).
+
+    Args:
+        model_a, model_b: the two modalities' networks.
+        batch: ``{"a": [N, H, W, C_a], "b": [N, H, W, C_b], "k_a": [N], "k_b": [N]}``.
+        critic, tau: of :func:`info_nce_loss`.
+        l1_decay, l2_decay: weights of the :func:`activation_decay` terms.
+        equivariance: train with the random C4 turns.
+        training: the networks' mode (dropout, batch statistics).
+
+    Returns:
+        Scalars ``{"loss": info_nce + decay, "info_nce", "decay", "positive_mse"}``
+        (``positive_mse``: mean squared difference of the positive pairs' CoMIRs).
+    """
+    def forward(model: Any, x: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+        if equivariance:
+            return rot90(model(rot90(x, k), training=training), -k)
+        return model(x, training=training)
+
+    z_a = forward(model_a, batch["a"], batch["k_a"])
+    z_b = forward(model_b, batch["b"], batch["k_b"])
+    nce = info_nce_loss(z_a, z_b, critic=critic, tau=tau)
+    decay = l1_decay * activation_decay([z_a, z_b], 1.0) + l2_decay * activation_decay(
+        [z_a, z_b], 2.0)
+    return {"loss": nce + decay, "info_nce": nce, "decay": decay,
+            "positive_mse": tf.reduce_mean(tf.square(z_a - z_b))}

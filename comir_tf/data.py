@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -32,6 +33,8 @@ from labelreg._tf import tf
 from labelreg.errors import DataError
 
 __all__ = [
+    "ensure_data",
+    "read_pairs",
     "EXTENSIONS",
     "PairFiles",
     "PairSet",
@@ -380,3 +383,30 @@ _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 def safe_name(name: str) -> str:
     """A file-name-safe version of a pair name."""
     return _NAME.sub("_", name) or "pair"
+
+
+def ensure_data(cfg: Any) -> None:
+    """Write the synthetic demo pairs when ``[Data] synthetic = true`` (no-op if present)."""
+    from comir_tf import synthetic
+
+    data = cfg["Data"]
+    if not data["synthetic"]:
+        return
+    common = dict(size=data["synthetic_size"], suffix_a=data["suffix_a"],
+                  suffix_b=data["suffix_b"])
+    synthetic.write_synthetic_pairs(data["train_dir"], data["synthetic_train_pairs"],
+                                    seed=data["synthetic_seed"], **common)
+    synthetic.write_synthetic_pairs(data["test_dir"], data["synthetic_test_pairs"],
+                                    seed=data["synthetic_seed"] + 1, **common)
+
+
+def read_pairs(cfg: Any, folder_key: str) -> PairSet:
+    """Load the pairs of ``[Data] <folder_key>`` of a CoMIR config with its suffixes, scales
+    and logs."""
+    data, comir = cfg["Data"], cfg["CoMIR"]
+    folder = data[folder_key]
+    if folder is None:
+        raise DataError(f"{cfg.path}: [Data] {folder_key} is not set.")
+    return load_pairs(folder, data["suffix_a"], data["suffix_b"], comir["channels_a"],
+                      comir["channels_b"], data["scale_a"], data["scale_b"], data["log_a"],
+                      data["log_b"])

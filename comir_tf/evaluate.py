@@ -91,9 +91,10 @@ def evaluate(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         DataError: missing test pairs or checkpoint.
         ImportError: ``comir_sift`` requested without OpenCV.
     """
+    from comir_tf.data import ensure_data, read_pairs
     from comir_tf.generate import generate
     from comir_tf.register import corner_error, register_rigid, register_sift
-    from comir_tf.train import ensure_data, read_pairs, restore_models
+    from labelreg.engine.checkpoints import load_trained_run
 
     ev, train_cfg = cfg["Evaluate"], cfg["Train"]
     methods = tuple(ev["methods"])
@@ -111,10 +112,10 @@ def evaluate(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     pairs = read_pairs(cfg, "test_dir")
     models = None
     if any(m.startswith("comir") for m in methods):
-        model_a, model_b, checkpoint = restore_models(cfg)
-        models = (model_a, model_b)
-        log(f"CoMIR networks from {checkpoint}")
-    out_dir = Path(ev["output_dir"] or Path(train_cfg["run_dir"]) / "evaluation")
+        run = load_trained_run(train_cfg["dir_run"])
+        models = (run.models["model_a"], run.models["model_b"])
+        log(f"CoMIR networks from {run.prefix}")
+    out_dir = Path(ev["output_dir"] or Path(train_cfg["dir_run"]) / "evaluation")
     out_dir.mkdir(parents=True, exist_ok=True)
     count = len(pairs) if not ev["max_pairs"] else min(len(pairs), ev["max_pairs"])
     rng = np.random.default_rng(ev["seed"])
@@ -213,9 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from comir_tf import cli
+    from comir_tf.config import load
+    from labelreg.errors import LabelregError
 
-    return cli.evaluate(args.config, args.overrides)
+    try:
+        evaluate(load(args.config, args.overrides))
+    except (LabelregError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

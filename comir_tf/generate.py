@@ -10,6 +10,7 @@ kept, so tiles join without seams from the network's border effects.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from PIL import Image
 
 from labelreg._tf import tf
 
-__all__ = ["generate", "preview", "write_comir"]
+__all__ = ["generate", "preview", "write_comir", "pad_to_multiple", "comir_margin",
+           "encoder_signature"]
 
 
 def _pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -137,3 +139,77 @@ def write_comir(comir: Any, path: str | os.PathLike, png: bool = True) -> list[P
         Image.fromarray(preview(array)).save(png_path)
         written.append(png_path)
     return written
+
+
+# In-graph generation for the serving signatures: the same padding as generate(), in TF ops.
+
+
+def _symmetric_indices(size: tf.Tensor, before: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
+    """Source indices of a signal of length ``size`` extended by ``before`` samples in front, to
+    ``total`` samples, by mirror reflection with the edge repeated (``... 1 0 | 0 1 .. s-1 |
+    s-1 s-2 ...``, NumPy's ``"symmetric"`` pad), repeating the reflection for any length."""
+    i = tf.range(total) - before
+    period = 2 * size
+    j = tf.math.floormod(i, period)
+    return tf.where(j >= size, period - 1 - j, j)
+
+
+def pad_to_multiple(
+    image: tf.Tensor, multiple: int, margin: int = 0
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Pad the sides of ``[B, H, W, C]`` by symmetric reflection to multiples of ``multiple``,
+    plus ``margin`` pixels of context on every side; the padding is split evenly before and
+    after, as :func:`comir_tf.generate` does.
+
+    Returns:
+        ``(padded, top, left)``: the padded image and the offsets of the original in it.
+    """
+    out = image
+    offsets = []
+    for axis in (1, 2):
+        size = tf.shape(out)[axis]
+        pad = tf.math.floormod(-size, multiple) + 2 * margin
+        before = pad // 2
+        out = tf.gather(out, _symmetric_indices(size, before, size + pad), axis=axis)
+        offsets.append(before)
+    return out, offsets[0], offsets[1]
+
+
+def comir_margin(multiple: int, margin: int | None = None) -> int:
+    """The context margin :func:`comir_tf.generate` uses without tiles: by default
+    ``max(multiple, 32)`` pixels, rounded up to a multiple of ``multiple // 2``."""
+    half = max(multiple // 2, 1)
+    margin = max(multiple, 32) if margin is None else int(margin)
+    return -(-margin // half) * half
+
+
+def encoder_signature(
+    model: keras.Model, margin: int | None = None
+) -> tuple[Callable[[tf.Tensor], dict], list[tf.TensorSpec], list[str]]:
+    """The serving signature of a CoMIR encoder, equal to :func:`generate` without tiles.
+
+    ``image [B, H, W, C]`` float32, any ``H`` and ``W``, intensities prepared as in training
+    (scaled, log if configured) -> ``comir [B, H, W, K]``. Inside, the image is padded by
+    symmetric reflection up to the next multiple of ``2 ** len(down_blocks)`` plus a context
+    margin on every side (:func:`comir_margin`), encoded in inference mode and cropped back.
+
+    Returns:
+        ``(function, input_signature, output names)``.
+    """
+    multiple = int(getattr(model, "multiple", 1))
+    context = comir_margin(multiple, margin)
+    spec = tf.TensorSpec([None, None, None, int(model.in_channels)], tf.float32, name="image")
+
+    def encode(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        image = tf.ensure_shape(image, spec.shape, name="check_image")
+        with tf.control_dependencies([
+            tf.debugging.assert_positive(tf.shape(image)[1:3],
+                                         message="image must have at least one pixel per axis"),
+        ]):
+            image = tf.debugging.check_numerics(image, "image contains NaN or Inf")
+        padded, top, left = pad_to_multiple(image, multiple, context)
+        comir = model(padded, training=False)
+        height, width = tf.shape(image)[1], tf.shape(image)[2]
+        return {"comir": comir[:, top:top + height, left:left + width, :]}
+
+    return encode, [spec], ["comir"]

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 _OPS = ("warp", "resample_affine", "affine_to_ddf", "random_affine", "compose", "integrate_svf")
 _SUBMODULES = (
-    "ops", "losses", "metrics", "networks", "config", "data", "export", "apps", "serving", "train",
-    "infer", "cli",
+    "ops", "losses", "metrics", "networks", "config", "data", "export", "apps", "serving", "engine",
+    "methods", "infer", "cli", "registry",
 )
 
 __all__ = [*_OPS, *_SUBMODULES, "ConfigError", "DataError", "LabelregError", "__version__"]

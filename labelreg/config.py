@@ -27,8 +27,8 @@ Section and key names match case-insensitively; the schema's spelling is used in
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
-import importlib
 import math
 import os
 import sys
@@ -54,6 +54,11 @@ __all__ = [
     "LABELREG_SECTION_DOCS",
     "generated_docs",
     "update_docs",
+    "method_section",
+    "train_section",
+    "derive_run_paths",
+    "check_train",
+    "fail",
 ]
 
 
@@ -316,11 +321,14 @@ class Config(Mapping[str, Mapping[str, Any]]):
         schema: Schema,
         values: Mapping[str, Mapping[str, Any]],
         present: Sequence[str] = (),
+        notes: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.schema = schema
         self._values = {s: dict(values[s]) for s in schema}
         self._present = frozenset(present)
+        #: Messages for the user that are not errors (deprecated key names that were accepted).
+        self.notes = tuple(notes)
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         if section not in self._values:
@@ -474,6 +482,7 @@ def parse(
     schema: Schema,
     overrides: Sequence[str] = (),
     allow_missing_sections: bool = True,
+    renamed: Mapping[tuple[str, str], str] | None = None,
 ) -> Config:
     """Read, convert and validate an INI file against a schema.
 
@@ -484,6 +493,8 @@ def parse(
             (the command line passes them with ``--set``).
         allow_missing_sections: if ``False``, every section of the schema must appear in the file
             (or in an override).
+        renamed: ``(section, old key) -> new key`` for keys that were renamed: the old name is
+            read as the new one and a deprecation note is added to ``Config.notes``.
 
     Returns:
         A :class:`Config` with every section and key of the schema.
@@ -504,6 +515,16 @@ def parse(
 
     raw: dict[str, dict[str, tuple[str, str]]] = {s: {} for s in schema}  # -> (text, where)
     present: set[str] = set()
+    notes: list[str] = []
+    old_names = {(section.lower(), old.lower()): new
+                 for (section, old), new in (renamed or {}).items()}
+
+    def rename(section: str, key: str, where: str) -> str | None:
+        new = old_names.get((section.lower(), key.lower()))
+        if new is not None:
+            notes.append(f"{where}: [{section}] {key} is deprecated; it is read as {new}. "
+                         f"Rename it to {new}.")
+        return new
     for file_section in parser.sections():
         section = _lookup(file_section, schema)
         if section is None:
@@ -516,7 +537,7 @@ def parse(
             raise ConfigError(f"{path}: section [{section}] appears twice (as [{file_section}]).")
         present.add(section)
         for file_key, text in parser.items(file_section, raw=True):
-            name = _lookup(file_key, schema[section])
+            name = _lookup(file_key, schema[section]) or rename(section, file_key, str(path))
             if name is None:
                 hint = _did_you_mean(file_key, schema[section])
                 raise ConfigError(
@@ -537,7 +558,7 @@ def parse(
                 f"{where}: unknown section [{section_text}]; expected one of "
                 f"{', '.join(f'[{s}]' for s in schema)}.{hint}"
             )
-        name = _lookup(key_text, schema[section])
+        name = _lookup(key_text, schema[section]) or rename(section, key_text, where)
         if name is None:
             hint = _did_you_mean(key_text, schema[section])
             raise ConfigError(
@@ -572,7 +593,7 @@ def parse(
                 )
             else:
                 values[section][name] = _resolve_default(key, base)
-    return Config(path, schema, values, sorted(present))
+    return Config(path, schema, values, sorted(present), notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -648,22 +669,114 @@ def update_docs(path: str | os.PathLike) -> Path:
 # labelreg's schema
 # --------------------------------------------------------------------------------------------
 
-_FALLBACK_LABEL_LOSSES = ("dice", "cross-entropy", "mean-squared", "jaccard")
-_FALLBACK_REGULARISERS = ("bending", "gradient-l2", "gradient-l1")
-_FALLBACK_IMAGE_LOSSES = ("ssd", "lncc", "nmi", "mind")
+def _loss_names(kind: str) -> tuple[str, ...]:
+    from labelreg.losses.registry import available_losses  # no TensorFlow behind it
+
+    return available_losses(kind)
 
 
-def _registry_names(attribute: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
-    """Loss names from ``labelreg.losses.registry`` when it is importable, else ``fallback``."""
-    try:
-        registry = importlib.import_module("labelreg.losses.registry")
-        names = getattr(registry, attribute)
-    except (ImportError, AttributeError):
-        return fallback
-    return tuple(str(n) for n in names)
+def _network_names() -> tuple[str, ...]:
+    from labelreg.networks.registry import NETWORKS  # no TensorFlow behind it
 
+    return tuple(NETWORKS)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections every method shares
+# --------------------------------------------------------------------------------------------
+
+
+def method_section(name: str) -> dict[str, Key]:
+    """The ``[Method]`` section of a method's schema: ``name`` may only be the method's own
+    (the method registry has chosen the schema by it)."""
+    return {"name": Key("str", name, "The method this file configures (see docs/methods).",
+                        choices=(name,))}
+
+
+_TRAIN_DOCS = {
+    "total_iterations": "Number of training steps.",
+    "minibatch_size": "Training samples (image pairs) per step.",
+    "learning_rate": "Learning rate of the optimiser (> 0).",
+    "optimizer": "Optimiser of every trained network (one optimiser per network).",
+    "momentum": "Momentum of the sgd optimiser (unused by adam).",
+    "weight_decay": "Weight decay added to the gradients after clipping, g + wd * w (PyTorch's "
+                    "SGD convention); 0 = none.",
+    "clip_norm": "Clip each network's gradients to this global norm; 0 = no clipping.",
+    "freq_info_print": "Print progress and write TensorBoard scalars every this many steps.",
+    "freq_model_save": "Save a checkpoint (and validate) every this many steps, and at the end.",
+    "file_model_save": "Checkpoint file prefix; its folder is the run folder unless dir_run is "
+                       "set (relative paths resolve against the INI file's folder).",
+    "seed": "Seed of sampling, augmentation and initialisation.",
+    "deterministic": "Enable TensorFlow op determinism (bitwise-repeatable CPU runs, slower).",
+    "dir_run": "Run folder (checkpoints, resolved config, model.json); unset = the folder of "
+               "file_model_save.",
+    "resume": "Continue from the latest checkpoint in dir_run.",
+    "dir_tensorboard": "TensorBoard logs; unset = <dir_run>/tensorboard.",
+    "max_checkpoints_to_keep": "Checkpoints kept in dir_run.",
+    "validate": "Validate at every checkpoint when the method has validation data.",
+}
+
+
+def train_section(**defaults: Any) -> dict[str, Key]:
+    """The ``[Train]`` keys of every method, read by the one trainer (:mod:`labelreg.engine`).
+
+    The key names are label-reg's. A method passes its own defaults, e.g.
+    ``train_section(optimizer="sgd", learning_rate=1e-2)``.
+
+    Raises:
+        ValueError: for a default given for a key that does not exist.
+    """
+    keys = {
+        "total_iterations": Key("int", 100000, _TRAIN_DOCS["total_iterations"], min=1),
+        "minibatch_size": Key("int", 2, _TRAIN_DOCS["minibatch_size"], min=1),
+        "learning_rate": Key("float", 1e-5, _TRAIN_DOCS["learning_rate"], min=0.0),
+        "optimizer": Key("str", "adam", _TRAIN_DOCS["optimizer"], choices=("adam", "sgd")),
+        "momentum": Key("float", 0.9, _TRAIN_DOCS["momentum"], min=0.0, max=1.0),
+        "weight_decay": Key("float", 0.0, _TRAIN_DOCS["weight_decay"], min=0.0),
+        "clip_norm": Key("float", 0.0, _TRAIN_DOCS["clip_norm"], min=0.0),
+        "freq_info_print": Key("int", 100, _TRAIN_DOCS["freq_info_print"], min=1),
+        "freq_model_save": Key("int", 500, _TRAIN_DOCS["freq_model_save"], min=1),
+        "file_model_save": Key("path", "runs/model.ckpt", _TRAIN_DOCS["file_model_save"]),
+        "seed": Key("int", 0, _TRAIN_DOCS["seed"], min=0),
+        "deterministic": Key("bool", False, _TRAIN_DOCS["deterministic"]),
+        "dir_run": Key("path", None, _TRAIN_DOCS["dir_run"]),
+        "resume": Key("bool", True, _TRAIN_DOCS["resume"]),
+        "dir_tensorboard": Key("path", None, _TRAIN_DOCS["dir_tensorboard"]),
+        "max_checkpoints_to_keep": Key("int", 3, _TRAIN_DOCS["max_checkpoints_to_keep"], min=1),
+        "validate": Key("bool", True, _TRAIN_DOCS["validate"]),
+    }
+    for name, value in defaults.items():
+        if name not in keys:
+            raise ValueError(f"train_section: no [Train] key {name!r}; keys: {', '.join(keys)}.")
+        keys[name] = dataclasses.replace(keys[name], default=value)
+    return keys
+
+
+def derive_run_paths(cfg: Config) -> None:
+    """Fill ``[Train] dir_run`` (the folder of ``file_model_save``) and ``dir_tensorboard``
+    (``<dir_run>/tensorboard``) when unset; every method's ``load`` calls it."""
+    train = cfg["Train"]
+    if train["file_model_save"] is None:
+        raise fail(cfg, "Train", "file_model_save", "must be set (a checkpoint file prefix).")
+    if train["dir_run"] is None:
+        cfg._replace("Train", "dir_run", Path(train["file_model_save"]).parent)
+    if train["dir_tensorboard"] is None:
+        cfg._replace("Train", "dir_tensorboard", Path(cfg["Train"]["dir_run"]) / "tensorboard")
+
+
+def check_train(cfg: Config) -> None:
+    """Checks of ``[Train]`` that every method shares."""
+    if cfg["Train"]["learning_rate"] <= 0:
+        raise fail(cfg, "Train", "learning_rate", "expected a number > 0.")
+
+
+# --------------------------------------------------------------------------------------------
+# labelreg's schema
+# --------------------------------------------------------------------------------------------
 
 LABELREG_SECTION_DOCS = {
+    "Method": "Which method the file configures; optional here (a file without it, or without "
+    "another method's own section, is label-driven registration).",
     "Data": "Training data: four folders of NIfTI files paired by file name (label-reg's layout), "
     "an optional validation set, and preprocessing.",
     "Network": "The registration network.",
@@ -675,11 +788,11 @@ LABELREG_SECTION_DOCS = {
 
 
 def _build_labelreg_schema() -> Schema:
-    label_losses = _registry_names("LABEL_LOSSES", _FALLBACK_LABEL_LOSSES)
-    regularisers = _registry_names("REGULARISERS", _FALLBACK_REGULARISERS)
-    image_losses = _registry_names("IMAGE_LOSSES", _FALLBACK_IMAGE_LOSSES)
-    image_losses = ("none", *[n for n in image_losses if n != "none"])
+    label_losses = _loss_names("label")
+    regularisers = _loss_names("regulariser")
+    image_losses = ("none", *[n for n in _loss_names("image") if n != "none"])
     return {
+        "Method": method_section("labelreg"),
         "Data": {
             "dir_moving_image": Key("path", None, "Folder of moving (e.g. MR) images."),
             "dir_fixed_image": Key("path", None, "Folder of fixed (e.g. ultrasound) images."),
@@ -716,8 +829,8 @@ def _build_labelreg_schema() -> Schema:
         },
         "Network": {
             "network_type": Key(
-                "str", "local", "Registration network.",
-                choices=("local", "global", "composite", "unet"),
+                "str", "local", "Registration network (a name of the networks registry).",
+                choices=_network_names(),
             ),
             "num_channel_initial": Key(
                 "int", 0, "Channels of the first layer; 0 = the network's own default (local: 32).",
@@ -749,27 +862,7 @@ def _build_labelreg_schema() -> Schema:
                 "float", 0.0, "Weight of the image loss (> 0 exactly when a type is set).", min=0.0
             ),
         },
-        "Train": {
-            "total_iterations": Key("int", 100000, "Number of training steps.", min=1),
-            "minibatch_size": Key("int", 2, "Image pairs per step.", min=1),
-            "learning_rate": Key("float", 1e-5, "Adam learning rate (> 0).", min=0.0),
-            "freq_info_print": Key("int", 100, "Print progress every this many steps.", min=1),
-            "freq_model_save": Key("int", 500, "Save a checkpoint every this many steps.", min=1),
-            "file_model_save": Key(
-                "path", "runs/model.ckpt",
-                "Checkpoint file prefix (default relative to the INI file's folder).",
-            ),
-            "seed": Key("int", 0, "Seed of sampling, augmentation and initialisation.", min=0),
-            "dir_run": Key(
-                "path", None, "Run folder (checkpoints, resolved config); unset = the folder of "
-                "file_model_save.",
-            ),
-            "resume": Key("bool", True, "Continue from the latest checkpoint in dir_run."),
-            "dir_tensorboard": Key(
-                "path", None, "TensorBoard logs; unset = <dir_run>/tensorboard."
-            ),
-            "max_checkpoints_to_keep": Key("int", 3, "Checkpoints kept in dir_run.", min=1),
-        },
+        "Train": train_section(),
         "Inference": {
             "file_model_saved": Key(
                 "path", None, "Checkpoint to load; unset = [Train] file_model_save."
@@ -793,15 +886,10 @@ def _build_labelreg_schema() -> Schema:
     }
 
 
-_SCHEMA_CACHE: list[Schema] = []
-
-
 def _labelreg_schema() -> Schema:
-    # Built on first use: the loss registry may import TensorFlow, which a bare
-    # `import labelreg.config` (e.g. for `--help`) should not pay for.
-    if not _SCHEMA_CACHE:
-        _SCHEMA_CACHE.append(_build_labelreg_schema())
-    return _SCHEMA_CACHE[0]
+    # Built on each use from the registries (no TensorFlow behind them), so a network or loss
+    # registered at run time is a valid INI choice from then on.
+    return _build_labelreg_schema()
 
 
 def __getattr__(name: str) -> Any:
@@ -810,19 +898,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _fail(cfg: Config, section: str, key: str, message: str) -> ConfigError:
+def fail(cfg: Config, section: str, key: str, message: str) -> ConfigError:
+    """A ConfigError naming the file, section, key and value of ``cfg``, then ``message``."""
     value = _format_value(cfg.schema[section][key], cfg[section][key])
     return ConfigError(f"{cfg.path}: [{section}] {key} = {value!r}: {message}")
 
 
 def _derive_defaults(cfg: Config) -> None:
+    derive_run_paths(cfg)
     train = cfg["Train"]
-    if train["file_model_save"] is None:
-        raise _fail(cfg, "Train", "file_model_save", "must be set (a checkpoint file prefix).")
-    if train["dir_run"] is None:
-        cfg._replace("Train", "dir_run", Path(train["file_model_save"]).parent)
-    if train["dir_tensorboard"] is None:
-        cfg._replace("Train", "dir_tensorboard", Path(cfg["Train"]["dir_run"]) / "tensorboard")
     if cfg["Inference"]["file_model_saved"] is None:
         cfg._replace("Inference", "file_model_saved", train["file_model_save"])
     if cfg["Inference"]["dir_save"] is None:
@@ -833,33 +917,32 @@ def _check_pair(cfg: Config, section: str, first: str, second: str) -> None:
     a, b = cfg[section][first], cfg[section][second]
     if (a is None) != (b is None):
         unset, other = (first, second) if a is None else (second, first)
-        raise _fail(cfg, section, unset, f"must be set together with {other} (or both left unset).")
+        raise fail(cfg, section, unset, f"must be set together with {other} (or both left unset).")
 
 
 def _cross_check(cfg: Config) -> None:
-    if cfg["Train"]["learning_rate"] <= 0:
-        raise _fail(cfg, "Train", "learning_rate", "expected a number > 0.")
+    check_train(cfg)
     for section, key in (("Loss", "similarity_scales"), ("Network", "ddf_levels")):
         values = cfg[section][key]
         if not values:
-            raise _fail(cfg, section, key, "expected at least one value.")
+            raise fail(cfg, section, key, "expected at least one value.")
         if len(set(values)) != len(values):
-            raise _fail(cfg, section, key, "expected distinct values.")
+            raise fail(cfg, section, key, "expected distinct values.")
     spacing = cfg["Data"]["voxel_spacing"]
     if spacing and (len(spacing) not in (2, 3) or min(spacing) <= 0):
-        raise _fail(
+        raise fail(
             cfg, "Data", "voxel_spacing", "expected empty, or 2 or 3 sizes in mm, each > 0."
         )
 
     loss = cfg["Loss"]
     if loss["image_loss_type"] != "none" and loss["image_loss_weight"] <= 0:
-        raise _fail(
+        raise fail(
             cfg, "Loss", "image_loss_weight",
             f"expected > 0 because image_loss_type = {loss['image_loss_type']} (or set "
             "image_loss_type = none).",
         )
     if loss["image_loss_type"] == "none" and loss["image_loss_weight"] > 0:
-        raise _fail(
+        raise fail(
             cfg, "Loss", "image_loss_weight",
             "has no effect because image_loss_type = none; set an image loss type or weight 0.",
         )
@@ -868,17 +951,17 @@ def _cross_check(cfg: Config) -> None:
         data = cfg["Data"]
         for key in ("dir_moving_image", "dir_fixed_image"):
             if data[key] is None:
-                raise _fail(cfg, "Data", key, "is required for training (a folder of NIfTI files).")
+                raise fail(cfg, "Data", key, "is required for training (a folder of NIfTI files).")
         _check_pair(cfg, "Data", "dir_moving_label", "dir_fixed_label")
         _check_pair(cfg, "Data", "dir_valid_moving_image", "dir_valid_fixed_image")
         _check_pair(cfg, "Data", "dir_valid_moving_label", "dir_valid_fixed_label")
         if data["dir_valid_moving_label"] is not None and data["dir_valid_moving_image"] is None:
-            raise _fail(
+            raise fail(
                 cfg, "Data", "dir_valid_moving_image",
                 "must be set when validation labels are given.",
             )
         if data["dir_moving_label"] is None and loss["image_loss_type"] == "none":
-            raise _fail(
+            raise fail(
                 cfg, "Data", "dir_moving_label",
                 "no labels and no image loss: nothing to train on; set the label folders or "
                 "[Loss] image_loss_type.",
@@ -888,9 +971,9 @@ def _cross_check(cfg: Config) -> None:
         inference = cfg["Inference"]
         for key in ("dir_moving_image", "dir_fixed_image"):
             if inference[key] is None:
-                raise _fail(cfg, "Inference", key, "is required for inference.")
+                raise fail(cfg, "Inference", key, "is required for inference.")
         if inference["dir_fixed_label"] is not None and inference["dir_moving_label"] is None:
-            raise _fail(
+            raise fail(
                 cfg, "Inference", "dir_moving_label",
                 "must be set when dir_fixed_label is (label metrics need both).",
             )

@@ -34,14 +34,10 @@ from labelreg import metrics, ops
 from labelreg.config import Config
 from labelreg.data import NiftiReader, PairedDataset
 from labelreg.data.pipeline import normalise_intensity
+from labelreg.engine.checkpoints import load_trained_run
+from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError
-from labelreg.train.checkpoints import (
-    load_model_description,
-    make_checkpoint,
-    rebuild_model,
-    resolve_checkpoint,
-)
-from labelreg.train.summaries import middle_slice_panel
+from labelreg.networks.apply import network_ddf, register_pair
 
 __all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS"]
 
@@ -67,21 +63,24 @@ class InferenceResult:
 
 
 def load_trained_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, dict[str, Any], str]:
-    """Rebuild the network of a training run and restore its weights.
+    """Rebuild the registration network of a training run and restore its weights.
 
     Args:
-        checkpoint: anything :func:`labelreg.train.checkpoints.resolve_checkpoint` accepts.
+        checkpoint: anything :func:`labelreg.engine.checkpoints.resolve_checkpoint` accepts.
 
     Returns:
         ``(model, meta, checkpoint_prefix)``; ``meta`` holds the training shapes and options.
+
+    Raises:
+        DataError: no checkpoint, or a run whose method has no single registration network.
     """
-    prefix, run_dir = resolve_checkpoint(checkpoint)
-    description = load_model_description(run_dir)
-    model = rebuild_model(description)
-    # The optimizer and step of the training checkpoint are not needed here; every model weight is.
-    status = make_checkpoint(model).restore(prefix)
-    status.expect_partial().assert_existing_objects_matched()
-    return model, description.get("meta", {}), prefix
+    run = load_trained_run(checkpoint)
+    if "model" not in run.models:
+        raise DataError(
+            f"{run.run_dir}: a {run.method.name} run, not a registration network "
+            f"(models {sorted(run.models)}); use its own config with inference.py."
+        )
+    return run.models["model"], run.meta, run.prefix
 
 
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
@@ -156,8 +155,8 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                 fixed = [normalise_intensity(f) for f in fixed]
             moving_t = np.stack(moving)[..., None]
             fixed_t = np.stack(fixed)[..., None]
-            ddf = model([moving_t, fixed_t], training=False)
-            warped = ops.warp(moving_t, ddf).numpy()
+            out = register_pair(network_ddf(model), moving_t, fixed_t)
+            ddf, warped = out["ddf"], out["warped_moving_image"].numpy()
             folding = metrics.folding_ratio(ddf).numpy()
             ddf = ddf.numpy()
             for i, case in enumerate(cases):

@@ -10,7 +10,7 @@ from comir_tf.data import PairSet, make_patch_dataset
 from comir_tf.equivariance import random_quarter_turns, rot90
 from comir_tf.synthetic import render_pair
 from comir_tf.tiramisu import Tiramisu
-from comir_tf.train import make_train_step
+from labelreg.methods.comir import make_train_step
 
 
 @pytest.mark.parametrize("k", [[0, 1, 2, 3], [-1, 5, -2, 7], [3, 3, 0, 1]])

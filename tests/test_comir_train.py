@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-import comir_tf.train as comir_train
-from comir_tf import cli
 from comir_tf.config import COMIR_SCHEMA, load, schema_docs
-from comir_tf.train import build_models, restore_models, train
+from comir_tf.evaluate import main as evaluate_main
+from labelreg.cli import infer_main, train_main
+from labelreg.engine import train
 from labelreg.errors import ConfigError
+from labelreg.methods.comir import build_models, restore_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,12 +44,12 @@ synthetic_test_pairs = 2
 synthetic_size = 64
 
 [Train]
-run_dir = run
-steps = 20
-batch_size = 4
+dir_run = run
+total_iterations = 20
+minibatch_size = 4
 learning_rate = 0.05
-save_every = 10
-log_every = 1
+freq_model_save = 10
+freq_info_print = 1
 # TensorFlow's op determinism is a process-wide switch; the tests leave it off so that they
 # do not change the rest of the session (the CPU kernels used here are deterministic anyway).
 deterministic = false
@@ -85,10 +86,12 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(trained):
     run = result.run_dir
     assert result.checkpoint.endswith("comir.ckpt-20")
     assert (run / "checkpoints" / "comir.ckpt-10.index").exists()
-    assert load(run / "config.ini")["Train"]["steps"] == 20  # the resolved config parses back
+    # the resolved config parses back
+    assert load(run / "config.ini")["Train"]["total_iterations"] == 20
     description = json.loads((run / "model.json").read_text())
-    assert description["model_a"]["config"]["in_channels"] == 1
-    assert description["model_b"]["config"]["in_channels"] == 3
+    assert description["method"] == "comir"
+    assert description["models"]["model_a"]["config"]["in_channels"] == 1
+    assert description["models"]["model_b"]["config"]["in_channels"] == 3
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert set(result.validation) == {"positive_mse", "info_nce"}
 
@@ -106,29 +109,17 @@ def test_restore_loads_every_weight(trained):
     assert all(changed)
 
 
-def test_ctrl_c_saves_and_the_resumed_run_equals_the_uninterrupted_one(trained, tmp_path,
-                                                                       monkeypatch):
+def test_ctrl_c_saves_and_the_resumed_run_equals_the_uninterrupted_one(trained, tmp_path):
     path, _ = trained
     text = TINY_INI.replace("data/train", str(path.parent / "data/train")).replace(
         "data/test", str(path.parent / "data/test"))
     ini = _write_ini(tmp_path, text)
-    make = comir_train.make_train_step
 
-    def interrupting(*args, **kwargs):
-        step = make(*args, **kwargs)
-        calls = []
+    def interrupting(line: str) -> None:
+        if line.startswith("step 3/"):  # Ctrl-C while step 3 is being reported
+            raise KeyboardInterrupt
 
-        def wrapped(batch):
-            calls.append(1)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
-            return step(batch)
-
-        return wrapped
-
-    with monkeypatch.context() as patch:
-        patch.setattr(comir_train, "make_train_step", interrupting)
-        first = train(load(ini), log=lambda line: None)
+    first = train(load(ini), log=interrupting)
     assert first.interrupted and first.last_step == 3
     assert first.checkpoint.endswith("comir.ckpt-3")
     second = train(load(ini), log=lambda line: None)
@@ -146,7 +137,7 @@ def test_ctrl_c_saves_and_the_resumed_run_equals_the_uninterrupted_one(trained, 
 
 def test_inference_writes_comirs_of_the_input_size(trained):
     path, result = trained
-    assert cli.infer(path) == 0
+    assert infer_main([str(path)]) == 0
     out = result.run_dir / "comirs"
     tiffs = sorted(out.glob("*_comir.tif"))
     assert [p.name for p in tiffs] == ["pair_000_BF_comir.tif", "pair_000_SHG_comir.tif",
@@ -160,7 +151,7 @@ def test_inference_writes_comirs_of_the_input_size(trained):
 
 def test_evaluation_reports_every_method(trained):
     path, result = trained
-    assert cli.evaluate(path) == 0
+    assert evaluate_main([str(path)]) == 0
     folder = result.run_dir / "evaluation"
     with open(folder / "evaluation.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -192,7 +183,7 @@ def test_config_errors_name_the_key(tmp_path, override, message):
     path = _write_ini(tmp_path)
     with pytest.raises(ConfigError, match=message):
         load(path, [override])
-    assert cli.train(path, [override]) == 2
+    assert train_main([str(path), "--set", override]) == 2
 
 
 def test_config_without_comir_section_is_rejected(tmp_path):
@@ -219,3 +210,15 @@ def test_public_names_resolve():
     assert comir_tf.Tiramisu.__module__ == "comir_tf.tiramisu"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         comir_tf.nothing  # noqa: B018
+
+
+def test_former_train_key_names_are_read_with_a_note(tmp_path):
+    old = TINY_INI.replace("dir_run =", "run_dir =").replace("total_iterations =", "steps =")
+    cfg = load(_write_ini(tmp_path, old))
+    assert cfg["Train"]["total_iterations"] == 20
+    assert cfg["Train"]["dir_run"] == tmp_path / "run"
+    assert any("steps is deprecated" in note and "total_iterations" in note
+               for note in cfg.notes)
+    both = TINY_INI.replace("dir_run = run", "dir_run = run\nrun_dir = other")
+    with pytest.raises(ConfigError, match="dir_run is set twice"):
+        load(_write_ini(tmp_path / "both", both))

@@ -111,6 +111,7 @@ def test_config_demo_unchanged_expands_home(tmp_path, monkeypatch):
 
 
 EXPECTED_DEFAULTS = {
+    "Method": {"name": "labelreg"},
     "Data": {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,
         "dir_fixed_label": None, "dir_valid_moving_image": None, "dir_valid_fixed_image": None,
@@ -126,7 +127,8 @@ EXPECTED_DEFAULTS = {
     "Train": {
         "total_iterations": 100000, "minibatch_size": 2, "learning_rate": 1e-5,
         "freq_info_print": 100, "freq_model_save": 500, "seed": 0, "resume": True,
-        "max_checkpoints_to_keep": 3,
+        "max_checkpoints_to_keep": 3, "optimizer": "adam", "momentum": 0.9,
+        "weight_decay": 0.0, "clip_norm": 0.0, "deterministic": False, "validate": True,
     },
     "Inference": {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,
@@ -481,7 +483,7 @@ def test_images_only_training_with_an_image_loss(tmp_path):
 def test_config_is_read_only_mapping(tmp_path):
     cfg = load(write(tmp_path, CONFIG_DEMO.format(root="x")))
     assert isinstance(cfg, Config)
-    assert list(cfg) == ["Data", "Network", "Loss", "Train", "Inference"]
+    assert list(cfg) == ["Method", "Data", "Network", "Loss", "Train", "Inference"]
     with pytest.raises(TypeError):
         cfg["Train"]["learning_rate"] = 1.0  # type: ignore[index]
     with pytest.raises(KeyError, match="Did you mean 'Train'"):

@@ -17,9 +17,9 @@ from scipy import ndimage
 from labelreg import export
 from labelreg._tf import tf
 from labelreg.data.pipeline import normalise_intensity
+from labelreg.engine.checkpoints import make_checkpoint, save_model_description
 from labelreg.errors import ConfigError, DataError
 from labelreg.networks import LocalNet
-from labelreg.train.checkpoints import make_checkpoint, save_model_description
 
 VENV_BIN = Path(sys.executable).parent
 SAVED_MODEL_CLI = VENV_BIN / "saved_model_cli"
@@ -296,8 +296,9 @@ def test_metadata_is_inside_the_saved_model_and_its_assets(fresh_process, export
     description = meta["description"]
     assert description["meta"]["fixed_shape"] == list(TRAINED[ndim]["fixed"])
     assert description["meta"]["moving_shape"] == list(TRAINED[ndim]["moving"])
-    assert description["model"]["class_name"] == "LocalNet"
-    assert description["model"]["config"]["num_channel_initial"] == 4
+    assert description["method"] == "labelreg"
+    assert description["models"]["model"]["class_name"] == "LocalNet"
+    assert description["models"]["model"]["config"]["num_channel_initial"] == 4
     assets = exported[ndim]["path"] / "assets.extra" / "labelreg"
     assert json.loads((assets / "model.json").read_text()) == description
     assert (assets / "config.ini").read_text() == CONFIG_TEXT
@@ -465,23 +466,26 @@ scale_a = 255
 log_b = true
 
 [Train]
-run_dir = run
+dir_run = run
 """
 
 
 def test_comir_run_exports_one_signature_per_modality(tmp_path, rng):
     from comir_tf import config as comir_config
     from comir_tf.generate import generate
-    from comir_tf.train import build_models
+    from labelreg.engine.checkpoints import make_checkpoint, save_model_description
+    from labelreg.methods.comir import CoMIR, build_models
 
     ini = tmp_path / "comir.ini"
     ini.write_text(COMIR_INI)
-    model_a, model_b = build_models(comir_config.load(ini))
-    checkpoint = tf.train.Checkpoint(model_a=model_a, model_b=model_b,
-                                     step=tf.Variable(11, dtype=tf.int64))
+    cfg = comir_config.load(ini)
+    model_a, model_b = build_models(cfg)
+    models = {"model_a": model_a, "model_b": model_b}
+    checkpoint = make_checkpoint(models, step=tf.Variable(11, dtype=tf.int64))
     tf.train.CheckpointManager(checkpoint, str(tmp_path / "run" / "checkpoints"), 1).save()
+    save_model_description(models, tmp_path / "run", method="comir", **CoMIR(cfg).meta())
 
-    path = export.export_comir_run(ini, tmp_path / "exports")
+    path = export.export_saved_model(tmp_path / "run", tmp_path / "exports")
     assert path == tmp_path / "exports" / "comir" / "1"
     loaded = tf.saved_model.load(str(path))
     assert sorted(loaded.signatures.keys()) == ["modality_a", "modality_b", "serving_default"]
@@ -502,15 +506,17 @@ def test_comir_run_exports_one_signature_per_modality(tmp_path, rng):
 
 
 def test_symmetric_padding_matches_numpy(rng):
+    from comir_tf.generate import comir_margin, pad_to_multiple
+
     image = rng.random((1, 3, 5, 2)).astype(np.float32)
-    padded, top, left = export.pad_to_multiple(tf.constant(image), 8)
+    padded, top, left = pad_to_multiple(tf.constant(image), 8)
     assert (int(top), int(left)) == (2, 1)
     want = np.pad(image, ((0, 0), (2, 3), (1, 2), (0, 0)), mode="symmetric")
     np.testing.assert_array_equal(padded.numpy(), want)
     # A margin larger than the image repeats the reflection, as NumPy does.
-    padded, top, left = export.pad_to_multiple(tf.constant(image), 4, margin=6)
+    padded, top, left = pad_to_multiple(tf.constant(image), 4, margin=6)
     assert (int(top), int(left)) == (6, 7)
     want = np.pad(image, ((0, 0), (6, 7), (7, 8), (0, 0)), mode="symmetric")
     np.testing.assert_array_equal(padded.numpy(), want)
-    assert export.comir_margin(4) == 32 and export.comir_margin(64) == 64
-    assert export.comir_margin(8, 5) == 8
+    assert comir_margin(4) == 32 and comir_margin(64) == 64
+    assert comir_margin(8, 5) == 8

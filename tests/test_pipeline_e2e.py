@@ -12,7 +12,7 @@ import pytest
 
 from labelreg import config, metrics
 from labelreg.cli import infer_main, train_main
-from labelreg.train import train
+from labelreg.engine import train
 
 MOVING, FIXED = (16, 16, 16), (14, 15, 13)
 FIXED_AFFINE = np.array([[1.5, 0, 0, -10.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, 7.5], [0, 0, 0, 1]])

@@ -4,45 +4,49 @@ Every loss accepts NumPy arrays or tensors, channels-last with 2 or 3 spatial ax
 one float32 value per sample ``[B]``; the training step reduces over the batch.
 """
 
-from labelreg.losses.deform import bending_energy, gradient_norm, spatial_gradient
-from labelreg.losses.image import lncc, mind_ssc, nmi, ssd
-from labelreg.losses.label import (
-    DEFAULT_SCALES,
-    cross_entropy_loss,
-    dice_loss,
-    jaccard_loss,
-    mean_squared_loss,
-    multi_scale_dice_loss,
-    multi_scale_loss,
-)
+from __future__ import annotations
+
 from labelreg.losses.registry import (
-    IMAGE_LOSSES,
-    LABEL_LOSSES,
-    REGULARISERS,
+    available_losses,
+    build_loss,
     get_image_loss,
     get_label_loss,
     get_regulariser,
+    register_loss,
 )
+from labelreg.registry import lazy_attributes
+
+# The loss functions are imported on first access, so that the name registry (and with it
+# config validation) does not load TensorFlow.
+_FUNCTIONS = {
+    "dice_loss": "label",
+    "jaccard_loss": "label",
+    "cross_entropy_loss": "label",
+    "mean_squared_loss": "label",
+    "multi_scale_loss": "label",
+    "multi_scale_dice_loss": "label",
+    "DEFAULT_SCALES": "label",
+    "bending_energy": "deform",
+    "gradient_norm": "deform",
+    "spatial_gradient": "deform",
+    "ssd": "image",
+    "lncc": "image",
+    "nmi": "image",
+    "mind_ssc": "image",
+    "LABEL_LOSSES": "registry",
+    "REGULARISERS": "registry",
+    "IMAGE_LOSSES": "registry",
+}
 
 __all__ = [
-    "dice_loss",
-    "jaccard_loss",
-    "cross_entropy_loss",
-    "mean_squared_loss",
-    "multi_scale_loss",
-    "multi_scale_dice_loss",
-    "DEFAULT_SCALES",
-    "bending_energy",
-    "gradient_norm",
-    "spatial_gradient",
-    "ssd",
-    "lncc",
-    "nmi",
-    "mind_ssc",
-    "LABEL_LOSSES",
-    "REGULARISERS",
-    "IMAGE_LOSSES",
+    *_FUNCTIONS,
     "get_label_loss",
     "get_regulariser",
     "get_image_loss",
+    "build_loss",
+    "register_loss",
+    "available_losses",
 ]
+
+
+__getattr__ = lazy_attributes("labelreg.losses", _FUNCTIONS)

@@ -171,9 +171,19 @@ def multi_scale_loss(
         raise ValueError(
             f"kind must be one of {tuple(SINGLE_SCALE_LOSSES)}; received kind={kind!r}."
         )
+    return multi_scale_of(SINGLE_SCALE_LOSSES[kind], y_true, y_pred, scales=scales)
+
+
+def multi_scale_of(
+    single_scale: Callable[[Any, Any], tf.Tensor],
+    y_true: Any,
+    y_pred: Any,
+    scales: Sequence[float] = DEFAULT_SCALES,
+) -> tf.Tensor:
+    """:func:`multi_scale_loss` around any single-scale label loss ``fn(y_true, y_pred) -> [B]``
+    (the loss registry uses it for every label loss, registered ones included)."""
     sigmas = check_scales(scales)
     t, p = check_pair(y_true, y_pred)
-    single_scale = SINGLE_SCALE_LOSSES[kind]
     per_scale = [single_scale(gaussian_filter(t, s), gaussian_filter(p, s)) for s in sigmas]
     return tf.reduce_mean(tf.stack(per_scale, axis=0), axis=0)
 

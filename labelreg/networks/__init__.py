@@ -9,27 +9,34 @@ Every registration network maps ``[moving_image, fixed_image]`` to a DDF ``[B, *
 applied as ``labelreg.ops.warp(moving_image, ddf)``.
 """
 
-from labelreg.networks.composite import CompositeNet
-from labelreg.networks.globalnet import GlobalNet
-from labelreg.networks.layers import RegistrationModel
-from labelreg.networks.localnet import LocalNet
+from __future__ import annotations
+
 from labelreg.networks.registry import (
     available_networks,
     build_network,
     get_network,
     register_network,
 )
-from labelreg.networks.unet import UNet, UNetBackbone
+from labelreg.registry import lazy_attributes
+
+# Imported on first access, so that the name registry (and with it config validation) does not
+# load TensorFlow.
+_CLASSES = {
+    "LocalNet": "localnet",
+    "GlobalNet": "globalnet",
+    "CompositeNet": "composite",
+    "UNet": "unet",
+    "UNetBackbone": "unet",
+    "RegistrationModel": "layers",
+}
 
 __all__ = [
-    "LocalNet",
-    "GlobalNet",
-    "CompositeNet",
-    "UNet",
-    "UNetBackbone",
-    "RegistrationModel",
+    *_CLASSES,
     "get_network",
     "build_network",
     "register_network",
     "available_networks",
 ]
+
+
+__getattr__ = lazy_attributes("labelreg.networks", _CLASSES)

@@ -119,6 +119,9 @@ class GlobalNet(RegistrationModel):
             an eager input or a fixed shape other than ``fixed_shape``.
     """
 
+    #: The DDF is affine: label-reg trains it without a smoothness regulariser.
+    affine_only = True
+
     def __init__(
         self,
         ndim: int = 3,

@@ -715,6 +715,9 @@ class RegistrationModel(keras.Model):
         **kwargs: ``name``, ``trainable``, ``dtype``, passed to ``keras.Model``.
     """
 
+    #: Whether every DDF the network predicts is affine (then it needs no smoothness term).
+    affine_only = False
+
     def __init__(self, ndim: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)

@@ -1,4 +1,9 @@
-"""Names of the networks as written in INI files (``[Network] network_type = local``)."""
+"""Names of the networks as written in INI files (``[Network] network_type = local``).
+
+The built-in names are known without importing TensorFlow, so a misspelt ``network_type`` is
+reported before it loads; a class added with :func:`register_network` is selectable from the INI
+with no other edit.
+"""
 
 from __future__ import annotations
 
@@ -6,72 +11,45 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import keras
+from labelreg.registry import Registry
 
-from labelreg.errors import ConfigError
-from labelreg.networks.composite import CompositeNet
-from labelreg.networks.globalnet import GlobalNet
-from labelreg.networks.layers import check_ndim, check_spatial_shape
-from labelreg.networks.localnet import LocalNet
-from labelreg.networks.unet import UNet
+__all__ = ["NETWORKS", "register_network", "get_network", "available_networks", "build_network"]
 
-__all__ = ["register_network", "get_network", "available_networks", "build_network"]
-
-_NETWORKS: dict[str, type[keras.Model]] = {}
+NETWORKS = Registry("network type", {
+    "local": "labelreg.networks.localnet:LocalNet",
+    "global": "labelreg.networks.globalnet:GlobalNet",
+    "composite": "labelreg.networks.composite:CompositeNet",
+    "unet": "labelreg.networks.unet:UNet",
+}, sort_names=True)
 
 
-def register_network(name: str) -> Callable[[type[keras.Model]], type[keras.Model]]:
-    """Class decorator adding a network under ``name`` (case-insensitive).
+def register_network(name: str) -> Callable[[type], type]:
+    """Class decorator adding a ``[moving, fixed] -> ddf`` network under ``name``
+    (case-insensitive).
 
     Raises:
         ValueError: when ``name`` is empty or already taken by another class.
     """
-    key = str(name).strip().lower()
-    if not key:
-        raise ValueError(f"a network name must be a non-empty string; received name={name!r}.")
-
-    def decorator(cls: type[keras.Model]) -> type[keras.Model]:
-        if key in _NETWORKS and _NETWORKS[key] is not cls:
-            raise ValueError(
-                f"network name {key!r} is already registered to {_NETWORKS[key].__name__}."
-            )
-        _NETWORKS[key] = cls
-        return cls
-
-    return decorator
-
-
-for _name, _cls in (
-    ("local", LocalNet),
-    ("global", GlobalNet),
-    ("composite", CompositeNet),
-    ("unet", UNet),
-):
-    register_network(_name)(_cls)
+    return NETWORKS.register(name)
 
 
 def available_networks() -> tuple[str, ...]:
     """The registered names, sorted."""
-    return tuple(sorted(_NETWORKS))
+    return tuple(sorted(NETWORKS))
 
 
-def get_network(name: str) -> type[keras.Model]:
+def get_network(name: str) -> type:
     """The network class registered as ``name`` (case-insensitive, surrounding spaces ignored).
 
     Raises:
         ConfigError: for an unknown name; the message lists the known ones.
     """
-    key = str(name).strip().lower()
-    if key not in _NETWORKS:
-        raise ConfigError(
-            f"unknown network type {name!r}; expected one of: {', '.join(available_networks())}."
-        )
-    return _NETWORKS[key]
+    return NETWORKS.get(name)
 
 
 def build_network(
     name: str, ndim: int, fixed_shape: Sequence[int] | None = None, **kwargs: Any
-) -> keras.Model:
+) -> Any:
     """Create the network registered as ``name``.
 
     Args:
@@ -82,7 +60,7 @@ def build_network(
             (``global``, ``composite``: their dense layer depends on it), checked and otherwise
             unused.
         **kwargs: constructor arguments of the class (e.g. ``num_channel_initial``,
-            ``ddf_levels``).
+            ``ddf_levels``); arguments the class does not take are an error.
 
     Returns:
         An unbuilt ``keras.Model``.
@@ -91,6 +69,9 @@ def build_network(
         ConfigError: for an unknown name or an argument the class does not take.
         ValueError: for a bad ``ndim``, ``fixed_shape`` or argument value.
     """
+    from labelreg.errors import ConfigError
+    from labelreg.networks.layers import check_ndim, check_spatial_shape
+
     cls = get_network(name)
     ndim = check_ndim(ndim)
     if fixed_shape is not None:

@@ -1,0 +1,280 @@
+"""The run folder of every method: checkpoints, and the model description stored beside them.
+
+A run folder holds ``checkpoints/`` (``tf.train.CheckpointManager``: every model by weight path,
+the optimizers, the step), ``model.json`` (the method's name and its networks' Keras configs,
+so inference and export rebuild the networks without the training data) and ``config.ini`` (the
+resolved settings of the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from labelreg._tf import tf
+from labelreg.errors import DataError
+
+__all__ = [
+    "CHECKPOINT_SUBDIR",
+    "MODEL_FILE",
+    "atomic_write_text",
+    "save_model_description",
+    "load_model_description",
+    "resolve_checkpoint",
+    "model_variables",
+    "make_checkpoint",
+    "restore_checkpoint",
+    "prepare_run_dir",
+    "TrainedRun",
+    "load_trained_run",
+]
+
+CHECKPOINT_SUBDIR = "checkpoints"
+MODEL_FILE = "model.json"
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, fresh: bool, log: Callable[[str], None],
+                    setting: str = "[Train] dir_run") -> Path:
+    """Create a run folder (checking it is writable) and, for a fresh start, set its old
+    checkpoints aside: starting over never deletes a previous run's checkpoints.
+
+    Args:
+        run_dir: the folder.
+        fresh: move an existing ``checkpoints/`` to ``checkpoints.<timestamp>``.
+        log: where to say so.
+        setting: the config key that named the folder, for the error message.
+
+    Raises:
+        DataError: when the folder cannot be created or written.
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise DataError(f"{run_dir}: cannot write the run folder ({setting}): {err}") from err
+    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
+    if fresh and ckpt_dir.exists():
+        aside = run_dir / f"{CHECKPOINT_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(ckpt_dir), str(aside))
+        log(f"starting fresh: previous checkpoints moved to {aside}")
+    return run_dir
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see
+    a half-written file and an interrupted write leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_variables(model: keras.Model) -> dict[str, Any]:
+    """Every weight of a built Keras model, keyed by its path below the model.
+
+    ``tf.train.Checkpoint(model=keras_model)`` does not see Keras 3 layers that a model keeps in
+    lists or dicts, so checkpoints name the variables explicitly. The model's own name is left
+    out of the keys because Keras numbers it per process (``local_net_1``...), which would make a
+    checkpoint unreadable by a second model built in the same process.
+
+    Raises:
+        ValueError: when the model is not built or two weights share a path.
+    """
+    if not model.weights:
+        raise ValueError(f"model {model.name!r} has no weights yet; call it once to build it.")
+    items: dict[str, Any] = {}
+    for variable in model.weights:
+        key = variable.path.split("/", 1)[-1]
+        if key in items:
+            raise ValueError(f"model {model.name!r} has two weights with the path {key!r}.")
+        items[key] = variable
+    return items
+
+
+def _as_models(models: keras.Model | Mapping[str, keras.Model]) -> dict[str, keras.Model]:
+    return {"model": models} if isinstance(models, keras.Model) else dict(models)
+
+
+def make_checkpoint(models: keras.Model | Mapping[str, keras.Model], **others: Any
+                    ) -> tf.train.Checkpoint:
+    """The one checkpoint layout of every method: each model's weights by path (see
+    :func:`model_variables`) under its key (a single model under ``model``), and any other
+    trackables (optimizers, the step counter...) under their keyword."""
+    objects = {key: model_variables(model) for key, model in _as_models(models).items()}
+    return tf.train.Checkpoint(**objects, **others)
+
+
+def restore_checkpoint(
+    models: keras.Model | Mapping[str, keras.Model], prefix: str, partial: bool = False,
+    **others: Any,
+) -> str:
+    """Load a checkpoint into ``models`` (and ``others``), checking that every object matched.
+
+    Checkpoints written before every method shared the trainer stored CoMIR's networks as Keras
+    object graphs instead of by path; those are still read (``"legacy"`` is returned).
+
+    Args:
+        models: the models, keyed as when the checkpoint was written.
+        prefix: the checkpoint prefix.
+        partial: ``True`` when the checkpoint may hold more than is asked for (inference reads
+            only the models of a training checkpoint).
+        **others: optimizers, step... restored under their keyword.
+
+    Returns:
+        ``"current"`` or ``"legacy"``: the layout that was read.
+
+    Raises:
+        DataError: when the checkpoint is unreadable or its variables do not fit the models.
+    """
+    models = _as_models(models)
+    attempts = (("current", make_checkpoint(models, **others)),
+                ("legacy", tf.train.Checkpoint(**models, **others)))
+    problems = []
+    for layout, checkpoint in attempts:
+        try:
+            status = checkpoint.restore(prefix)
+            if partial:
+                status.expect_partial()
+            status.assert_existing_objects_matched()
+            return layout
+        except (AssertionError, ValueError) as err:
+            problems.append(str(err).splitlines()[0][:300])
+        except tf.errors.OpError as err:
+            raise DataError(f"{prefix}: cannot read the checkpoint ({err.message}).") from err
+    raise DataError(
+        f"{prefix}: the checkpoint does not fit the model(s) {sorted(models)} built from the "
+        f"configuration (different network, width or method?): {problems[0]}"
+    )
+
+
+def save_model_description(
+    models: keras.Model | Mapping[str, keras.Model], run_dir: str | os.PathLike,
+    method: str = "labelreg", **meta: Any,
+) -> Path:
+    """Store ``model.json``: the method name, every model's serialised config
+    (``keras.saving.serialize_keras_object``) and ``meta`` (e.g. the image shapes the networks
+    were trained on), so inference and export rebuild the networks without the training data."""
+    description = {
+        "method": method,
+        "models": {key: keras.saving.serialize_keras_object(model)
+                   for key, model in _as_models(models).items()},
+        "meta": meta,
+    }
+    return atomic_write_text(Path(run_dir) / MODEL_FILE, json.dumps(description, indent=2) + "\n")
+
+
+def load_model_description(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``model.json`` of a run folder as ``{"method", "models", "meta"}``.
+
+    Descriptions written before the method layer (``{"model": ..., "meta": ...}`` for
+    label-driven runs, ``{"model_a": ..., "model_b": ...}`` for CoMIR) are read too.
+
+    Raises:
+        DataError: when the file is missing or not valid JSON.
+    """
+    path = Path(run_dir) / MODEL_FILE
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(
+            f"{path}: missing; expected the model description written by training.py next to "
+            "the checkpoints."
+        ) from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}).") from err
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object.")
+    if "models" not in description:
+        models = {k: v for k, v in description.items() if k.startswith("model")}
+        description = {"method": "comir" if "model_a" in models else "labelreg",
+                       "models": models, "meta": description.get("meta", {})}
+    description.setdefault("meta", {})
+    description.setdefault("method", "labelreg")
+    return description
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Path]:
+    """Find the checkpoint a user meant, and its run folder.
+
+    Accepts a checkpoint prefix as ``training.py`` writes it (``<run>/checkpoints/model.ckpt-500``),
+    label-reg's ``file_model_save`` prefix (``<run>/model.ckpt``: the latest checkpoint of
+    ``<run>/checkpoints/`` is used), a checkpoints folder, or a run folder.
+
+    Returns:
+        ``(checkpoint_prefix, run_dir)``.
+
+    Raises:
+        DataError: when no checkpoint is found there.
+    """
+    path = Path(path)
+    candidates: list[tuple[Path, Path]] = []
+    if Path(f"{path}.index").exists():
+        run = path.parent.parent if path.parent.name == CHECKPOINT_SUBDIR else path.parent
+        return str(path), run
+    for folder, run in (
+        (path.parent / CHECKPOINT_SUBDIR, path.parent),
+        (path / CHECKPOINT_SUBDIR, path),
+        (path, path.parent),
+    ):
+        candidates.append((folder, run))
+        if folder.is_dir():
+            latest = tf.train.latest_checkpoint(str(folder))
+            if latest:
+                return latest, run
+    raise DataError(
+        f"{path}: no checkpoint found; looked for {path}.index and for the latest checkpoint in "
+        + ", ".join(str(folder) for folder, _ in candidates)
+        + ". Train first with `python training.py <config.ini>`."
+    )
+
+
+@dataclass
+class TrainedRun:
+    """A training run restored for inference or export (see :func:`load_trained_run`)."""
+
+    method: type
+    models: dict[str, keras.Model]
+    meta: dict[str, Any]
+    prefix: str
+    run_dir: Path
+    description: dict[str, Any]
+
+
+def load_trained_run(path: str | os.PathLike) -> TrainedRun:
+    """Rebuild the networks of a training run of any method and restore their weights.
+
+    Args:
+        path: anything :func:`resolve_checkpoint` accepts.
+
+    Raises:
+        DataError: no checkpoint or model description, or weights that do not fit.
+        ConfigError: a run of a method that is not registered.
+    """
+    from labelreg.methods.registry import get_method
+
+    prefix, run_dir = resolve_checkpoint(path)
+    description = load_model_description(run_dir)
+    method = get_method(description["method"])
+    models = method.rebuild(description)
+    # The optimizers and step of the training checkpoint are not needed here; every model
+    # weight is.
+    restore_checkpoint(models, prefix, partial=True)
+    return TrainedRun(method, models, dict(description["meta"]), prefix, run_dir, description)

@@ -1,0 +1,230 @@
+"""The one trainer behind ``python training.py config.ini``, for every method.
+
+It owns what all methods share: seeding, the run folder, a ``tf.train.CheckpointManager`` with
+one by-path layout for every model, exact resume (sampling is a pure function of ``(seed,
+step)``), the ``tf.distribute`` strategy, the compiled step (:mod:`labelreg.engine.step`),
+progress lines and a progress bar, ``tf.summary`` scalars and pictures, validation at every
+checkpoint, timing (s/step and the share spent waiting for input), the non-finite-loss guard and
+Ctrl-C (the last finished step is saved). What is trained, on what, with which loss, comes from
+the method (:class:`labelreg.methods.base.Method`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from labelreg._tf import tf
+from labelreg.config import Config
+from labelreg.engine.checkpoints import (
+    CHECKPOINT_SUBDIR,
+    make_checkpoint,
+    prepare_run_dir,
+    restore_checkpoint,
+    save_model_description,
+)
+from labelreg.engine.step import make_optimizer, make_train_step, optimizer_key
+from labelreg.engine.summaries import SummaryWriter, format_line
+from labelreg.methods.base import Method
+
+__all__ = ["TrainResult", "train", "as_method", "choose_strategy"]
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    run_dir: Path
+    first_step: int
+    last_step: int
+    checkpoint: str | None
+    interrupted: bool = False
+    last_values: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    #: ``(step, values)`` of every logged step.
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    #: Wall time per step and the share of it spent waiting for input, over the steps after
+    #: the first (which includes tracing).
+    seconds_per_step: float = float("nan")
+    input_share: float = float("nan")
+
+
+def choose_strategy() -> tf.distribute.Strategy:
+    """Mirror the models over every GPU when there are several, else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _checkpoint_name(method: Method) -> str:
+    name = Path(method.cfg["Train"]["file_model_save"]).name
+    return name or method.checkpoint_name
+
+
+def as_method(target: Method | Config, log: Callable[[str], None] | None = None) -> Method:
+    """The method of a validated config (its ``[Method] name``), or ``target`` itself."""
+    if isinstance(target, Config):
+        from labelreg.methods.registry import get_method
+
+        return get_method(target["Method"]["name"])(target, log=log or print)
+    if log is not None:
+        target.log = log
+    return target
+
+
+def train(target: Method | Config, fresh: bool = False,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a method as its config says, resuming from the run folder's latest checkpoint.
+
+    Args:
+        target: a method built from its validated config, or the config itself (from
+            ``labelreg.methods.registry.load_config``, ``labelreg.config.load``...).
+        fresh: ignore (and set aside) existing checkpoints; ``[Train] resume = false`` does the
+            same.
+        log: where progress lines go (default: the method's, ``print``).
+
+    Returns:
+        A :class:`TrainResult`; on Ctrl-C the last finished step is saved first and
+        ``interrupted`` is set.
+
+    Raises:
+        DataError: unreadable or inconsistent data, an unwritable run folder, or a checkpoint
+            that does not fit the configured models.
+        FloatingPointError: when the loss becomes NaN or infinite.
+    """
+    method = as_method(target, log)
+    cfg, log = method.cfg, method.log
+    train_cfg = cfg["Train"]
+    fresh = fresh or not train_cfg["resume"]
+    seed = int(train_cfg["seed"])
+    keras.utils.set_random_seed(seed)
+    if train_cfg["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+
+    method.prepare_data()  # bad data fail here, before a run folder exists
+    run_dir = prepare_run_dir(train_cfg["dir_run"], fresh, log)
+
+    strategy = choose_strategy()
+    with strategy.scope():
+        method.models = method.build()
+        optimizers = {}
+        for key in method.trained_models():
+            optimizer = make_optimizer(train_cfg["optimizer"], float(train_cfg["learning_rate"]),
+                                       float(train_cfg["momentum"]))
+            optimizer.build(method.models[key].trainable_variables)
+            optimizers[key] = optimizer
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    trackables = {optimizer_key(key): opt for key, opt in optimizers.items()}
+    checkpoint = make_checkpoint(method.models, step=step_var, **trackables)
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(run_dir / CHECKPOINT_SUBDIR),
+        max_to_keep=int(train_cfg["max_checkpoints_to_keep"]),
+        checkpoint_name=_checkpoint_name(method),
+    )
+    if manager.latest_checkpoint:
+        restore_checkpoint(method.models, manager.latest_checkpoint, step=step_var, **trackables)
+        log(f"resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+    first_step = int(step_var.numpy())
+    total = int(train_cfg["total_iterations"])
+
+    cfg.write(run_dir / "config.ini")
+    save_model_description(method.models, run_dir, method=method.name, **method.meta())
+    result = TrainResult(run_dir=run_dir, first_step=first_step, last_step=first_step,
+                         checkpoint=manager.latest_checkpoint)
+    if first_step >= total:
+        log(f"already trained to step {first_step} of {total}; nothing to do")
+        return result
+
+    batch_size = int(train_cfg["minibatch_size"])
+    # Exactly the batches still to train on: once the last one is read the input pipeline's
+    # threads are idle, so deleting the iterator never waits on a Python generator that needs
+    # the GIL (a prefetching infinite pipeline could hang there).
+    dataset = method.train_dataset(seed, first_step, total).take(total - first_step)
+    dist_dataset = strategy.experimental_distribute_dataset(dataset)
+    groups = {key.removeprefix("model_") or key: (opt, method.models[key].trainable_variables)
+              for key, opt in optimizers.items()}
+    train_step = make_train_step(
+        method.loss_terms, groups, preprocess=method.preprocess,
+        clip_norm=float(train_cfg["clip_norm"]), weight_decay=float(train_cfg["weight_decay"]),
+        global_batch_size=batch_size, strategy=strategy,
+    )
+
+    writer = SummaryWriter(train_cfg["dir_tensorboard"])
+    print_every, save_every = int(train_cfg["freq_info_print"]), int(train_cfg["freq_model_save"])
+    progress = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 0,
+                                   unit_name="step")
+    progress.update(first_step)
+    parameters = " + ".join(f"{m.count_params():,}" for m in method.models.values())
+    log(f"training {method.name} ({parameters} parameters) on {method.describe_data()}, "
+        f"steps {first_step + 1}..{total}; run folder {run_dir}")
+
+    def save(step: int, why: str = "saved") -> None:
+        method.before_save()
+        result.checkpoint = manager.save(checkpoint_number=step)
+        log(f"{why} {result.checkpoint}")
+
+    def at_checkpoint(step: int) -> None:
+        save(step)
+        if train_cfg["validate"]:
+            values = method.validate()
+            if values:
+                result.validation = values
+                log(f"validation at step {step}: "
+                    + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+                writer.scalars(step, values, prefix="validation")
+        for tag, picture in method.pictures().items():
+            writer.image(step, tag, picture)
+
+    step = first_step
+    tic, tic_step = time.perf_counter(), step
+    iterator = iter(dist_dataset)
+    waited, steady_start, steady_first = 0.0, None, step
+    try:
+        while step < total:
+            fetch = time.perf_counter()
+            batch = next(iterator)
+            if steady_start is not None:
+                waited += time.perf_counter() - fetch
+            values = train_step(batch)
+            step += 1
+            if steady_start is None:
+                steady_start, steady_first = time.perf_counter(), step
+            step_var.assign(step)
+            if step % print_every == 0 or step == total or step == first_step + 1:
+                host = {k: float(v.numpy()) for k, v in values.items()}
+                if not math.isfinite(host["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite training loss at step {step}: {host}; lower [Train] "
+                        "learning_rate or check the data for extreme values."
+                    )
+                rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
+                tic, tic_step = time.perf_counter(), step
+                log(format_line(step, total, host, rate))
+                writer.scalars(step, host)
+                result.last_values = host
+                result.history.append((step, host))
+            progress.update(step)
+            if step % save_every == 0 or step == total:
+                at_checkpoint(step)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        if step > first_step and not str(result.checkpoint or "").endswith(f"-{step}"):
+            save(step, "interrupted: saved")
+    finally:
+        writer.flush()
+        del iterator  # now, not at some later garbage collection
+    result.last_step = step
+    if steady_start is not None and step > steady_first:
+        elapsed = time.perf_counter() - steady_start
+        result.seconds_per_step = elapsed / (step - steady_first)
+        result.input_share = waited / elapsed
+        log(f"{result.seconds_per_step:.3f} s per step, {100 * result.input_share:.1f}% of it "
+            "waiting for input")
+    return result

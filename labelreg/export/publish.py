@@ -1,0 +1,347 @@
+"""Versioned SavedModels for TF-Serving, for any method: the method supplies the signatures.
+
+A TF-Serving model folder holds one sub-folder per integer version::
+
+    <base_dir>/<name>/1/      saved_model.pb, variables/, assets.extra/labelreg/
+    <base_dir>/<name>/2/      ...
+
+:func:`export_endpoints` writes the next free version (a version is never overwritten) with
+``keras.export.ExportArchive`` into a hidden staging folder and renames it into place, so a
+TF-Serving server polling the folder never sees a half-written version. :func:`export_saved_model`
+restores a training run of any method and exports the signatures its method defines
+(:meth:`labelreg.methods.base.Method.serving_endpoints`); :func:`export_onnx` converts a run's
+``serving_default`` signature with tf2onnx.
+
+Metadata: the description (method, the networks' Keras configs, the training meta and step, the
+signatures) and the run's ``config.ini`` are written to ``assets.extra/labelreg/`` and are also
+inside the SavedModel as the variables ``training_step`` (int64) and ``model_description`` (a
+JSON string), readable with TensorFlow alone: ``tf.saved_model.load(path).training_step[0]``.
+
+XLA: :func:`labelreg.warp` is compiled with XLA in training, but TF-Serving's stock CPU server does
+not run XLA clusters by default, so signatures are traced inside
+:func:`labelreg.ops.xla_disabled` unless ``jit_compile=True`` is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from labelreg import ops
+from labelreg._tf import tf
+from labelreg.errors import ConfigError, DataError
+
+__all__ = [
+    "METADATA_DIR",
+    "SERVING_DEFAULT",
+    "describe_spec",
+    "export_endpoints",
+    "export_saved_model",
+    "export_onnx",
+    "list_versions",
+    "next_version",
+    "training_step",
+]
+
+SERVING_DEFAULT = "serving_default"
+METADATA_DIR = os.path.join("assets.extra", "labelreg")
+
+
+def describe_spec(spec: tf.TensorSpec) -> str:
+    """``"[?, ?, 3]"`` for a ``TensorSpec`` of shape ``[None, None, 3]``."""
+    return "[" + ", ".join("?" if s is None else str(s) for s in spec.shape) + "]"
+
+
+def _add_metadata_variables(
+    archive: keras.export.ExportArchive, step: int | None, description: dict[str, Any]
+) -> None:
+    # Readable with TensorFlow alone: tf.saved_model.load(path).training_step[0].
+    archive.add_variable_collection(
+        "training_step", [tf.Variable(int(step if step is not None else -1), dtype=tf.int64,
+                                      trainable=False, name="training_step")])
+    archive.add_variable_collection(
+        "model_description", [tf.Variable(json.dumps(description), dtype=tf.string,
+                                          trainable=False, name="model_description")])
+
+
+def _xla_context(jit_compile: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if jit_compile else ops.xla_disabled()
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """The integer versions present in a TF-Serving model folder, sorted (empty if none)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir: str | os.PathLike) -> int:
+    """One more than the highest version in ``model_dir`` (1 for a new folder)."""
+    versions = list_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def _check_version(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(
+            f"version must be a positive integer (TF-Serving's version folders); received "
+            f"version={version!r}."
+        )
+    return version
+
+
+def _check_name(name: Any) -> str:
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or os.sep in text:
+        raise ConfigError(
+            f"name must be a plain folder name (the TF-Serving model name); received name={name!r}."
+        )
+    return text
+
+
+def _publish(staging: Path, model_dir: Path, version: int | None) -> Path:
+    """Rename the staged SavedModel to its version folder, never replacing an existing one."""
+    explicit = version is not None
+    for _ in range(100):
+        number = version if explicit else next_version(model_dir)
+        target = model_dir / str(number)
+        if target.exists():
+            if explicit:
+                raise DataError(
+                    f"{target}: version {number} already exists; exports never overwrite a "
+                    f"version. Pick another --version or leave it unset for the next free one "
+                    f"({next_version(model_dir)})."
+                )
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if explicit or not target.exists():
+                raise
+            continue  # another export took this number meanwhile: try the next one
+        return target
+    raise DataError(f"{model_dir}: could not find a free version folder.")
+
+
+def _prepare_target(
+    base_dir: str | os.PathLike, name: str, version: int | None
+) -> tuple[Path, int | None]:
+    """Check the name and version before any work, and create the model folder."""
+    name = _check_name(name)
+    if version is not None:
+        version = _check_version(version)
+    model_dir = Path(base_dir) / name
+    if version is not None and (model_dir / str(version)).exists():
+        raise DataError(
+            f"{model_dir / str(version)}: version {version} already exists; exports never "
+            f"overwrite a version (next free: {next_version(model_dir)})."
+        )
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{model_dir}: cannot create the model folder ({err}).") from err
+    return model_dir, version
+
+
+def _write_archive(
+    archive: keras.export.ExportArchive,
+    model_dir: Path,
+    version: int | None,
+    files: dict[str, str],
+) -> Path:
+    # A hidden, non-numeric staging name: TF-Serving only loads folders named by an integer.
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{uuid.uuid4().hex[:8]}-", dir=model_dir))
+    try:
+        saved = staging / "model"
+        archive.write_out(str(saved), verbose=False)
+        for relative, text in files.items():
+            target = saved / METADATA_DIR / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        return _publish(saved, model_dir, version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def training_step(prefix: str) -> int | None:
+    """The step stored in a checkpoint (or the number ending its prefix)."""
+    try:
+        names = dict(tf.train.list_variables(prefix))
+        if "step/.ATTRIBUTES/VARIABLE_VALUE" in names:
+            return int(tf.train.load_variable(prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError):
+        pass
+    tail = prefix.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def export_endpoints(
+    endpoints: Mapping[str, Sequence[Any]],
+    base_dir: str | os.PathLike,
+    name: str,
+    version: int | None = None,
+    *,
+    description: dict[str, Any] | None = None,
+    step: int | None = None,
+    config_text: str | None = None,
+    jit_compile: bool = False,
+) -> Path:
+    """Write signatures as the TF-Serving model version ``base_dir/name/version/``.
+
+    Args:
+        endpoints: ``{signature name: (function, input_signature[, output names])}``; without a
+            ``serving_default`` the first one also serves as the default.
+        base_dir: the folder TF-Serving's ``--model_base_path`` points above.
+        name: the model name (a plain folder name).
+        version: a positive int, or ``None`` for the next free version.
+        description: JSON-able metadata (method, models, meta); the export's own facts
+            (signatures, time, versions, ``jit_compile``) and ``training_step`` are added.
+        step: the training step to record.
+        config_text: the run's INI text to record (``assets.extra/labelreg/config.ini``).
+        jit_compile: trace with XLA (faster in Python; TF-Serving's stock CPU server does not
+            compile XLA clusters).
+
+    Returns:
+        The version folder written.
+
+    Raises:
+        ConfigError: for a bad name or version, or no endpoints.
+        DataError: when the version exists or the folder cannot be written.
+    """
+    if not endpoints:
+        raise ConfigError("an export needs at least one signature; received none.")
+    model_dir, version = _prepare_target(base_dir, name, version)
+    description = {
+        **(description or {}),
+        "training_step": step,
+        "export": {
+            "jit_compile": bool(jit_compile),
+            "signatures": {
+                signature: {"inputs": [f"{s.name} {describe_spec(s)}" for s in entry[1]],
+                            "outputs": list(entry[2]) if len(entry) > 2 else []}
+                for signature, entry in endpoints.items()
+            },
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+    }
+    files = {"model.json": json.dumps(description, indent=2) + "\n"}
+    if config_text is not None:
+        files["config.ini"] = config_text
+    with _xla_context(jit_compile):
+        archive = keras.export.ExportArchive()
+        # No archive.track(model): the endpoints capture every variable they use, and tracking
+        # the Keras model as well stores every weight twice (measured: variables/ doubles).
+        for signature, (fn, specs, *_) in endpoints.items():
+            archive.add_endpoint(signature, fn, input_signature=specs)
+        _add_metadata_variables(archive, step, description)
+        return _write_archive(archive, model_dir, version, files)
+
+
+def _run_endpoints(model_dir_or_checkpoint: str | os.PathLike, options: dict[str, Any]):
+    from labelreg.engine.checkpoints import load_trained_run
+
+    run = load_trained_run(model_dir_or_checkpoint)
+    endpoints = run.method.serving_endpoints(run.models, run.meta, **options)
+    return run, endpoints
+
+
+def export_saved_model(
+    model_dir_or_checkpoint: str | os.PathLike,
+    base_dir: str | os.PathLike,
+    name: str | None = None,
+    version: int | None = None,
+    *,
+    jit_compile: bool = False,
+    **options: Any,
+) -> Path:
+    """Export a trained run of any method as a TF-Serving model version ``base_dir/name/version/``.
+
+    Args:
+        model_dir_or_checkpoint: a run folder, its ``checkpoints/`` folder, a checkpoint prefix
+            or label-reg's ``file_model_save`` prefix.
+        base_dir: parent of the model folder.
+        name: the model name TF-Serving serves it under (``MODEL_NAME``); default the method's.
+        version: a positive int, or ``None`` for the next free integer. An existing version is
+            never overwritten.
+        jit_compile: trace with XLA (off by default, for TF-Serving's stock server).
+        **options: the method's export options (e.g. ``label_interpolation="nearest"`` for a
+            registration network).
+
+    Returns:
+        The version folder written.
+
+    Raises:
+        DataError: no checkpoint or model description, an existing version, an unwritable folder.
+        ConfigError: a bad name, version or option.
+    """
+    run, endpoints = _run_endpoints(model_dir_or_checkpoint, options)
+    config_path = run.run_dir / "config.ini"
+    return export_endpoints(
+        endpoints, base_dir, name or run.method.name, version,
+        description={"method": run.method.name, "models": run.description["models"],
+                     "meta": {**run.meta, **options,
+                              **run.method.export_meta(run.models, **options),
+                              "checkpoint": str(run.prefix)}},
+        step=training_step(run.prefix),
+        config_text=config_path.read_text(encoding="utf-8") if config_path.is_file() else None,
+        jit_compile=jit_compile,
+    )
+
+
+def export_onnx(
+    model_dir_or_checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    opset: int = 17,
+) -> Path:
+    """Convert the ``serving_default`` signature of a trained run to ONNX with tf2onnx.
+
+    For a registration network the ONNX graph has the inputs ``moving_image`` and
+    ``fixed_image`` and the outputs ``ddf`` and ``warped_moving_image``, with the same units and
+    dynamic sizes as the SavedModel signature. Needs the optional extra ``labelreg[onnx]``
+    (``tf2onnx``; ``onnxruntime`` to run the result).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ImportError: when tf2onnx is missing, with the install command.
+    """
+    try:
+        import tf2onnx
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "ONNX export needs tf2onnx: `pip install 'labelreg[onnx]'` (tf2onnx, onnxruntime)."
+        ) from err
+    try:
+        # tf2onnx 1.17 still uses np.object etc., gone in NumPy 2; Keras's own ONNX export ships
+        # the patch (which touches np.object itself, hence the FutureWarning filter).
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:  # pragma: no cover - a Keras without it
+        patch_tf2onnx = None
+    if patch_tf2onnx is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            patch_tf2onnx()
+    _, endpoints = _run_endpoints(model_dir_or_checkpoint, {})
+    fn, specs, *_ = endpoints.get(SERVING_DEFAULT) or next(iter(endpoints.values()))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ops.xla_disabled():  # ONNX has no XLA clusters either
+        function = tf.function(fn, input_signature=specs, autograph=False)
+        tf2onnx.convert.from_function(function, input_signature=specs, opset=int(opset),
+                                      output_path=str(path))
+    return path

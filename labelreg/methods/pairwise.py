@@ -1,0 +1,236 @@
+"""The shared base of methods whose model predicts a DDF from an image pair.
+
+Label-driven registration and, next, the image-driven methods (DeepSim, learned similarity,
+GraDIRN) all read the same four NIfTI folders, train one network from the networks registry on
+label-reg's two-stage sampling with affine augmentation, validate Dice and centroid distance,
+re-estimate BatchNorm statistics before checkpoints, infer on a folder
+(:mod:`labelreg.infer`) and export the registration signatures
+(:mod:`labelreg.export.registration`). A subclass supplies its objective, :meth:`loss_terms`,
+and its config loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from labelreg import metrics, ops
+from labelreg._tf import tf
+from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
+from labelreg.data.augment import augment_batch, step_seed
+from labelreg.engine.batchnorm import recalibrate_batch_norm
+from labelreg.engine.summaries import middle_slice_panel
+from labelreg.errors import DataError
+from labelreg.methods.base import Endpoint, Method
+from labelreg.networks.apply import network_ddf, register_pair
+from labelreg.networks.registry import NETWORKS, build_network
+
+__all__ = ["PairwiseMethod", "RECALIBRATION_BATCHES"]
+
+#: Training batches used to re-estimate the BatchNorm averages before each checkpoint.
+RECALIBRATION_BATCHES = 32
+
+
+def _spacings(paired: PairedDataset, override: tuple[float, ...]) -> np.ndarray:
+    """``[N, n]`` voxel sizes (mm) of the fixed images, or the configured override."""
+    if override:
+        if len(override) != paired.ndim:
+            raise DataError(
+                f"[Data] voxel_spacing has {len(override)} entries but the images are "
+                f"{paired.ndim}-D."
+            )
+        return np.tile(np.asarray(override, np.float32), (paired.num_cases, 1))
+    return np.asarray(
+        [paired.spacing("fixed_image", i) for i in range(paired.num_cases)], np.float32
+    )
+
+
+class PairwiseMethod(Method):
+    """A method training one ``[moving, fixed] -> ddf`` network (``self.models["model"]``)."""
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def _ensure_demo_data(self) -> None:
+        folder = self.cfg["Data"].get("demo_data")
+        if folder is not None:
+            from labelreg.data.demo import generate_demo_data
+
+            generate_demo_data(folder)
+
+    def prepare_data(self) -> None:
+        data, train = self.cfg["Data"], self.cfg["Train"]
+        self._ensure_demo_data()
+        self.paired = PairedDataset(data["dir_moving_image"], data["dir_fixed_image"],
+                                    data["dir_moving_label"], data["dir_fixed_label"])
+        batch_size = int(train["minibatch_size"])
+        if batch_size > self.paired.num_cases:
+            raise DataError(
+                f"[Train] minibatch_size = {batch_size} exceeds the {self.paired.num_cases} "
+                f"training cases in {data['dir_moving_image']}."
+            )
+        self.valid = None
+        if data["dir_valid_moving_image"] is not None and data["dir_valid_moving_label"]:
+            self.valid = PairedDataset(
+                data["dir_valid_moving_image"], data["dir_valid_fixed_image"],
+                data["dir_valid_moving_label"], data["dir_valid_fixed_label"])
+        self.spacing_table = tf.constant(_spacings(self.paired, tuple(data["voxel_spacing"])))
+
+    def describe_data(self) -> str:
+        return f"{self.paired.num_cases} pairs"
+
+    @property
+    def normalise(self) -> bool:
+        return bool(self.cfg["Data"]["normalise"])
+
+    def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
+        return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
+                                  start_step=start_step, normalise=self.normalise)
+
+    def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        data = self.cfg["Data"]
+        if data["augmentation"]:
+            seed = step_seed(int(self.cfg["Train"]["seed"]), batch["step"])
+            batch = augment_batch(batch, float(data["affine_scale"]), seed)
+        return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def network_arguments(self) -> dict[str, Any]:
+        """Constructor arguments of the ``[Network]`` network beyond ``ndim``/``fixed_shape``:
+        the keys set away from their defaults (so each network keeps its own defaults, and a
+        key the chosen network does not take is reported by the registry)."""
+        net, schema = self.cfg["Network"], self.cfg.schema["Network"]
+        kwargs: dict[str, Any] = {}
+        if net["num_channel_initial"] > 0:
+            kwargs["num_channel_initial"] = net["num_channel_initial"]
+        for name, value in net.items():
+            if name not in ("network_type", "num_channel_initial") and \
+                    value != schema[name].default:
+                kwargs[name] = value
+        return kwargs
+
+    def build(self) -> dict[str, keras.Model]:
+        paired = self.paired
+        model = build_network(self.cfg["Network"]["network_type"], paired.ndim,
+                              fixed_shape=tuple(paired.fixed_shape), **self.network_arguments())
+        _build_on_zeros(model, paired.moving_shape, paired.fixed_shape)
+        return {"model": model}
+
+    def meta(self) -> dict[str, Any]:
+        return {"moving_shape": list(self.paired.moving_shape),
+                "fixed_shape": list(self.paired.fixed_shape),
+                "network_type": self.cfg["Network"]["network_type"],
+                "normalise": self.normalise}
+
+    @classmethod
+    def rebuild(cls, description: Mapping[str, Any]) -> dict[str, keras.Model]:
+        for name in NETWORKS:  # registers every network class for deserialisation
+            NETWORKS.get(name)
+        models = super().rebuild(description)
+        meta = description.get("meta", {})
+        if "moving_shape" in meta and "fixed_shape" in meta:
+            _build_on_zeros(models["model"], meta["moving_shape"], meta["fixed_shape"])
+        return models
+
+    def ddf_function(self, training: bool = False):
+        return network_ddf(self.models["model"], training=training)
+
+    # -- around checkpoints ---------------------------------------------------------------------
+
+    def before_save(self) -> None:
+        """Re-estimate the BatchNorm averages on (up to 32 batches of) the training images, as
+        inference will see them (no augmentation); see :mod:`labelreg.engine.batchnorm`."""
+        label_index = 0 if self.paired.has_labels else None
+        batch_size = int(self.cfg["Train"]["minibatch_size"])
+
+        def batches():
+            for i, batch in enumerate(make_eval_batches(self.paired, batch_size,
+                                                        normalise=self.normalise,
+                                                        label_index=label_index)):
+                if i == RECALIBRATION_BATCHES:
+                    return
+                yield [batch["moving_image"], batch["fixed_image"]]
+
+        recalibrate_batch_norm(self.models["model"], batches())
+
+    def validate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        spacing = _spacings(self.valid, tuple(self.cfg["Data"]["voxel_spacing"]))
+        dices, distances = [], []
+        for batch in make_eval_batches(self.valid, int(self.cfg["Train"]["minibatch_size"]),
+                                       normalise=self.normalise):
+            out = register_pair(self.ddf_function(), batch["moving_image"],
+                                batch["fixed_image"], batch["moving_label"], warp_image=False)
+            dices.append(metrics.dice(batch["fixed_label"], out["warped_label"]).numpy())
+            distances.append(metrics.centroid_distance(
+                batch["fixed_label"], out["warped_label"], spacing=spacing[batch["case_index"]]
+            ).numpy())
+        return {"dice": float(np.mean(np.concatenate(dices))),
+                "centroid_distance_mm": float(np.nanmean(np.concatenate(distances)))}
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        """The first case's gland (label 0), middle slice: fixed | moving | warped."""
+        paired = self.paired
+        batch = next(make_eval_batches(paired, 1, normalise=self.normalise,
+                                       label_index=0 if paired.has_labels else None))
+        out = register_pair(self.ddf_function(), batch["moving_image"], batch["fixed_image"],
+                            batch.get("moving_label"))
+        fixed_shape = paired.fixed_shape
+        moving_resized = ops.resize(batch["moving_image"], fixed_shape).numpy()[0, ..., 0]
+        labels = {}
+        if paired.has_labels:
+            labels = {
+                "fixed_label": batch["fixed_label"][0, ..., 0],
+                "moving_label": ops.resize(batch["moving_label"], fixed_shape).numpy()[0, ..., 0],
+                "warped_label": out["warped_label"].numpy()[0, ..., 0],
+            }
+        picture = middle_slice_panel(batch["fixed_image"][0, ..., 0], moving_resized,
+                                     out["warped_moving_image"].numpy()[0, ..., 0], **labels)
+        return {"middle_slice/fixed_moving_warped": picture}
+
+    # -- inference and export -------------------------------------------------------------------
+
+    def infer(self) -> list[str]:
+        from labelreg.infer import infer
+
+        self._ensure_demo_data()
+        result = infer(self.cfg, log=self.log)
+        lines = [f"wrote {len(result.cases)} registered pair(s) to {result.dir_save}"]
+        if result.rows:
+            lines.append(
+                f"gland (label 0) Dice: before {result.mean('dice_before'):.3f}, "
+                f"after {result.mean('dice'):.3f}; centroid distance: before "
+                f"{result.mean('centroid_distance_mm_before'):.2f} mm, after "
+                f"{result.mean('centroid_distance_mm'):.2f} mm")
+        return lines
+
+    def checkpoint_for_export(self) -> tuple[Any, dict[str, Any]]:
+        inference = self.cfg["Inference"]
+        return inference["file_model_saved"], {
+            "label_interpolation": inference["label_interpolation"]}
+
+    @classmethod
+    def serving_endpoints(
+        cls, models: Mapping[str, keras.Model], meta: Mapping[str, Any],
+        label_interpolation: str = "linear", **options: Any,
+    ) -> dict[str, Endpoint]:
+        from labelreg.export.registration import ServingFunctions
+
+        for key in ("moving_shape", "fixed_shape"):
+            if key not in meta:
+                raise DataError(
+                    f"model.json: the meta entry {key!r} is missing; export needs the shapes the "
+                    "network was trained on (written by training.py)."
+                )
+        functions = ServingFunctions(models["model"], meta["moving_shape"], meta["fixed_shape"],
+                                     normalise=bool(meta.get("normalise", True)),
+                                     label_interpolation=label_interpolation, **options)
+        return functions.endpoints()
+
+
+def _build_on_zeros(model: keras.Model, moving_shape, fixed_shape) -> None:
+    model([tf.zeros([1, *moving_shape, 1]), tf.zeros([1, *fixed_shape, 1])], training=False)

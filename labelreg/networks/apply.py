@@ -1,0 +1,53 @@
+"""Running a registration network on a pair: the one forward + warp of the project.
+
+Training, validation, the TensorBoard picture, inference and the serving signatures all call
+:func:`register_pair`, so a DDF is always applied the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from labelreg import ops
+from labelreg._tf import tf
+
+__all__ = ["register_pair", "network_ddf"]
+
+DDFFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def network_ddf(model: Any, training: bool = False) -> DDFFunction:
+    """``(moving, fixed) -> model([moving, fixed], training=training)``."""
+    return lambda moving, fixed: model([moving, fixed], training=training)
+
+
+def register_pair(
+    ddf_fn: DDFFunction,
+    moving_image: Any,
+    fixed_image: Any,
+    moving_label: Any = None,
+    label_interpolation: str = "linear",
+    warp_image: bool = True,
+) -> dict[str, tf.Tensor]:
+    """The DDF of a pair and the moving image (and labels) carried onto the fixed grid.
+
+    Args:
+        ddf_fn: ``(moving, fixed) -> ddf [B, *S_fix, n]``, e.g. :func:`network_ddf`.
+        moving_image: ``[B, *S_mov, C]``.
+        fixed_image: ``[B, *S_fix, C]``.
+        moving_label: optional ``[B, *S_mov, L]`` on the moving grid.
+        label_interpolation: ``"linear"`` (soft labels) or ``"nearest"``.
+        warp_image: also warp the moving image (training with a label loss only skips it).
+
+    Returns:
+        ``{"ddf", "warped_moving_image" (when warp_image), "warped_label" (with a label)}``,
+        all on the fixed grid: ``warped(x) = moving(x + ddf(x))``.
+    """
+    ddf = ddf_fn(moving_image, fixed_image)
+    out = {"ddf": ddf}
+    if warp_image:
+        out["warped_moving_image"] = ops.warp(moving_image, ddf)
+    if moving_label is not None:
+        out["warped_label"] = ops.warp(moving_label, ddf, interpolation=label_interpolation)
+    return out
