@@ -18,7 +18,6 @@ from labelreg import config, ops
 from labelreg._tf import tf
 from labelreg.cli import infer_main, train_main
 from labelreg.config import Key, method_section, parse, train_section
-from labelreg.engine import train
 from labelreg.engine.checkpoints import (
     load_model_description,
     load_trained_run,
