@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from labelreg.config import (
     REQUIRED,
@@ -108,7 +107,7 @@ COMIR_SCHEMA: Schema = {
         "synthetic_seed": Key("int", 0, "Seed of the synthetic images.", min=0),
     },
     "Train": train_section(
-        file_model_save=None, dir_run="runs/comir", total_iterations=736, minibatch_size=32,
+        dir_run="runs/comir", total_iterations=736, minibatch_size=32,
         learning_rate=1e-2, optimizer="sgd", momentum=0.9, weight_decay=1e-5, clip_norm=1.0,
         deterministic=True, freq_model_save=100, freq_info_print=10,
     ),
@@ -165,9 +164,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """
     cfg = parse(path, COMIR_SCHEMA, overrides, renamed=RENAMED_KEYS)
     train = cfg["Train"]
-    if train["file_model_save"] is None:
-        cfg._replace("Train", "file_model_save", Path(train["dir_run"]) / "comir.ckpt")
-    derive_run_paths(cfg)
+    derive_run_paths(cfg, checkpoint_name="comir.ckpt")
     check_train(cfg)
     if train["minibatch_size"] < 2:
         raise ConfigError(

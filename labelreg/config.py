@@ -705,7 +705,8 @@ _TRAIN_DOCS = {
     "freq_info_print": "Print progress and write TensorBoard scalars every this many steps.",
     "freq_model_save": "Save a checkpoint (and validate) every this many steps, and at the end.",
     "file_model_save": "Checkpoint file prefix; its folder is the run folder unless dir_run is "
-                       "set (relative paths resolve against the INI file's folder).",
+                       "set; unset = <dir_run>/<the method's checkpoint name, e.g. model.ckpt>, "
+                       "with dir_run unset too: runs/ beside the INI file.",
     "seed": "Seed of sampling, augmentation and initialisation.",
     "deterministic": "Enable TensorFlow op determinism (bitwise-repeatable CPU runs, slower).",
     "dir_run": "Run folder (checkpoints, resolved config, model.json); unset = the folder of "
@@ -736,7 +737,7 @@ def train_section(**defaults: Any) -> dict[str, Key]:
         "clip_norm": Key("float", 0.0, _TRAIN_DOCS["clip_norm"], min=0.0),
         "freq_info_print": Key("int", 100, _TRAIN_DOCS["freq_info_print"], min=1),
         "freq_model_save": Key("int", 500, _TRAIN_DOCS["freq_model_save"], min=1),
-        "file_model_save": Key("path", "runs/model.ckpt", _TRAIN_DOCS["file_model_save"]),
+        "file_model_save": Key("path", None, _TRAIN_DOCS["file_model_save"]),
         "seed": Key("int", 0, _TRAIN_DOCS["seed"], min=0),
         "deterministic": Key("bool", False, _TRAIN_DOCS["deterministic"]),
         "dir_run": Key("path", None, _TRAIN_DOCS["dir_run"]),
@@ -752,12 +753,17 @@ def train_section(**defaults: Any) -> dict[str, Key]:
     return keys
 
 
-def derive_run_paths(cfg: Config) -> None:
-    """Fill ``[Train] dir_run`` (the folder of ``file_model_save``) and ``dir_tensorboard``
-    (``<dir_run>/tensorboard``) when unset; every method's ``load`` calls it."""
+def derive_run_paths(cfg: Config, checkpoint_name: str = "model.ckpt") -> None:
+    """Fill the unset run paths of ``[Train]``; every method's ``load`` calls it.
+
+    ``file_model_save`` becomes ``<dir_run>/<checkpoint_name>`` (``dir_run`` unset too:
+    ``runs/`` beside the INI file, label-reg's ``runs/model.ckpt``), ``dir_run`` the folder of
+    ``file_model_save`` and ``dir_tensorboard`` ``<dir_run>/tensorboard``.
+    """
     train = cfg["Train"]
     if train["file_model_save"] is None:
-        raise fail(cfg, "Train", "file_model_save", "must be set (a checkpoint file prefix).")
+        run = train["dir_run"] if train["dir_run"] is not None else cfg.path.parent / "runs"
+        cfg._replace("Train", "file_model_save", Path(run) / checkpoint_name)
     if train["dir_run"] is None:
         cfg._replace("Train", "dir_run", Path(train["file_model_save"]).parent)
     if train["dir_tensorboard"] is None:

@@ -24,6 +24,7 @@ from labelreg.ops import reference_grid
 
 __all__ = [
     "dice",
+    "dice_per_class",
     "centroid_distance",
     "jacobian_determinant",
     "folding_ratio",
@@ -56,6 +57,26 @@ def dice(a: Any, b: Any, threshold: float = 0.5) -> tf.Tensor:
     """
     a, b = _check_masks(a, b, single_channel=False)
     axes = list(range(1, a.shape.rank))
+    a = tf.cast(a >= threshold, tf.float32)
+    b = tf.cast(b >= threshold, tf.float32)
+    total = tf.reduce_sum(a, axes) + tf.reduce_sum(b, axes)
+    overlap = tf.reduce_sum(a * b, axes)
+    return tf.where(total > 0, 2.0 * overlap / tf.maximum(total, 1.0), 1.0)
+
+
+def dice_per_class(a: Any, b: Any, threshold: float = 0.5) -> tf.Tensor:
+    """Binary Dice of each channel (class) separately: :func:`dice` of ``a[..., k]`` and
+    ``b[..., k]``.
+
+    Args:
+        a, b: ``[B, *S, K]`` one-hot labels or probabilities.
+        threshold: binarisation level.
+
+    Returns:
+        float32 ``[B, K]`` in [0, 1]; a class empty in both gives 1.
+    """
+    a, b = _check_masks(a, b, single_channel=False)
+    axes = list(range(1, a.shape.rank - 1))
     a = tf.cast(a >= threshold, tf.float32)
     b = tf.cast(b >= threshold, tf.float32)
     total = tf.reduce_sum(a, axes) + tf.reduce_sum(b, axes)

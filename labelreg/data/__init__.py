@@ -9,6 +9,9 @@
   timing helpers.
 - :mod:`labelreg.data.demo`: :func:`generate_demo_data`, a synthetic MR/US dataset with a known
   deformation.
+- :mod:`labelreg.data.stacks`: 2-D TIFF stacks of microscopy sequences (DeepSim's layout),
+  frame pairs and their augmented ``tf.data`` stream; :mod:`labelreg.data.synthetic_stacks`
+  generates such stacks.
 
 Names are imported on first use, so reading NIfTI files does not import TensorFlow.
 """
@@ -38,6 +41,13 @@ _NAMES = {
     "generate_demo_data": "demo",
     "demo_dirs": "demo",
     "binary_dice": "demo",
+    "read_stack": "stacks",
+    "read_label_stack": "stacks",
+    "StackDataset": "stacks",
+    "random_similarity_affine": "stacks",
+    "make_stack_train_dataset": "stacks",
+    "make_stack_eval_pairs": "stacks",
+    "write_synthetic_stacks": "synthetic_stacks",
 }
 
 __all__ = sorted(_NAMES)

@@ -185,7 +185,7 @@ def train(target: Method | Config, fresh: bool = False,
     step = first_step
     tic, tic_step = time.perf_counter(), step
     iterator = iter(dist_dataset)
-    waited, steady_start, steady_first = 0.0, None, step
+    waited, checkpoint_time, steady_start, steady_first = 0.0, 0.0, None, step
     try:
         while step < total:
             fetch = time.perf_counter()
@@ -212,7 +212,9 @@ def train(target: Method | Config, fresh: bool = False,
                 result.history.append((step, host))
             progress.update(step)
             if step % save_every == 0 or step == total:
+                tick = time.perf_counter()
                 at_checkpoint(step)
+                checkpoint_time += time.perf_counter() - tick
     except KeyboardInterrupt:
         result.interrupted = True
         if step > first_step and not str(result.checkpoint or "").endswith(f"-{step}"):
@@ -222,7 +224,8 @@ def train(target: Method | Config, fresh: bool = False,
         del iterator  # now, not at some later garbage collection
     result.last_step = step
     if steady_start is not None and step > steady_first:
-        elapsed = time.perf_counter() - steady_start
+        # Training time only: checkpoints, validation and pictures are not steps.
+        elapsed = time.perf_counter() - steady_start - checkpoint_time
         result.seconds_per_step = elapsed / (step - steady_first)
         result.input_share = waited / elapsed
         log(f"{result.seconds_per_step:.3f} s per step, {100 * result.input_share:.1f}% of it "

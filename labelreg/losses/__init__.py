@@ -33,6 +33,8 @@ _FUNCTIONS = {
     "lncc": "image",
     "nmi": "image",
     "mind_ssc": "image",
+    "gncc": "image",
+    "DeepSimLoss": "deepsim",
     "LABEL_LOSSES": "registry",
     "REGULARISERS": "registry",
     "IMAGE_LOSSES": "registry",

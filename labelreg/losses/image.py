@@ -2,6 +2,15 @@
 
 Every function takes ``fixed`` and ``warped`` of the same shape ``[B, *S, C]`` (2-D or 3-D),
 returns one value per sample ``[B]`` (float32) and is differentiable in both images.
+
+Flat images and windows. A similarity normalised by the image contrast (``lncc``, ``gncc``) is
+0/0 where an image is constant. Such a region carries no evidence of a match, so it scores as
+*no* match (zero correlation), never as a perfect one: otherwise a network could lower the loss
+by warping the moving image out of view (an all-zero warped image). The normalisations divide
+by ``max(var_f var_w, eps)``, with ``eps`` relative to the images' own scale so that every loss
+stays invariant to a gain of either image, and set well above the float32 rounding left in the
+variance of a constant window or image (see :func:`lncc` and :func:`gncc`). Two all-zero
+images fall back to a tiny absolute floor: every term is then an exact 0 / floor = 0.
 """
 
 from __future__ import annotations
@@ -14,13 +23,17 @@ import numpy as np
 
 from labelreg._tf import tf
 from labelreg.losses.label import check_pair
-
-# The Gaussian filter's separable zero-padded convolution serves any 1-D kernel; a public
 from labelreg.ops import separable_filter
 
-__all__ = ["ssd", "lncc", "nmi", "mind_ssc"]
+__all__ = ["ssd", "lncc", "gncc", "nmi", "mind_ssc"]
 
 _NAMES = ("fixed", "warped")
+# Flatness thresholds on the product of two variances: for lncc relative to the product of the
+# images' global variances, for gncc relative to the product of their mean squares (the choices
+# are explained in their docstrings). The absolute floor keeps 0 / 0 at 0 for all-zero images.
+_LOCAL_FLAT = 1e-5
+_GLOBAL_FLAT = 1e-12
+_FLOOR = 1e-30
 
 
 def _mean(x: tf.Tensor) -> tf.Tensor:
@@ -33,6 +46,16 @@ def _check_int(value: Any, name: str, minimum: int, odd: bool = False) -> int:
         kind = "an odd integer" if odd else "an integer"
         raise ValueError(f"{name} must be {kind} >= {minimum}; received {name}={value!r}.")
     return int(value)
+
+
+def _check_positive(value: Any, name: str, maximum: float | None = None) -> float:
+    """A finite real number > 0 (and <= ``maximum`` if given)."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and value > 0 and (maximum is None or value <= maximum)
+    if not ok:
+        bound = f"in (0, {maximum}]" if maximum is not None else "a finite number > 0"
+        raise ValueError(f"{name} must be {bound}; received {name}={value!r}.")
+    return float(value)
 
 
 def ssd(fixed: Any, warped: Any) -> tf.Tensor:
@@ -54,40 +77,113 @@ def _box_sum(x: tf.Tensor, window: int) -> tf.Tensor:
 
 
 def lncc(fixed: Any, warped: Any, window: int = 9) -> tf.Tensor:
-    """Negative local squared normalised cross-correlation (DeepReg's ``lncc``).
+    """Local squared normalised cross-correlation, ``1 - mean(cc)`` (DeepSim's ``ncc2``).
 
-    Over each cubic window ``W`` of ``window`` voxels per side (zero padding at the borders, the
-    window always counted as ``window**n`` voxels), with ``Σ`` the window sums and ``N = |W|``:
+    Over each cubic window ``W`` of ``window`` voxels per side centred on every voxel, with
+    ``<.>`` the mean over the voxels of ``W`` inside the image (window sums with zero padding,
+    divided by the number of in-image voxels of the window):
 
-    ``cross = Σfw - Σf Σw / N``, ``var_f = max(Σf² - (Σf)² / N, 0)``, likewise ``var_w``,
-    ``lncc = (cross² + 1e-5) / (var_f var_w + 1e-5)``.
+    ``cross = <fw> - <f><w>``, ``var_f = max(<f²> - <f>², 0)``, likewise ``var_w``,
+    ``cc = min(cross² / max(var_f var_w, eps), 1)``, ``eps = 1e-5 Var[f] Var[w]``
 
-    The clamp removes the small negative variances that float32 cancellation leaves in flat
-    patches, and the epsilon turns the 0/0 of a patch that is constant in either image into 1
-    (DeepReg's choice, the fix of the NaN/Inf of its issue #690), so such patches neither
-    reward nor penalise a change of the other image. Identical images give exactly -1.
+    with ``Var`` the variance over the whole image, per sample and channel (floored at 1e-30
+    for two flat images). ``cc`` is the squared Pearson correlation of the window, in [0, 1]
+    and blind to the sign of the contrast. A window where either image is flat gives
+    ``cc = 0``: it counts as a mismatch, so a constant or all-zero warped image scores 1, the
+    worst value, with a zero gradient and never NaN. (DeepReg's ``(cross² + eps) / (var_f var_w
+    + eps)`` made such windows perfect matches instead.) "Flat" means that the product of the
+    window's two standard deviations is below about 3e-3 times the product of the images'
+    global ones (``sqrt(1e-5)``); above that, ``cc`` is exact, and below it, it fades out as
+    ``var_f var_w / eps``. The threshold is relative so that the loss stays invariant to a gain
+    of either image. It sits well above the float32 rounding of the window variances of a flat
+    region (``1e-7`` to ``1e-6 Var`` each, after the centring below): with 1e-6, that rounding left
+    a spurious gradient in the flat part of a half-flat image of a few percent of the gradient
+    in its textured part, 0.3% with 1e-5; and it sits well below real texture, whose windows
+    have standard deviations of the order of the global ones. As a consequence, when the images
+    have flat regions (e.g. a zero background), even identical images score the fraction of
+    flat windows rather than 0; that offset has no gradient.
+
+    Border windows are clipped to the image rather than counted as ``window**n`` voxels with
+    zeros outside (DeepSim, DeepReg): the zeros would give every border window of a constant
+    image a step, correlated with the fixed image's own step to the padding, i.e. a partial
+    reward for a flat image. Clipped windows also make the loss invariant to ``a f + b`` and
+    ``a w + b`` (``a != 0``), which lets each image be centred on its global mean first, so the
+    window moments are computed without the float32 cancellation of a large offset.
+
+    The clamp of the variances removes the small negatives that rounding leaves in flat
+    windows; the clamp of ``cc`` to 1 removes its rounding excess (Cauchy-Schwarz).
 
     Args:
         fixed, warped: ``[B, *S, C]``.
         window: odd side of the window, in voxels.
 
     Returns:
-        float32 ``[B]``: ``-mean(lncc)`` over voxels and channels, in [-1, 0] up to the epsilon.
+        float32 ``[B]`` in [0, 1]: ``1 - mean(cc)`` over voxels and channels; 0 for
+        ``warped = a fixed + b`` (``a != 0``) when no window is flat.
 
     Raises:
         ValueError: for mismatched shapes or a ``window`` that is not an odd integer >= 1.
     """
     window = _check_int(window, "window", 1, odd=True)
     f, w = check_pair(fixed, warped, _NAMES)
-    volume = float(window ** (f.shape.rank - 2))
-    # One filtering pass for the five window sums, stacked on the batch axis.
-    sums = _box_sum(tf.concat([f, w, f * f, w * w, f * w], axis=0), window)
-    sum_f, sum_w, sum_ff, sum_ww, sum_fw = tf.split(sums, 5, axis=0)
-    cross = sum_fw - sum_f * sum_w / volume
-    var_f = tf.maximum(sum_ff - sum_f * sum_f / volume, 0.0)
-    var_w = tf.maximum(sum_ww - sum_w * sum_w / volume, 0.0)
-    eps = 1e-5
-    return -_mean((tf.square(cross) + eps) / (var_f * var_w + eps))
+    spatial = list(range(1, f.shape.rank - 1))
+    f = f - tf.reduce_mean(f, spatial, keepdims=True)
+    w = w - tf.reduce_mean(w, spatial, keepdims=True)
+    eps = tf.maximum(_LOCAL_FLAT * tf.reduce_mean(f * f, spatial, keepdims=True)
+                     * tf.reduce_mean(w * w, spatial, keepdims=True), _FLOOR)
+    # In-image voxels of each window: the same for every sample and channel.
+    count = _box_sum(tf.ones_like(f[:1, ..., :1]), window)
+    # One filtering pass for the five window means, stacked on the batch axis.
+    means = _box_sum(tf.concat([f, w, f * f, w * w, f * w], axis=0), window) / count
+    mean_f, mean_w, mean_ff, mean_ww, mean_fw = tf.split(means, 5, axis=0)
+    cross = mean_fw - mean_f * mean_w
+    var_f = tf.maximum(mean_ff - tf.square(mean_f), 0.0)
+    var_w = tf.maximum(mean_ww - tf.square(mean_w), 0.0)
+    cc = tf.minimum(tf.square(cross) / tf.maximum(var_f * var_w, eps), 1.0)
+    return 1.0 - _mean(cc)
+
+
+def gncc(fixed: Any, warped: Any) -> tf.Tensor:
+    """Global normalised cross-correlation, ``1 - ncc`` per sample.
+
+    ``ncc = E[f' w'] / sqrt(max(p, eps)) * min(p / eps, 1)`` with ``f' = f - E[f]``,
+    ``w' = w - E[w]``, ``p = E[f'²] E[w'²]``, ``E`` the mean over all non-batch axes
+    (channels pooled) and ``eps = 1e-12 E[f²] E[w²]`` (floored at 1e-30 for two all-zero
+    images). The images are centred before the products, so the variances are accurate down
+    to about 1e-7 of the RMS intensity: an image counts as flat when the product of the two
+    standard deviations is below 1e-6 times the product of the RMS intensities, which keeps
+    the loss invariant to ``a w + b`` for any practical offset. Below that threshold the
+    correlation fades out as ``(p / eps)^1.5`` (continuous, ``|ncc| <= 1`` still), so a
+    constant (or all-zero) image gives ``ncc = 0`` *and* a zero gradient: loss 1, as for
+    uncorrelated images, never NaN, rather than the unbounded ``f' / (N sqrt(eps))`` gradient
+    of the plain ``max``.
+
+    Args:
+        fixed, warped: ``[B, *S, C]``.
+
+    Returns:
+        float32 ``[B]`` in [0, 2]: 0 for ``warped = a fixed + b`` with ``a > 0``, 1 for
+        uncorrelated images, 2 for ``a < 0``.
+
+    Raises:
+        ValueError: for mismatched shapes.
+    """
+    f, w = check_pair(fixed, warped, _NAMES)
+    axes = list(range(1, f.shape.rank))
+    centred_f = f - tf.reduce_mean(f, axes, keepdims=True)
+    centred_w = w - tf.reduce_mean(w, axes, keepdims=True)
+    # The corrected two-pass formulas: the centred values of a constant image are all equal to
+    # the rounding error of its mean, and subtracting their own mean again makes its variance
+    # and covariances vanish to rounding instead of leaving that error squared.
+    mean_f, mean_w = _mean(centred_f), _mean(centred_w)
+    cov = _mean(centred_f * centred_w) - mean_f * mean_w
+    var_f = tf.maximum(_mean(tf.square(centred_f)) - tf.square(mean_f), 0.0)
+    var_w = tf.maximum(_mean(tf.square(centred_w)) - tf.square(mean_w), 0.0)
+    product = var_f * var_w
+    eps = tf.maximum(_GLOBAL_FLAT * _mean(f * f) * _mean(w * w), _FLOOR)
+    ncc = cov / tf.sqrt(tf.maximum(product, eps)) * tf.minimum(product / eps, 1.0)
+    # Rounding can take |ncc| a hair above 1.
+    return 1.0 - tf.clip_by_value(ncc, -1.0, 1.0)
 
 
 def _entropy(p: tf.Tensor, axes: list[int]) -> tf.Tensor:
@@ -95,40 +191,79 @@ def _entropy(p: tf.Tensor, axes: list[int]) -> tf.Tensor:
     return -tf.reduce_sum(p * tf.math.log(p + 1e-10), axis=axes)
 
 
-def nmi(fixed: Any, warped: Any, bins: int = 64) -> tf.Tensor:
+def nmi(
+    fixed: Any,
+    warped: Any,
+    bins: int = 64,
+    sigma: float | None = None,
+    sample_fraction: float = 1.0,
+    seed: int = 0,
+    vmax: float = 1.0,
+) -> tf.Tensor:
     """Negative normalised mutual information ``-(H(f) + H(w)) / H(f, w)``, Parzen windows.
 
-    Intensities are clipped to [0, 1] (scale the images there first) and every voxel
-    contributes to all ``bins`` bins, centred on ``linspace(0, 1, bins)``, with Gaussian weights
-    of full width at half maximum one bin (``sigma = bin_width / (2 sqrt(2 ln 2))``), normalised
-    to sum 1 per voxel. That soft assignment is what makes the histogram differentiable. The
-    channels are pooled: each (voxel, channel) is one sample of the joint distribution. No
-    voxels are subsampled, so the result is deterministic; memory is ``B x voxels x bins``
-    floats per image.
+    Intensities are clipped to [0, ``vmax``] (scale the images there first) and every voxel
+    contributes to all ``bins`` bins, centred on ``linspace(0, vmax, bins)``, with Gaussian
+    weights of standard deviation ``sigma`` (default: full width at half maximum one bin,
+    ``bin_width / (2 sqrt(2 ln 2))`` with ``bin_width = vmax / (bins - 1)``), normalised to sum
+    1 per voxel (a softmax over the bins, so even a tiny ``sigma`` cannot make it 0 / 0). That
+    soft assignment is what makes the histogram differentiable. The channels are pooled: each
+    (voxel, channel) is one sample of the joint distribution. Memory is
+    ``B x samples x bins`` floats per image.
 
-    ``NMI`` lies in [1, 2]: 1 for independent images, up to 2 for identical ones (slightly less
-    because of the Parzen blur). A small epsilon in the numerator and denominator makes two
-    constant images give 1 instead of 0/0.
+    With ``sample_fraction < 1`` only ``round(sample_fraction x voxels)`` voxels (at least
+    one), the same for both images and all samples of the batch, enter the histograms: a
+    random subset drawn without replacement from ``seed``, hence the same at every call with
+    the same seed and image shape (pass a different seed to draw another subset). That saves
+    memory and time in 3-D; the default uses every voxel.
+
+    ``NMI`` lies in [1, 2]: 1 for independent images (a constant image included), up to 2 for
+    identical ones (slightly less because of the Parzen blur). A small epsilon in the numerator
+    and denominator makes two constant images give 1 instead of 0/0. Being a function of the
+    joint histogram only, it is unchanged by an intensity map that maps the bin centres onto
+    each other (e.g. ``vmax - x``), and changes only through the bin quantisation under another
+    invertible map inside [0, vmax] (by a few hundredths for ``0.6 x + 0.2``).
 
     Args:
-        fixed, warped: ``[B, *S, C]`` intensities, expected in [0, 1].
+        fixed, warped: ``[B, *S, C]`` intensities, expected in [0, ``vmax``].
         bins: number of histogram bins, >= 2.
+        sigma: Gaussian standard deviation in intensity units (> 0), or ``None`` for one bin
+            FWHM.
+        sample_fraction: fraction of the voxels used, in (0, 1].
+        seed: integer >= 0 choosing the voxel subset when ``sample_fraction < 1``.
+        vmax: upper end of the intensity range (> 0); the bins span [0, vmax].
 
     Returns:
-        float32 ``[B]`` in about [-2, -1].
+        float32 ``[B]`` in about [-2, -1]; lower is better.
 
     Raises:
-        ValueError: for mismatched shapes or ``bins`` not an integer >= 2.
+        ValueError: for mismatched shapes or an invalid option.
     """
     bins = _check_int(bins, "bins", 2)
+    vmax = _check_positive(vmax, "vmax")
+    if sigma is None:
+        sigma = (vmax / (bins - 1)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    sigma = _check_positive(sigma, "sigma")
+    sample_fraction = _check_positive(sample_fraction, "sample_fraction", maximum=1.0)
+    seed = _check_int(seed, "seed", 0)
     f, w = check_pair(fixed, warped, _NAMES)
-    centres = tf.linspace(0.0, 1.0, bins)
-    sigma = (1.0 / (bins - 1)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
-    def parzen(x: tf.Tensor) -> tf.Tensor:  # [B, *S, C] -> [B, N, bins]
-        x = tf.reshape(tf.clip_by_value(x, 0.0, 1.0), [tf.shape(x)[0], -1, 1])
-        weights = tf.exp(-tf.square(x - centres) / (2.0 * sigma**2))
-        return weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+    def flatten(x: tf.Tensor) -> tf.Tensor:  # [B, *S, C] -> [B, voxels, C]
+        return tf.reshape(x, [tf.shape(x)[0], -1, tf.shape(x)[-1]])
+
+    f, w = flatten(f), flatten(w)
+    if sample_fraction < 1.0:
+        voxels = tf.shape(f)[1]
+        count = tf.cast(tf.round(sample_fraction * tf.cast(voxels, tf.float32)), tf.int32)
+        order = tf.random.experimental.stateless_shuffle(tf.range(voxels), seed=[seed, 0])
+        index = order[: tf.maximum(count, 1)]
+        f, w = tf.gather(f, index, axis=1), tf.gather(w, index, axis=1)
+
+    centres = tf.linspace(0.0, vmax, bins)
+
+    def parzen(x: tf.Tensor) -> tf.Tensor:  # [B, n, C] -> [B, n C, bins]
+        x = tf.reshape(tf.clip_by_value(x, 0.0, vmax), [tf.shape(x)[0], -1, 1])
+        return tf.nn.softmax(-tf.square(x - centres) / (2.0 * sigma**2), axis=-1)
 
     weights_f, weights_w = parzen(f), parzen(w)
     samples = tf.cast(tf.shape(weights_f)[1], tf.float32)

@@ -67,10 +67,15 @@ for _name, _target, _kind, _options in (
     ("gradient-l1", "labelreg.losses.deform:gradient_norm", "regulariser", {"norm": "l1"}),
     ("ssd", "labelreg.losses.image:ssd", "image", {}),
     ("lncc", "labelreg.losses.image:lncc", "image", {}),
+    ("gncc", "labelreg.losses.image:gncc", "image", {}),
     ("nmi", "labelreg.losses.image:nmi", "image", {}),
     ("mind", "labelreg.losses.image:mind_ssc", "image", {}),
 ):
     LOSSES.add(_name, _target, kind=_kind, factory=False, options=_options)
+# A factory: built with its frozen feature network, build_loss("deepsim", "image",
+# feature_extractor=net).
+LOSSES.add("deepsim", "labelreg.losses.deepsim:DeepSimLoss", kind="image", factory=True,
+           options={})
 
 
 def available_losses(kind: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ and its config loader.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -49,7 +49,24 @@ def _spacings(paired: PairedDataset, override: tuple[float, ...]) -> np.ndarray:
 
 
 class PairwiseMethod(Method):
-    """A method training one ``[moving, fixed] -> ddf`` network (``self.models["model"]``)."""
+    """A method training one ``[moving, fixed] -> ddf`` network (``self.models["model"]``).
+
+    The objective is a weighted sum, per sample,
+
+        label_weight * label_loss(fixed label, warped moving label)
+            + image_weight * image_loss(fixed image, warped moving image)
+            + regulariser_weight * regulariser(ddf)
+
+    whose terms a subclass sets in :meth:`build` (a weight of 0 or a loss of ``None`` drops
+    the term; labels, when present, are always monitored with Dice and centroid distance).
+    """
+
+    label_loss: Callable[..., tf.Tensor] | None = None
+    label_weight: float = 0.0
+    image_loss: Callable[..., tf.Tensor] | None = None
+    image_weight: float = 0.0
+    regulariser: Callable[..., tf.Tensor] | None = None
+    regulariser_weight: float = 0.0
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -112,16 +129,25 @@ class PairwiseMethod(Method):
                 kwargs[name] = value
         return kwargs
 
+    @property
+    def moving_shape(self) -> tuple[int, ...]:
+        """Spatial shape of the training moving images."""
+        return tuple(self.paired.moving_shape)
+
+    @property
+    def fixed_shape(self) -> tuple[int, ...]:
+        """Spatial shape of the training fixed images."""
+        return tuple(self.paired.fixed_shape)
+
     def build(self) -> dict[str, keras.Model]:
-        paired = self.paired
-        model = build_network(self.cfg["Network"]["network_type"], paired.ndim,
-                              fixed_shape=tuple(paired.fixed_shape), **self.network_arguments())
-        _build_on_zeros(model, paired.moving_shape, paired.fixed_shape)
+        model = build_network(self.cfg["Network"]["network_type"], len(self.fixed_shape),
+                              fixed_shape=self.fixed_shape, **self.network_arguments())
+        _build_on_zeros(model, self.moving_shape, self.fixed_shape)
         return {"model": model}
 
     def meta(self) -> dict[str, Any]:
-        return {"moving_shape": list(self.paired.moving_shape),
-                "fixed_shape": list(self.paired.fixed_shape),
+        return {"moving_shape": list(self.moving_shape),
+                "fixed_shape": list(self.fixed_shape),
                 "network_type": self.cfg["Network"]["network_type"],
                 "normalise": self.normalise}
 
@@ -137,6 +163,39 @@ class PairwiseMethod(Method):
 
     def ddf_function(self, training: bool = False):
         return network_ddf(self.models["model"], training=training)
+
+    def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The loss and monitoring terms of one batch, per sample ``[B]``."""
+        use_image = self.image_loss is not None and self.image_weight > 0
+        out = register_pair(self.ddf_function(training=True), batch["moving_image"],
+                            batch["fixed_image"], batch.get("moving_label"),
+                            warp_image=use_image)
+        ddf = out["ddf"]
+        terms: dict[str, tf.Tensor] = {}
+        total = tf.zeros(tf.shape(ddf)[:1])
+        if "warped_label" in out:
+            warped_label = out["warped_label"]
+            if self.label_loss is not None and self.label_weight > 0:
+                label = self.label_loss(batch["fixed_label"], warped_label)
+                terms["label_loss"] = label
+                total += self.label_weight * label
+            if warped_label.shape[-1] == 1:
+                terms["dice"] = metrics.dice(batch["fixed_label"], warped_label)
+                terms["centroid_distance_mm"] = metrics.centroid_distance(
+                    batch["fixed_label"], warped_label, spacing=batch["spacing"])
+            else:  # one-hot classes: the mean of the per-class Dice
+                terms["dice"] = tf.reduce_mean(
+                    metrics.dice_per_class(batch["fixed_label"], warped_label), axis=-1)
+        if self.regulariser is not None and self.regulariser_weight > 0:
+            reg = self.regulariser(ddf)
+            terms["regulariser"] = reg
+            total += self.regulariser_weight * reg
+        if use_image:
+            image = self.image_loss(batch["fixed_image"], out["warped_moving_image"])
+            terms["image_loss"] = image
+            total += self.image_weight * image
+        terms["loss"] = total
+        return terms
 
     # -- around checkpoints ---------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ METHODS.add("labelreg", "labelreg.methods.label_driven:LabelDriven", section=Non
             config="labelreg.config:load")
 METHODS.add("comir", "labelreg.methods.comir:CoMIR", section="CoMIR",
             config="comir_tf.config:load")
+METHODS.add("image_driven", "labelreg.methods.image_driven:ImageDriven", section=None,
+            config="labelreg.methods.image_driven_config:load")
+METHODS.add("deepsim_features", "labelreg.methods.deepsim_features:DeepSimFeatures",
+            section=None, config="labelreg.methods.image_driven_config:load_features")
 
 
 def register_method(cls: type | None = None, *, section: str | None = None) -> Any:

@@ -28,6 +28,7 @@ _CLASSES = {
     "UNet": "unet",
     "UNetBackbone": "unet",
     "RegistrationModel": "layers",
+    "DeepSimUNet": "deepsim",
 }
 
 __all__ = [

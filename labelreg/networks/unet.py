@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from labelreg import ops
 from labelreg._tf import tf
 from labelreg.networks.layers import (
     RegistrationModel,
@@ -269,6 +270,9 @@ class UNet(RegistrationModel):
         zero_init_output: start the output convolution at zero.
         pooling: max-pooling (``True``) or strided-convolution (``False``) down-sampling.
         use_batch_norm: batch norm in the backbone's blocks.
+        integration_steps: 0 for a plain DDF; otherwise the head predicts a stationary velocity
+            field integrated by this many scaling-and-squaring steps
+            (:func:`labelreg.ops.integrate_svf`), a diffeomorphic mode.
         **kwargs: ``name``, ``trainable``, ``dtype``.
 
     Call arguments:
@@ -293,9 +297,15 @@ class UNet(RegistrationModel):
         zero_init_output: bool = True,
         pooling: bool = True,
         use_batch_norm: bool = False,
+        integration_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
+        if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or \
+                integration_steps < 0:
+            raise ValueError(f"integration_steps must be an integer >= 0; received "
+                             f"integration_steps={integration_steps!r}.")
+        self.integration_steps = integration_steps
         self.backbone = UNetBackbone(
             self.ndim,
             num_channel_initial=num_channel_initial,
@@ -312,9 +322,12 @@ class UNet(RegistrationModel):
         self.backbone.build(self._input_shape(input_shape))
 
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
-        """``{"ddf": [B, *S_fix, out_channels]}``."""
+        """``{"ddf": [B, *S_fix, out_channels]}`` (and ``"velocity"`` in diffeomorphic mode)."""
         moving, fixed = self._pair(inputs)
-        return {"ddf": self.backbone(pair_input(moving, fixed), training=training)}
+        out = self.backbone(pair_input(moving, fixed), training=training)
+        if not self.integration_steps:
+            return {"ddf": out}
+        return {"ddf": ops.integrate_svf(out, steps=self.integration_steps), "velocity": out}
 
     def get_config(self) -> dict[str, Any]:
         backbone = self.backbone.get_config()
@@ -327,4 +340,5 @@ class UNet(RegistrationModel):
             "pooling",
             "use_batch_norm",
         )
-        return {**super().get_config(), **{k: backbone[k] for k in keys}}
+        return {**super().get_config(), **{k: backbone[k] for k in keys},
+                "integration_steps": self.integration_steps}
