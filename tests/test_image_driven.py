@@ -216,3 +216,58 @@ def test_jacobian_statistics_of_known_fields():
     fold = np.stack([-2.0 * grid[..., 0], np.zeros_like(grid[..., 1])], -1)[None]
     fold = fold.astype(np.float32)  # a mirror, x0 -> -x0: det -1 everywhere
     assert jacobian_statistics(fold)["folding_ratio"] == 1.0
+
+
+def test_image_driven_on_nifti_pairs_without_training_labels(tmp_path):
+    from tests.test_pipeline_e2e import write_dataset
+
+    data = write_dataset(tmp_path / "data", num_cases=3)
+    ini = tmp_path / "nifti.ini"
+    ini.write_text(f"""
+[Method]
+name = image_driven
+
+[Data]
+dir_moving_image = {data}/moving_images
+dir_fixed_image = {data}/fixed_images
+
+[Network]
+num_channel_initial = 4
+depth = 2
+integration_steps = 4
+
+[Loss]
+image_loss_type = lncc
+image_loss_options = [window=5]
+
+[Train]
+total_iterations = 3
+minibatch_size = 2
+freq_info_print = 1
+dir_run = {tmp_path}/run
+
+[Inference]
+dir_moving_image = {data}/moving_images
+dir_fixed_image = {data}/fixed_images
+dir_moving_label = {data}/moving_labels
+dir_fixed_label = {data}/fixed_labels
+""")
+    assert train_main([str(ini)]) == 0
+    run = load_trained_run(tmp_path / "run")
+    assert run.models["model"].integration_steps == 4  # the diffeomorphic mode
+    assert infer_main([str(ini)]) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "inference" / "metrics.csv").open()))
+    assert len(rows) == 6 and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+
+
+def test_the_autoencoder_variant_trains(stacks, tmp_path):
+    ini = tmp_path / "ae.ini"
+    ini.write_text(FEATURES_INI.format(stacks=stacks, run=tmp_path / "run")
+                   .replace("dropout = 0.1", "dropout = 0.1\nautoencoder = true")
+                   .replace("total_iterations = 6", "total_iterations = 2"))
+    name, cfg = load_config(ini)
+    result = train(cfg, log=lambda line: None)
+    assert result.last_step == 2 and set(result.validation) == {"mse"}
+    model = load_trained_run(tmp_path / "run").models["model"]
+    out = model(np.zeros((1, 64, 64, 1), np.float32)).numpy()
+    assert out.shape == (1, 64, 64, 1) and np.all((out >= 0) & (out <= 1))

@@ -35,7 +35,7 @@ from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError
-from labelreg.losses.registry import build_loss, get_label_loss, get_regulariser
+from labelreg.losses.registry import LOSSES, build_loss, get_label_loss, get_regulariser
 from labelreg.methods import image_driven_config
 from labelreg.methods.pairwise import PairwiseMethod
 from labelreg.networks.apply import register_pair
@@ -117,7 +117,9 @@ class ImageDriven(PairwiseMethod):
         models = super().build()
         loss = self.cfg["Loss"]
         options = image_driven_config.parse_options(self.cfg, "Loss", "image_loss_options")
-        if loss["feature_extractor"] is not None:
+        # A factory similarity (deepsim) owns a feature network; plain functions take none.
+        if loss["feature_extractor"] is not None and LOSSES.info(loss["image_loss_type"])[
+                "factory"]:
             self.extractor = load_trained_run(loss["feature_extractor"]).models["model"]
             self.extractor.trainable = False  # frozen: not trained, not in this run's checkpoint
             options["feature_extractor"] = self.extractor

@@ -70,6 +70,11 @@ def image_driven_schema() -> Schema:
                                  "(diffeomorphic; unet only).", min=0, max=16),
         "use_batch_norm": Key("bool", False, "Batch normalisation in the U-Net's blocks."),
         "depth": Key("int", 4, "Down-sampling steps of the U-Net.", min=1, max=6),
+        "num_levels": Key("int", 3, "GraDIRN: resolution levels of the unrolled descent.",
+                          min=1, max=6),
+        "num_repeat": Key("int", 3, "GraDIRN: unrolled steps per level.", min=1, max=20),
+        "inner_similarity": Key("str", "ssd", "GraDIRN: the energy whose gradient each unrolled "
+                                "step follows.", choices=("ssd", "ncc")),
     }
     image_names = tuple(n for n in base["Loss"]["image_loss_type"].choices if n != "none")
     loss = {
