@@ -21,7 +21,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError
 from labelreg.networks.apply import network_ddf, register_pair
 
-__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS"]
+__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "write_metrics_csv"]
 
 METRIC_COLUMNS = (
     "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
@@ -195,7 +195,7 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                                    if warped_labels is not None else None)
             log(f"registered {min(start + batch_size, paired.num_cases)}/{paired.num_cases}")
         if result.rows:
-            _write_csv(staging / "metrics.csv", result.rows)
+            write_metrics_csv(staging / "metrics.csv", result.rows)
         _publish(staging, dir_save)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -226,9 +226,11 @@ def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray
     ]
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]],
+                      columns: Sequence[str] = METRIC_COLUMNS) -> None:
+    """One row per dict, floats with 6 significant digits."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

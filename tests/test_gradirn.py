@@ -235,7 +235,7 @@ def test_similarity_gradient_matches_finite_differences(similarity):
     target = smooth_images(rng, shape, batch=2, sigma=1.0)
     moving = smooth_images(rng, shape, batch=2, sigma=1.0)
     # fractional parts in [0.25, 0.75], so ±h stays inside the interpolation cells
-    ddf = (rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.25, 0.75, (2, *shape, 2)))
+    ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.25, 0.75, (2, *shape, 2))
     direction = rng.standard_normal(ddf.shape)
     grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
     energy_fn = {"ssd": ssd_energy, "ncc": ncc_energy}[similarity]
@@ -258,7 +258,9 @@ def test_energies_against_numpy():
     np.testing.assert_allclose(ssd_energy(t, w).numpy(), ((t - w) ** 2).mean(axis=(1, 2, 3)))
     tc = t - t.mean(axis=(1, 2, 3), keepdims=True)
     wc = w - w.mean(axis=(1, 2, 3), keepdims=True)
-    expected = -((tc * wc).sum((1, 2, 3)) ** 2) / ((tc**2).sum((1, 2, 3)) * (wc**2).sum((1, 2, 3)) + 1e-5)
+    expected = -((tc * wc).sum((1, 2, 3)) ** 2) / (
+        (tc**2).sum((1, 2, 3)) * (wc**2).sum((1, 2, 3)) + 1e-5
+    )
     np.testing.assert_allclose(ncc_energy(t, w).numpy(), expected, rtol=1e-12)
     assert ncc_energy(t, 3.0 * t + 1.0).numpy() == pytest.approx([-1.0] * 3, abs=1e-6)
 
@@ -444,17 +446,21 @@ def test_short_training_defaults_lowers_the_loss():
 def test_config_and_keras_file_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     pair = [smooth_images(rng, (16, 16)), smooth_images(rng, (16, 16))]
-    model = GraDIRN(ndim=2, num_levels=2, num_repeat=2, similarity="ncc", channels=4,
-                    tau_init=0.03, train_scale=5.0)
+    args = {
+        "ndim": 2,
+        "num_levels": 2,
+        "num_repeat": 2,
+        "similarity": "ncc",
+        "channels": 4,
+        "tau_init": 0.03,
+        "train_scale": 5.0,
+    }
+    model = GraDIRN(**args)
     expected = model(pair).numpy()
     assert np.abs(expected).max() > 1e-2
 
     config = model.get_config()
-    assert {k: config[k] for k in ("ndim", "num_levels", "num_repeat", "similarity", "channels",
-                                   "tau_init", "train_scale")} == {
-        "ndim": 2, "num_levels": 2, "num_repeat": 2, "similarity": "ncc", "channels": 4,
-        "tau_init": 0.03, "train_scale": 5.0,
-    }
+    assert {k: config[k] for k in args} == args
     clone = GraDIRN.from_config(config)
     assert clone.get_config() == config
     clone(pair)
@@ -477,8 +483,11 @@ def test_config_and_keras_file_round_trip(tmp_path):
         ({"ndim": 4}, "ndim must be 2 or 3; received ndim=4"),
         ({"num_levels": 0}, "num_levels must be a positive integer; received num_levels=0"),
         ({"num_repeat": 1.5}, "num_repeat must be a positive integer; received num_repeat=1.5"),
-        ({"similarity": "lncc"}, r"similarity must be one of \('ssd', 'ncc'\); received "
-                                 "similarity='lncc'"),
+        (
+            {"similarity": "lncc"},
+            r"similarity must be one of \('ssd', 'ncc'\); received "
+            "similarity='lncc'",
+        ),
         ({"channels": -2}, "channels must be a positive integer; received channels=-2"),
         ({"tau_init": -0.1}, "tau_init must be a finite number >= 0.0; received tau_init=-0.1"),
         ({"tau_init": float("nan")}, "tau_init must be a finite number"),

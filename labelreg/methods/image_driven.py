@@ -15,8 +15,6 @@ test pairs consecutive frames.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 import tempfile
@@ -35,6 +33,7 @@ from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError
+from labelreg.infer import write_metrics_csv
 from labelreg.losses.registry import LOSSES, build_loss, get_label_loss, get_regulariser
 from labelreg.methods import image_driven_config
 from labelreg.methods.pairwise import PairwiseMethod
@@ -211,7 +210,7 @@ class ImageDriven(PairwiseMethod):
                 warped_classes = np.argmax(out["warped_label"].numpy()[0], axis=-1)
                 tifffile.imwrite(folder / "warped_label.tif", warped_classes.astype(np.uint8))
                 rows.append(self._pair_row(pair, out, ddf))
-            _write_rows(staging / "metrics.csv", rows)
+            write_metrics_csv(staging / "metrics.csv", rows, STACK_METRIC_COLUMNS)
             dir_save.mkdir(parents=True, exist_ok=True)
             for item in sorted(staging.iterdir()):
                 target = dir_save / item.name
@@ -243,13 +242,4 @@ class ImageDriven(PairwiseMethod):
                 "dice_foreground": float(after_dice[1:].mean()),
                 "hausdorff95_before": hd["before"], "hausdorff95": hd["after"],
                 **jacobian_statistics(ddf)}
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(STACK_METRIC_COLUMNS))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    path.write_text(buffer.getvalue(), encoding="utf-8")
 

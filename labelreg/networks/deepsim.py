@@ -38,6 +38,7 @@ from labelreg._tf import tf
 from labelreg.networks.layers import (
     check_ndim,
     check_positive_int,
+    conv_layer,
     known_channels,
     static_spatial_shape,
     with_channels,
@@ -63,17 +64,8 @@ def _torch_kernel_init() -> keras.initializers.Initializer:
 def _conv(
     ndim: int, filters: int, kernel_size: int, strides: int = 1, name: str = "conv"
 ) -> keras.layers.Layer:
-    cls = keras.layers.Conv2D if ndim == 2 else keras.layers.Conv3D
-    return cls(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=True,
-        kernel_initializer=_torch_kernel_init(),
-        bias_initializer="zeros",
-        name=name,
-    )
+    return conv_layer(ndim, filters, kernel_size, strides=strides, use_bias=True,
+                      kernel_initializer=_torch_kernel_init(), name=name)
 
 
 def _check_rate(value: Any, name: str) -> float:

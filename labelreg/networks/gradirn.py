@@ -136,7 +136,10 @@ def similarity_gradient(
 
     The energies of the batch are summed before the gradient is taken, so each sample receives
     the gradient of its own energy. The gradient is computed on a nested tape and stays in the
-    graph: a surrounding ``tf.GradientTape`` differentiates through it (second order).
+    graph: a surrounding ``tf.GradientTape`` differentiates through it (second order). The warp
+    replicates the border (``fill_mode="nearest"``), as the reference's sampler does. Where the
+    linear interpolation has a kink (integer coordinates), the gradient takes the right-hand
+    slope (``floor``).
 
     Args:
         similarity: ``"ssd"`` or ``"ncc"``.
@@ -147,6 +150,10 @@ def similarity_gradient(
     Returns:
         ``(gradient [B, *S, n], warped [B, *S, C_m])``; ``numel = prod(S) · C_t``.
     """
+    if similarity not in _ENERGIES:
+        raise ValueError(
+            f"similarity must be one of {SIMILARITIES}; received similarity={similarity!r}."
+        )
     energy_fn = _ENERGIES[similarity]
     target = tf.convert_to_tensor(target, tf.float32)
     ddf = tf.convert_to_tensor(ddf, tf.float32)
@@ -190,10 +197,10 @@ def _upsample_ddf(ddf: tf.Tensor, shape: Sequence[int]) -> tf.Tensor:
 def _fixed_to_moving_voxels(ddf: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
     """Convert a DDF into the moving image's voxels when the moving image was resized.
 
-    The descent runs on the moving image resized (half-pixel centres) to the fixed grid. A point
-    ``y`` of that grid is the point ``(y + 0.5) · S_mov / S_fix - 0.5`` of the moving grid, so the
-    DDF that ``labelreg.ops.warp(moving, ddf)`` expects is that point minus ``x``. This is a no-op
-    when the shapes agree.
+    The descent runs on the moving image resized (half-pixel centres) to the fixed grid, so it
+    matches fixed voxel ``x`` with the point ``y = x + ddf[x]`` of the resized image. That is the
+    point ``(y + 0.5) · S_mov / S_fix - 0.5`` of the moving image, and ``labelreg.ops.warp(moving,
+    ·)`` expects that point minus ``x``. This is a no-op when the shapes agree.
     """
     fixed_shape = static_spatial_shape(fixed, "fixed_image")
     if tuple(moving.shape[1:-1]) == fixed_shape:
@@ -361,6 +368,15 @@ class GraDIRN(RegistrationModel):
     With the defaults (3 levels × 3 repeats = 9 steps, 32 channels, single-channel images) there
     are 88,521 trainable parameters in 2-D and 269,964 in 3-D: 3 CNNs and 3 ``tau``. These are
     the reference's counts.
+
+    The warps inside the descent replicate the border, as the reference's differentiable sampler
+    does. The returned DDF is meant for ``ops.warp``'s default zero padding, which the
+    reference's loss and evaluation use.
+
+    The CNNs start from the reference's random initialisation (see :class:`GradientStep`). At
+    that point their corrections outweigh the gradient steps and feed back through ``u``, so an
+    untrained network's DDF grows over the steps, to tens of voxels on a 16² toy pair. Training
+    shrinks it within a few optimiser steps.
 
     Deviations from the reference implementation (PyTorch, ``qiuhuaqi/GraDIRN``):
 
