@@ -43,7 +43,7 @@ __all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "
 
 METRIC_COLUMNS = (
     "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
-    "centroid_distance_mm", "hausdorff95_mm", "folding_ratio",
+    "centroid_distance_mm", "hausdorff95_mm_before", "hausdorff95_mm", "folding_ratio",
 )
 
 
@@ -216,11 +216,13 @@ def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray
     dice_after = metrics.dice(fixed, after).numpy()
     dist_before = metrics.centroid_distance(fixed, before, spacing=spacing_b).numpy()
     dist_after = metrics.centroid_distance(fixed, after, spacing=spacing_b).numpy()
+    hd95_before = metrics.hausdorff95(fixed, before, spacing=spacing_b).numpy()
     hd95 = metrics.hausdorff95(fixed, after, spacing=spacing_b).numpy()
     return [
         {"case": name, "label_index": j, "dice_before": float(dice_before[j]),
          "dice": float(dice_after[j]), "centroid_distance_mm_before": float(dist_before[j]),
-         "centroid_distance_mm": float(dist_after[j]), "hausdorff95_mm": float(hd95[j]),
+         "centroid_distance_mm": float(dist_after[j]),
+         "hausdorff95_mm_before": float(hd95_before[j]), "hausdorff95_mm": float(hd95[j]),
          "folding_ratio": folding}
         for j in range(fixed.shape[0])
     ]

@@ -205,8 +205,7 @@ def test_zero_cnn_is_exact_gradient_descent_on_ssd(ndim):
     steps = model.forward([moving, fixed])["ddf_steps"]
     assert len(steps) == 4
 
-    k = 0
-    for b in range(moving.shape[0]):  # the reference handles one sample at a time
+    for b in range(moving.shape[0]):  # NumPy: one sample at a time
         src = [moving[b, ..., 0].astype(np.float64)]
         tar = [fixed[b, ..., 0].astype(np.float64)]
         src.append(np_halve(src[0]))

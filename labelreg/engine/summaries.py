@@ -12,9 +12,11 @@ from labelreg._tf import tf
 __all__ = ["format_line", "middle_slice_panel", "SummaryWriter"]
 
 
-def format_line(step: int, total: int, values: Mapping[str, float], rate: float) -> str:
-    """One progress line: step, the losses and the monitoring metrics."""
-    parts = [f"step {step}/{total}"]
+def format_line(step: int, total: int, values: Mapping[str, float], rate: float,
+                steps: int = 1) -> str:
+    """One progress line: step, the losses and the monitoring metrics (means over the last
+    ``steps`` steps when there are several)."""
+    parts = [f"step {step}/{total}" + (f" (mean of {steps} steps)" if steps > 1 else "")]
     for name, value in values.items():
         unit = " mm" if name.endswith("distance_mm") else ""
         parts.append(f"{name} {value:.4f}{unit}")

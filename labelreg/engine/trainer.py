@@ -68,6 +68,19 @@ def _checkpoint_name(method: Method) -> str:
     return name or method.checkpoint_name
 
 
+def _interval_means(values: list[dict[str, tf.Tensor]]) -> dict[str, float]:
+    """Mean of each logged term over the steps since the last log line, ignoring NaN entries
+    (a term with no finite value stays NaN)."""
+    means = {}
+    for key in values[-1]:
+        finite = [v for v in (float(step[key].numpy()) for step in values) if math.isfinite(v)]
+        means[key] = sum(finite) / len(finite) if finite else float("nan")
+    # The loss itself must stay finite at every step: one NaN step is reported, not averaged.
+    if any(not math.isfinite(float(step["loss"].numpy())) for step in values):
+        means["loss"] = float("nan")
+    return means
+
+
 def as_method(target: Method | Config, log: Callable[[str], None] | None = None) -> Method:
     """The method of a validated config (its ``[Method] name``), or ``target`` itself."""
     if isinstance(target, Config):
@@ -186,6 +199,7 @@ def train(target: Method | Config, fresh: bool = False,
     tic, tic_step = time.perf_counter(), step
     iterator = iter(dist_dataset)
     waited, checkpoint_time, steady_start, steady_first = 0.0, 0.0, None, step
+    pending: list[dict[str, tf.Tensor]] = []
     try:
         while step < total:
             fetch = time.perf_counter()
@@ -193,12 +207,13 @@ def train(target: Method | Config, fresh: bool = False,
             if steady_start is not None:
                 waited += time.perf_counter() - fetch
             values = train_step(batch)
+            pending.append(values)  # tensors: read at the next log line, no per-step sync
             step += 1
             if steady_start is None:
                 steady_start, steady_first = time.perf_counter(), step
             step_var.assign(step)
             if step % print_every == 0 or step == total or step == first_step + 1:
-                host = {k: float(v.numpy()) for k, v in values.items()}
+                host = _interval_means(pending)
                 if not math.isfinite(host["loss"]):
                     raise FloatingPointError(
                         f"non-finite training loss at step {step}: {host}; lower [Train] "
@@ -206,7 +221,8 @@ def train(target: Method | Config, fresh: bool = False,
                     )
                 rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
                 tic, tic_step = time.perf_counter(), step
-                log(format_line(step, total, host, rate))
+                log(format_line(step, total, host, rate, steps=len(pending)))
+                pending = []
                 writer.scalars(step, host)
                 result.last_values = host
                 result.history.append((step, host))

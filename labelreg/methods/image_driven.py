@@ -61,6 +61,7 @@ class ImageDriven(PairwiseMethod):
     """``[Method] name = image_driven``: unsupervised registration by image similarity."""
 
     name = "image_driven"
+    network_argument_names = {"inner_similarity": "similarity"}
 
     @classmethod
     def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
@@ -85,6 +86,11 @@ class ImageDriven(PairwiseMethod):
         if self.stack_mode:
             return f"frame pairs of {', '.join(self.cfg['Data']['train_sequences'])}"
         return super().describe_data()
+
+    @property
+    def normalise(self) -> bool:
+        # TIFF stacks are scaled by their bit depth only; NIfTI pairs follow [Data] normalise.
+        return False if self.stack_mode else super().normalise
 
     @property
     def moving_shape(self) -> tuple[int, ...]:

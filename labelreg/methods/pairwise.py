@@ -21,7 +21,7 @@ from labelreg import metrics, ops
 from labelreg._tf import tf
 from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
-from labelreg.engine.batchnorm import recalibrate_batch_norm
+from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError
 from labelreg.methods.base import Endpoint, Method
@@ -67,6 +67,8 @@ class PairwiseMethod(Method):
     image_weight: float = 0.0
     regulariser: Callable[..., tf.Tensor] | None = None
     regulariser_weight: float = 0.0
+    #: ``[Network]`` keys whose constructor argument has another name.
+    network_argument_names: dict[str, str] = {}
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -126,7 +128,7 @@ class PairwiseMethod(Method):
         for name, value in net.items():
             if name not in ("network_type", "num_channel_initial") and \
                     value != schema[name].default:
-                kwargs[name] = value
+                kwargs[self.network_argument_names.get(name, name)] = value
         return kwargs
 
     @property
@@ -213,6 +215,9 @@ class PairwiseMethod(Method):
                     return
                 yield [batch["moving_image"], batch["fixed_image"]]
 
+        if batch_norm_layers(self.models["model"]):
+            self.log(f"re-estimating BatchNorm statistics on up to {RECALIBRATION_BATCHES} "
+                     "training batches before the checkpoint")
         recalibrate_batch_norm(self.models["model"], batches())
 
     def validate(self) -> dict[str, float]:

@@ -2,7 +2,10 @@
 
 - :class:`LocalNet`, :class:`GlobalNet`, :class:`CompositeNet`: label-reg's networks;
 - :class:`UNet`: a VoxelMorph-style U-Net registration network, and :class:`UNetBackbone`, the
-  same U-Net on a single image (segmentation or DeepSim features);
+  same U-Net on a single image;
+- :class:`GraDIRN`: unrolled multi-resolution gradient descent with learned CNN corrections;
+- :class:`DeepSimUNet`: DeepSim's segmentation U-Net, whose encoder features make the ``deepsim``
+  similarity (not a registration network);
 - :func:`get_network`, :func:`build_network`, :func:`register_network`: the INI-name registry.
 
 Every registration network maps ``[moving_image, fixed_image]`` to a DDF ``[B, *S_fix, n]``
@@ -29,6 +32,7 @@ _CLASSES = {
     "UNetBackbone": "unet",
     "RegistrationModel": "layers",
     "DeepSimUNet": "deepsim",
+    "GraDIRN": "gradirn",
 }
 
 __all__ = [

@@ -20,6 +20,7 @@ NETWORKS = Registry("network type", {
     "global": "labelreg.networks.globalnet:GlobalNet",
     "composite": "labelreg.networks.composite:CompositeNet",
     "unet": "labelreg.networks.unet:UNet",
+    "gradirn": "labelreg.networks.gradirn:GraDIRN",
 }, sort_names=True)
 
 
