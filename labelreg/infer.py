@@ -6,12 +6,13 @@ folder ``<dir_save>/<case>/``, all in the FIXED image's space with its affine an
 - ``ddf.nii.gz``: ``[*S_fix, n]`` float32 displacement in moving-image voxels;
 - ``warped_image.nii.gz``: the moving image warped onto the fixed grid (linear);
 - ``warped_label.nii.gz``: every moving label (``[*S_fix, L]``), when moving labels are given;
-- ``overlay.png``: fixed | moving | warped middle slices with label contours (``save_png``).
+- ``overlay.png``: the orthogonal mid-planes of fixed | moving | warped | a fixed/warped
+  checkerboard, with label contours and a legend (``save_png``; :mod:`labelreg.visualise`).
 
 With fixed labels, ``<dir_save>/metrics.csv`` has one row per pair and label: Dice, centroid
-distance (mm) and Hausdorff-95 (mm) before (zero DDF) and after registration, and the DDF's folding
-ratio. Everything is first written into a staging folder and moved into place only when every
-pair has succeeded, so a failure leaves no partial output.
+distance (mm) and Hausdorff-95 (mm) before (zero DDF) and after registration, and the DDF's
+folding ratio and Jacobian statistics. Everything is first written into a staging folder and
+moved into place only when every pair has succeeded, so a failure leaves no partial output.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +37,16 @@ from labelreg.config import Config
 from labelreg.data import NiftiReader, PairedDataset
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.engine.checkpoints import load_trained_run
-from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError
 from labelreg.networks.apply import network_ddf, register_pair
+from labelreg.visualise import overlay_figure
 
 __all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "write_metrics_csv"]
 
 METRIC_COLUMNS = (
     "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
     "centroid_distance_mm", "hausdorff95_mm_before", "hausdorff95_mm", "folding_ratio",
+    "jacobian_mean", "jacobian_std", "log_jacobian_var",
 )
 
 
@@ -157,7 +160,7 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
             fixed_t = np.stack(fixed)[..., None]
             out = register_pair(network_ddf(model), moving_t, fixed_t)
             ddf, warped = out["ddf"], out["warped_moving_image"].numpy()
-            folding = metrics.folding_ratio(ddf).numpy()
+            jacobian = {k: v.numpy() for k, v in metrics.jacobian_statistics(ddf).items()}
             ddf = ddf.numpy()
             for i, case in enumerate(cases):
                 name = paired.names[case]
@@ -184,7 +187,8 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                 if both_labels:
                     result.rows.extend(_pair_metrics(
                         name, labels, paired.read("fixed_label", case), ddf[i],
-                        warped_labels, paired.spacing("fixed_image", case), float(folding[i])))
+                        warped_labels, paired.spacing("fixed_image", case),
+                        {k: float(v[i]) for k, v in jacobian.items()}))
                 if inf["save_png"]:
                     _write_overlay(out / "overlay.png", fixed[i], moving[i], warped[i, ..., 0],
                                    paired.fixed_shape,
@@ -192,7 +196,8 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                                    if both_labels else None,
                                    moving_label=labels[..., 0] if labels is not None else None,
                                    warped_label=warped_labels[..., 0]
-                                   if warped_labels is not None else None)
+                                   if warped_labels is not None else None,
+                                   spacing=paired.spacing("fixed_image", case))
             log(f"registered {min(start + batch_size, paired.num_cases)}/{paired.num_cases}")
         if result.rows:
             write_metrics_csv(staging / "metrics.csv", result.rows)
@@ -204,7 +209,7 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
 
 def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray,
                   ddf: np.ndarray, warped_labels: np.ndarray, spacing: tuple[float, ...],
-                  folding: float) -> list[dict[str, Any]]:
+                  jacobian: dict[str, float]) -> list[dict[str, Any]]:
     """Per-label metrics of one pair; ``before`` samples the moving label with a zero DDF."""
     n = ddf.shape[-1]
     fixed = np.moveaxis(fixed_labels.reshape(*fixed_labels.shape[:n], -1), -1, 0)[..., None]
@@ -223,7 +228,7 @@ def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray
          "dice": float(dice_after[j]), "centroid_distance_mm_before": float(dist_before[j]),
          "centroid_distance_mm": float(dist_after[j]),
          "hausdorff95_mm_before": float(hd95_before[j]), "hausdorff95_mm": float(hd95[j]),
-         "folding_ratio": folding}
+         **jacobian}
         for j in range(fixed.shape[0])
     ]
 
@@ -241,16 +246,30 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]],
 
 def _write_overlay(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray,
                    fixed_shape: tuple[int, ...], fixed_label: np.ndarray | None,
-                   moving_label: np.ndarray | None, warped_label: np.ndarray | None) -> None:
+                   moving_label: np.ndarray | None, warped_label: np.ndarray | None,
+                   spacing: Sequence[float] | None = None) -> None:
+    """Write :func:`labelreg.visualise.overlay_figure` of one pair to ``path`` atomically.
+
+    The moving image and label are first resized onto the fixed grid; ``spacing`` (the fixed
+    image's voxel size in mm) draws the planes with their physical aspect ratio. The PNG goes to a
+    temporary file in the same folder that replaces ``path`` only once it is complete.
+    """
     from PIL import Image
 
     def on_fixed_grid(volume: np.ndarray) -> np.ndarray:
         return ops.resize(volume[None, ..., None], fixed_shape).numpy()[0, ..., 0]
 
-    picture = middle_slice_panel(
+    picture = overlay_figure(
         fixed, on_fixed_grid(moving), warped, fixed_label,
-        on_fixed_grid(moving_label) if moving_label is not None else None, warped_label)
-    Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)).save(path)
+        on_fixed_grid(moving_label) if moving_label is not None else None, warped_label,
+        spacing=spacing)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "xb") as stream:
+            Image.fromarray(picture).save(stream, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _publish(staging: Path, dir_save: Path) -> None:

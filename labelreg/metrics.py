@@ -28,6 +28,7 @@ __all__ = [
     "centroid_distance",
     "jacobian_determinant",
     "folding_ratio",
+    "jacobian_statistics",
     "hausdorff95",
     "average_surface_distance",
 ]
@@ -171,6 +172,27 @@ def folding_ratio(ddf: Any) -> tf.Tensor:
     """
     det = jacobian_determinant(ddf)
     return tf.reduce_mean(tf.cast(det <= 0.0, tf.float32), axis=list(range(1, det.shape.rank)))
+
+
+def jacobian_statistics(ddf: Any) -> dict[str, tf.Tensor]:
+    """Summary of the Jacobian determinant of each DDF: the folding ratio (fraction of voxels
+    with ``det J <= 0``), the mean and standard deviation of ``det J``, and the variance of
+    ``log |det J|`` (0 for a volume-preserving field).
+
+    Args:
+        ddf: ``[B, *S, n]`` displacement in voxels.
+
+    Returns:
+        ``{"folding_ratio", "jacobian_mean", "jacobian_std", "log_jacobian_var"}``, each float32
+        ``[B]``.
+    """
+    det = jacobian_determinant(ddf)
+    axes = list(range(1, det.shape.rank))
+    log_det = tf.math.log(tf.maximum(tf.abs(det), 1e-9))
+    return {"folding_ratio": tf.reduce_mean(tf.cast(det <= 0.0, tf.float32), axis=axes),
+            "jacobian_mean": tf.reduce_mean(det, axis=axes),
+            "jacobian_std": tf.math.reduce_std(det, axis=axes),
+            "log_jacobian_var": tf.math.reduce_variance(log_det, axis=axes)}
 
 
 def _surface_distances(a: Any, b: Any, spacing: Any, threshold: float) -> list[tuple]:

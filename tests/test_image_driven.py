@@ -271,3 +271,16 @@ def test_the_autoencoder_variant_trains(stacks, tmp_path):
     model = load_trained_run(tmp_path / "run").models["model"]
     out = model(np.zeros((1, 64, 64, 1), np.float32)).numpy()
     assert out.shape == (1, 64, 64, 1) and np.all((out >= 0) & (out <= 1))
+
+
+def test_docs_list_every_key_and_are_current():
+    from labelreg.methods import image_driven_config
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "image_driven.md").read_text()
+    assert image_driven_config.generated_docs() in docs, (
+        "regenerate: python -m labelreg.methods.image_driven_config docs/image_driven.md")
+    for schema in (image_driven_config.image_driven_schema(),
+                   image_driven_config.features_schema()):
+        for keys in schema.values():
+            for key in keys:
+                assert f"| `{key}` |" in docs

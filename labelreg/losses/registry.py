@@ -76,6 +76,10 @@ for _name, _target, _kind, _options in (
 # feature_extractor=net).
 LOSSES.add("deepsim", "labelreg.losses.deepsim:DeepSimLoss", kind="image", factory=True,
            options={})
+# A factory: a learned similarity metric (learnsim), build_loss("learnsim", "image",
+# encoder=net, term="ssd" | "lcc").
+LOSSES.add("learnsim", "labelreg.losses.learnsim:LearnedSimilarity", kind="image",
+           factory=True, options={})
 
 
 def available_losses(kind: str) -> tuple[str, ...]:

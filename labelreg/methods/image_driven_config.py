@@ -211,3 +211,36 @@ def load_features(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Con
         raise config.fail(cfg, "Network", "channels", "expected at least one stage.")
     _check_data(cfg)
     return cfg
+
+
+_BEGIN = "<!-- BEGIN GENERATED: python -m labelreg.methods.image_driven_config docs/image_driven.md -->"
+_END = "<!-- END GENERATED -->"
+
+
+def generated_docs() -> str:
+    """The generated block of ``docs/image_driven.md``: both schemas as tables."""
+    body = (
+        "### `image_driven`\n\n" + config.schema_markdown(image_driven_schema())
+        + "\n### `deepsim_features`\n\n" + config.schema_markdown(features_schema())
+    )
+    return f"{_BEGIN}\n\n{body}\n{_END}"
+
+
+def update_docs(path: str | os.PathLike) -> None:
+    """Rewrite (or append) the generated block of a Markdown file."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if _BEGIN in text and _END in text:
+        text = text.split(_BEGIN, 1)[0] + generated_docs() + text.split(_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Every key\n\n" + generated_docs() + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    for target in sys.argv[1:]:
+        update_docs(target)

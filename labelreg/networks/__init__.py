@@ -33,6 +33,7 @@ _CLASSES = {
     "RegistrationModel": "layers",
     "DeepSimUNet": "deepsim",
     "GraDIRN": "gradirn",
+    "SimilarityEncoder": "learnsim",
 }
 
 __all__ = [

@@ -10,6 +10,7 @@ from labelreg.ops.filters import gaussian_filter, gaussian_kernel1d, separable_f
 from labelreg.ops.grid import reference_grid
 from labelreg.ops.integrate import compose, integrate_svf
 from labelreg.ops.jit import xla_disabled, xla_enabled
+from labelreg.ops.padding import replicate_pad
 from labelreg.ops.resize import resize
 from labelreg.ops.warp import sample, warp
 
@@ -27,6 +28,7 @@ __all__ = [
     "gaussian_kernel1d",
     "gaussian_filter",
     "separable_filter",
+    "replicate_pad",
     "check_image",
     "check_ddf",
     "check_finite",
