@@ -12,6 +12,7 @@ from labelreg.ops.integrate import compose, integrate_svf
 from labelreg.ops.jit import xla_disabled, xla_enabled
 from labelreg.ops.padding import replicate_pad
 from labelreg.ops.resize import resize
+from labelreg.ops.sobolev import sobolev_kernel_1d, sobolev_smooth
 from labelreg.ops.warp import sample, warp
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "gaussian_filter",
     "separable_filter",
     "replicate_pad",
+    "sobolev_kernel_1d",
+    "sobolev_smooth",
     "check_image",
     "check_ddf",
     "check_finite",
