@@ -19,6 +19,7 @@ from labelreg.config import (
     derive_run_paths,
     method_section,
     parse,
+    replace_generated_block,
     schema_markdown,
     train_section,
 )
@@ -216,16 +217,8 @@ def update_docs(path: str | os.PathLike) -> str:
 
     Run ``python -m comir_tf.config docs/comir.md`` after changing the schema.
     """
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if _BEGIN not in text or _END not in text:
-        raise ValueError(f"{path}: no generated block ({_BEGIN} ... {_END}) to update.")
-    head, rest = text.split(_BEGIN, 1)
-    tail = rest.split(_END, 1)[1]
-    text = f"{head}{_BEGIN}\n\n{schema_docs()}\n{_END}{tail}"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return text
+    block = f"{_BEGIN}\n\n{schema_docs()}\n{_END}"
+    return replace_generated_block(path, block, _BEGIN, _END).read_text(encoding="utf-8")
 
 
 if __name__ == "__main__":

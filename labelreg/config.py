@@ -54,6 +54,7 @@ __all__ = [
     "LABELREG_SECTION_DOCS",
     "generated_docs",
     "update_docs",
+    "replace_generated_block",
     "method_section",
     "train_section",
     "derive_run_paths",
@@ -650,19 +651,22 @@ def generated_docs() -> str:
     return f"{_BEGIN}\n\n{schema_markdown(_labelreg_schema(), LABELREG_SECTION_DOCS)}\n{_END}"
 
 
-def update_docs(path: str | os.PathLike) -> Path:
-    """Rewrite the generated block of a Markdown file (``docs/config.md``) from the schema."""
+def replace_generated_block(path: str | os.PathLike, block: str, begin: str, end: str) -> Path:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the text
+    between those markers in a Markdown file, or append it when the file has no such block."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = generated_docs()
-    if _BEGIN in text and _END in text:
-        head = text.split(_BEGIN, 1)[0]
-        tail = text.split(_END, 1)[1]
-        text = head + block + tail
+    if begin in text and end in text:
+        text = text.split(begin, 1)[0] + block + text.split(begin, 1)[1].split(end, 1)[1]
     else:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def update_docs(path: str | os.PathLike) -> Path:
+    """Rewrite the generated block of a Markdown file (``docs/config.md``) from the schema."""
+    return replace_generated_block(path, generated_docs(), _BEGIN, _END)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ from labelreg.errors import DataError
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.visualise import overlay_figure
 
-__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "write_metrics_csv"]
+__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "write_metrics_csv", "nifti_image",
+           "publish_staged"]
 
 METRIC_COLUMNS = (
     "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
@@ -86,7 +87,8 @@ def load_trained_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, dict
     return run.models["model"], run.meta, run.prefix
 
 
-def _nifti_bytes(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
+def nifti_image(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1Image:
+    """A float32 NIfTI image with the given affine (as qform and sform) and header."""
     header = header.copy() if header is not None else None
     image = nib.Nifti1Image(data.astype(np.float32), affine, header)
     image.set_data_dtype(np.float32)
@@ -168,8 +170,8 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                 out.mkdir()
                 affine = paired.affine("fixed_image", case)
                 header = paired.header("fixed_image", case)
-                nib.save(_nifti_bytes(ddf[i], affine, header), out / "ddf.nii.gz")
-                nib.save(_nifti_bytes(warped[i, ..., 0], affine, header),
+                nib.save(nifti_image(ddf[i], affine, header), out / "ddf.nii.gz")
+                nib.save(nifti_image(warped[i, ..., 0], affine, header),
                          out / "warped_image.nii.gz")
                 labels = None
                 if both_labels:
@@ -182,7 +184,7 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
                     stacked = labels[None] if labels.ndim == paired.ndim + 1 else labels[None, ..., None]
                     warped_labels = ops.warp(stacked, ddf[i:i + 1],
                                              interpolation=interpolation).numpy()[0]
-                    nib.save(_nifti_bytes(warped_labels, affine, header),
+                    nib.save(nifti_image(warped_labels, affine, header),
                              out / "warped_label.nii.gz")
                 if both_labels:
                     result.rows.extend(_pair_metrics(
@@ -201,7 +203,7 @@ def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
             log(f"registered {min(start + batch_size, paired.num_cases)}/{paired.num_cases}")
         if result.rows:
             write_metrics_csv(staging / "metrics.csv", result.rows)
-        _publish(staging, dir_save)
+        publish_staged(staging, dir_save)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
@@ -272,7 +274,7 @@ def _write_overlay(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np
         partial.unlink(missing_ok=True)
 
 
-def _publish(staging: Path, dir_save: Path) -> None:
+def publish_staged(staging: Path, dir_save: Path) -> None:
     """Move the staged per-case folders and files into ``dir_save`` (replacing old results)."""
     dir_save.mkdir(parents=True, exist_ok=True)
     for item in sorted(staging.iterdir()):

@@ -128,8 +128,10 @@ def train(target: Method | Config, fresh: bool = False,
     with strategy.scope():
         method.models = method.build()
         optimizers = {}
+        rates = method.learning_rates()
         for key in method.trained_models():
-            optimizer = make_optimizer(train_cfg["optimizer"], float(train_cfg["learning_rate"]),
+            optimizer = make_optimizer(train_cfg["optimizer"],
+                                       float(rates.get(key, train_cfg["learning_rate"])),
                                        float(train_cfg["momentum"]))
             optimizer.build(method.models[key].trainable_variables)
             optimizers[key] = optimizer
@@ -163,7 +165,7 @@ def train(target: Method | Config, fresh: bool = False,
     dist_dataset = strategy.experimental_distribute_dataset(dataset)
     groups = {key.removeprefix("model_") or key: (opt, method.models[key].trainable_variables)
               for key, opt in optimizers.items()}
-    train_step = make_train_step(
+    train_step = method.custom_train_step(optimizers) or make_train_step(
         method.loss_terms, groups, preprocess=method.preprocess,
         clip_norm=float(train_cfg["clip_norm"]), weight_decay=float(train_cfg["weight_decay"]),
         global_batch_size=batch_size, strategy=strategy,

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from labelreg._tf import tf
+from labelreg.losses.frozen import image_gradient_only
 from labelreg.losses.label import check_pair
 
 __all__ = ["DeepSimLoss", "cosine_similarity"]
@@ -166,23 +167,8 @@ class DeepSimLoss:
         fixed, warped = check_pair(fixed, warped, _NAMES)
         fixed_features = [tf.stop_gradient(f) for f in self._extract(tf.stop_gradient(fixed))]
 
-        @tf.custom_gradient
-        def similarity(moving: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-            # The inner tape watches the image only; the gradient function hands the outer tape
-            # a gradient for the image and None for every variable the extractor read.
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(moving)
-                value = self._similarity(fixed_features, moving)
-
-            def gradient(upstream: tf.Tensor, variables: Any = None) -> Any:
-                grad = tape.gradient(value, moving, output_gradients=upstream)
-                if variables is None:
-                    return grad
-                return grad, [None] * len(variables)
-
-            return value, gradient
-
-        return 1.0 - similarity(warped)
+        return 1.0 - image_gradient_only(
+            lambda moving: self._similarity(fixed_features, moving), warped)
 
     def __repr__(self) -> str:
         return (

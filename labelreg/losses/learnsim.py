@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 from labelreg._tf import tf
+from labelreg.losses.frozen import image_gradient_only
 from labelreg.losses.label import check_pair
 from labelreg.ops.padding import replicate_pad
 
@@ -225,12 +226,16 @@ class LearnedSimilarity:
 
     def __init__(
         self,
-        encoder: Any,
+        encoder: Any = None,
         term: str = "ssd",
         mask: Any = None,
         window: int = 3,
         frozen: bool = True,
+        feature_extractor: Any = None,
     ) -> None:
+        # ``feature_extractor`` is the name every learned similarity of the loss registry takes
+        # its network by (image-driven registration passes it so); ``encoder`` is learnsim's.
+        encoder = encoder if encoder is not None else feature_extractor
         if term not in TERMS:
             raise ValueError(f"term must be one of {TERMS}; received term={term!r}.")
         self.encoder = encoder
@@ -258,23 +263,8 @@ class LearnedSimilarity:
         if mask is not None:
             mask = tf.stop_gradient(mask)
 
-        @tf.custom_gradient
-        def data_term(moving: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
-            # The inner tape watches the image only; the gradient function hands the outer tape
-            # a gradient for the image and None for every variable the encoder read.
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(moving)
-                value = self._value(target, self._features(moving), mask)
-
-            def gradient(upstream: tf.Tensor, variables: Any = None) -> Any:
-                grad = tape.gradient(value, moving, output_gradients=upstream)
-                if variables is None:
-                    return grad
-                return grad, [None] * len(variables)
-
-            return value, gradient
-
-        return data_term(warped)
+        return image_gradient_only(
+            lambda moving: self._value(target, self._features(moving), mask), warped)
 
     def __repr__(self) -> str:
         encoder = None if self.encoder is None else type(self.encoder).__name__

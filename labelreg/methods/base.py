@@ -61,6 +61,8 @@ class Method:
     name: ClassVar[str] = ""
     #: Name of the checkpoint files when ``[Train] file_model_save`` does not give one.
     checkpoint_name: ClassVar[str] = "model.ckpt"
+    #: The model another method borrows as a feature network (``[Loss] feature_extractor``).
+    feature_network_key: ClassVar[str] = "model"
 
     def __init__(self, cfg: Config, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
@@ -92,6 +94,18 @@ class Method:
     def trained_models(self) -> tuple[str, ...]:
         """Keys of the models that get an optimiser (default: every model)."""
         return tuple(self.models)
+
+    def learning_rates(self) -> dict[str, float]:
+        """Learning rates of particular models' optimisers (default: ``[Train] learning_rate``
+        for every model)."""
+        return {}
+
+    def custom_train_step(self, optimizers: Mapping[str, Any]
+                          ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None:
+        """A method whose step is more than one gradient step (e.g. an inner optimisation per
+        batch) returns its own compiled ``step(batch) -> {term: scalar}`` here, using the
+        trainer's ``optimizers`` (by model key); ``None`` (the default) uses the shared step."""
+        return None
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         """Batches for steps ``start_step + 1 ..``; a pure function of ``(seed, step)``."""

@@ -33,7 +33,7 @@ from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError
-from labelreg.infer import write_metrics_csv
+from labelreg.infer import publish_staged, write_metrics_csv
 from labelreg.losses.registry import LOSSES, build_loss, get_label_loss, get_regulariser
 from labelreg.methods import image_driven_config
 from labelreg.methods.pairwise import PairwiseMethod
@@ -121,7 +121,8 @@ class ImageDriven(PairwiseMethod):
         # A factory similarity (deepsim) owns a feature network; plain functions take none.
         if loss["feature_extractor"] is not None and LOSSES.info(loss["image_loss_type"])[
                 "factory"]:
-            self.extractor = load_trained_run(loss["feature_extractor"]).models["model"]
+            run = load_trained_run(loss["feature_extractor"])
+            self.extractor = run.models[run.method.feature_network_key]
             self.extractor.trainable = False  # frozen: not trained, not in this run's checkpoint
             options["feature_extractor"] = self.extractor
         try:
@@ -213,12 +214,7 @@ class ImageDriven(PairwiseMethod):
                 tifffile.imwrite(folder / "warped_label.tif", warped_classes.astype(np.uint8))
                 rows.append(self._pair_row(pair, out, ddf))
             write_metrics_csv(staging / "metrics.csv", rows, STACK_METRIC_COLUMNS)
-            dir_save.mkdir(parents=True, exist_ok=True)
-            for item in sorted(staging.iterdir()):
-                target = dir_save / item.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(item, target)
+            publish_staged(staging, dir_save)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         mean = {k: float(np.mean([r[k] for r in rows])) for k in ("dice_before", "dice",

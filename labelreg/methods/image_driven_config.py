@@ -228,15 +228,7 @@ def generated_docs() -> str:
 
 def update_docs(path: str | os.PathLike) -> None:
     """Rewrite (or append) the generated block of a Markdown file."""
-    from pathlib import Path
-
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if _BEGIN in text and _END in text:
-        text = text.split(_BEGIN, 1)[0] + generated_docs() + text.split(_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Every key\n\n" + generated_docs() + "\n"
-    path.write_text(text, encoding="utf-8")
+    config.replace_generated_block(path, generated_docs(), _BEGIN, _END)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,8 @@ METHODS.add("comir", "labelreg.methods.comir:CoMIR", section="CoMIR",
             config="comir_tf.config:load")
 METHODS.add("image_driven", "labelreg.methods.image_driven:ImageDriven", section=None,
             config="labelreg.methods.image_driven_config:load")
+METHODS.add("learnsim", "labelreg.methods.learnsim:LearnSim", section=None,
+            config="labelreg.methods.learnsim_config:load")
 METHODS.add("deepsim_features", "labelreg.methods.deepsim_features:DeepSimFeatures",
             section=None, config="labelreg.methods.image_driven_config:load_features")
 

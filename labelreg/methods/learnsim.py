@@ -1,0 +1,417 @@
+"""learnsim (Grzech et al., CVPR 2022): variational Bayesian registration with a learned
+similarity metric, as a method of the shared engine.
+
+Each training step takes a batch of pairs (atlas-based by default: every moving image against the
+first fixed image) and
+
+1. fits each pair's Gaussian posterior over a stationary velocity field
+   (:class:`labelreg.variational.SVFPosterior`, warm-started from the pair's previous fit) with
+   ``[Variational] iterations`` Adam steps of the negative ELBO
+   ``(D1 + D2)/2 + (R1 + R2)/2 - [H + (Q1 + Q2)/2]`` on two antithetic samples, in one compiled
+   loop; the data term ``D`` is the learned SSD or LCC of :mod:`labelreg.losses.learnsim` on the
+   image warped by the Sobolev-smoothed, integrated sample (plus uniform noise);
+2. takes one contrastive step on the metric encoder (``[Train] learning_rate``, 1e-5) and on a
+   learnable low-rank Gaussian of "negative" fixed images around the fixed image
+   (``[Metric] negative_learning_rate``, 1e-3): ``mean(D(F) - D(F~1)/2 - D(F~2)/2)``.
+
+The encoder and the negatives' distribution are the checkpointed models; the posteriors are kept
+in memory per pair (a resumed run starts them afresh). Inference fits each test pair's posterior
+with the frozen metric and writes the mean DDF, a few samples, the per-voxel standard deviation of
+the displacement (the uncertainty map), the warped image and labels, and ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import nibabel as nib
+import numpy as np
+
+from labelreg import metrics, ops
+from labelreg._tf import tf
+from labelreg.config import Config
+from labelreg.data import PairedDataset
+from labelreg.data.pipeline import normalise_intensity
+from labelreg.errors import DataError
+from labelreg.infer import nifti_image, publish_staged, write_metrics_csv
+from labelreg.losses.learnsim import learned_lcc, learned_ssd
+from labelreg.methods import learnsim_config
+from labelreg.methods.base import Endpoint, Method
+from labelreg.networks.learnsim import SimilarityEncoder
+from labelreg.ops.sobolev import sobolev_smooth
+from labelreg.variational import SVFPosterior, transformation, velocity_regulariser
+
+__all__ = ["LearnSim", "NegativeImages", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ("case", "dice_before", "dice", "asd_mm_before", "asd_mm",
+                  "non_diffeomorphic_voxels", "seconds")
+
+
+@keras.saving.register_keras_serializable(package="labelreg")
+class NegativeImages(keras.Model):
+    """A low-rank Gaussian of "negative" fixed images around a fixed image (learnsim's ``q_f``).
+
+    ``F~ = clip(F +- (sigma * eps + x * u), 0, 1)``, two antithetic samples, ``sigma`` and ``u``
+    learnable fields (``log sigma^2 <= 0``, ``u`` in [-1, 1], enforced by :meth:`constrain`).
+
+    Args:
+        shape: the spatial shape of the fixed image.
+        sigma_init: initial ``sigma``.
+        u_init: initial ``u``.
+    """
+
+    def __init__(self, shape: Sequence[int], sigma_init: float = 0.1, u_init: float = 0.1,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.field_shape = tuple(int(s) for s in shape)
+        self.sigma_init, self.u_init = float(sigma_init), float(u_init)
+        self.log_var = self.add_weight(
+            shape=(*self.field_shape, 1), name="log_var",
+            initializer=keras.initializers.Constant(2.0 * np.log(self.sigma_init)))
+        self.u = self.add_weight(shape=(*self.field_shape, 1), name="u",
+                                 initializer=keras.initializers.Constant(self.u_init))
+        self.built = True  # the weights depend on the configured shape only
+
+    def call(self, fixed: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        eps_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        eps = tf.random.stateless_normal(tf.shape(fixed), eps_seed)
+        x = tf.random.stateless_normal(tf.concat([tf.shape(fixed)[:1],
+                                                  tf.ones_like(tf.shape(fixed)[1:])], 0), x_seed)
+        d = tf.exp(0.5 * self.log_var) * eps + x * self.u
+        return tf.clip_by_value(fixed + d, 0.0, 1.0), tf.clip_by_value(fixed - d, 0.0, 1.0)
+
+    def constrain(self) -> None:
+        self.log_var.assign(tf.minimum(self.log_var, 0.0))
+        self.u.assign(tf.clip_by_value(self.u, -1.0, 1.0))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "shape": list(self.field_shape),
+                "sigma_init": self.sigma_init, "u_init": self.u_init}
+
+
+class LearnSim(Method):
+    """``[Method] name = learnsim``."""
+
+    name = "learnsim"
+    feature_network_key = "encoder"
+
+    @classmethod
+    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+        return learnsim_config.load(path, overrides)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def _ensure_data(self) -> None:
+        data = self.cfg["Data"]
+        if data["synthetic_volumes"]:
+            from labelreg.data.synthetic_volumes import write_synthetic_volumes
+
+            write_synthetic_volumes(data["dir_synthetic"], cases=data["synthetic_cases"],
+                                    size=tuple(data["synthetic_size"]))
+
+    def _read(self, section: str) -> tuple[PairedDataset, np.ndarray, np.ndarray]:
+        keys = self.cfg[section]
+        with_labels = keys["dir_moving_label"] is not None and keys["dir_fixed_label"] is not None
+        paired = PairedDataset(keys["dir_moving_image"], keys["dir_fixed_image"],
+                               keys["dir_moving_label"] if with_labels else None,
+                               keys["dir_fixed_label"] if with_labels else None)
+        if tuple(paired.moving_shape) != tuple(paired.fixed_shape):
+            raise DataError(
+                f"{keys['dir_moving_image']}: learnsim registers images on one grid; moving "
+                f"{paired.moving_shape} and fixed {paired.fixed_shape} differ (resample first).")
+        prepare = normalise_intensity if self.cfg["Data"]["normalise"] else (lambda x: x)
+        moving = np.stack([prepare(paired.read("moving_image", i)[..., 0])
+                           for i in range(paired.num_cases)])[..., None].astype(np.float32)
+        count = 1 if self.cfg["Data"]["atlas"] else paired.num_cases
+        fixed = np.stack([prepare(paired.read("fixed_image", i)[..., 0])
+                          for i in range(count)])[..., None].astype(np.float32)
+        return paired, moving, fixed
+
+    def prepare_data(self) -> None:
+        self._ensure_data()
+        self.paired, self.moving, self.fixed = self._read("Data")
+        batch = int(self.cfg["Train"]["minibatch_size"])
+        if batch > self.paired.num_cases:
+            raise DataError(f"[Train] minibatch_size = {batch} exceeds the "
+                            f"{self.paired.num_cases} pairs of {self.cfg['Data']['dir_moving_image']}.")
+
+    def describe_data(self) -> str:
+        atlas = ", atlas-based" if self.cfg["Data"]["atlas"] else ""
+        return f"{self.paired.num_cases} pairs{atlas}"
+
+    def _fixed_for(self, cases: np.ndarray) -> np.ndarray:
+        return self.fixed[np.zeros_like(cases) if self.cfg["Data"]["atlas"] else cases]
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def build(self) -> dict[str, keras.Model]:
+        shape = self.moving.shape[1:-1]
+        metric = self.cfg["Metric"]
+        encoder = SimilarityEncoder(ndim=len(shape), features=tuple(metric["features"]))
+        encoder(tf.zeros([1, *shape, 1]))
+        negatives = NegativeImages(shape, metric["negative_sigma_init"], metric["negative_u_init"])
+        return {"encoder": encoder, "negatives": negatives}
+
+    def trained_models(self) -> tuple[str, ...]:
+        return ("encoder", "negatives") if self.cfg["Metric"]["learnable"] else ()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"negatives": float(self.cfg["Metric"]["negative_learning_rate"])}
+
+    def meta(self) -> dict[str, Any]:
+        return {"shape": list(self.moving.shape[1:-1]), "term": self.cfg["Metric"]["term"]}
+
+    @classmethod
+    def rebuild(cls, description: Mapping[str, Any]) -> dict[str, keras.Model]:
+        models = super().rebuild(description)
+        shape = description["meta"]["shape"]
+        models["encoder"](tf.zeros([1, *shape, 1]))
+        return models
+
+    # -- the variational fit --------------------------------------------------------------------
+
+    def data_term(self, encoder: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """``(fixed, warped) -> [B]``: the learned (or, without ``encoder``, plain) SSD / LCC."""
+        term = learned_ssd if self.cfg["Metric"]["term"] == "ssd" else learned_lcc
+        return lambda fixed, warped: term(encoder, fixed, warped)
+
+    def _warp_sample(self, moving: tf.Tensor, v: tf.Tensor, noise: float, seed: tf.Tensor
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
+        var = self.cfg["Variational"]
+        smooth = sobolev_smooth(v, var["sobolev_smoothness"], var["sobolev_lambda"])
+        ddf = transformation(smooth, steps=var["integration_steps"], smooth=False)
+        if noise > 0:
+            ddf = ddf + tf.random.stateless_uniform(tf.shape(ddf), seed, -noise, noise)
+        return ops.warp(moving, ddf), smooth
+
+    def make_fit(self, posterior: SVFPosterior, data: Callable, noise: float
+                 ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+        """One compiled loop of ``[Variational] iterations`` Adam steps on ``posterior``."""
+        var = self.cfg["Variational"]
+        optimizer = keras.optimizers.Adam(learning_rate=float(var["learning_rate"]))
+        optimizer.build(posterior.trainable_variables)
+        # Its state at the start (the learning rate is one of its variables, too).
+        initial = [tf.constant(v.numpy()) for v in optimizer.variables]
+        weight = float(var["regulariser_weight"])
+
+        def objective(moving, fixed, seed):
+            s1, s2, s3 = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+            v1, v2 = posterior.sample(s1)
+            warped1, smooth1 = self._warp_sample(moving, v1, noise, s2)
+            warped2, smooth2 = self._warp_sample(moving, v2, noise, s3)
+            d = (data(fixed, warped1) + data(fixed, warped2)) / 2.0
+            r = (velocity_regulariser(smooth1, weight) + velocity_regulariser(smooth2, weight)) / 2
+            h = posterior.entropy() + (posterior.quadratic(v1) + posterior.quadratic(v2)) / 2.0
+            return d, r, h
+
+        @tf.function
+        def fit(moving: tf.Tensor, fixed: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+            for variable, value in zip(optimizer.variables, initial, strict=True):
+                variable.assign(value)  # a fresh Adam for every batch
+            d = r = h = tf.zeros([tf.shape(moving)[0]])
+            for i in tf.range(int(var["iterations"]), dtype=tf.int64):
+                with tf.GradientTape() as tape:
+                    d, r, h = objective(moving, fixed, tf.stack([seed[0], seed[1] + i]))
+                    loss = tf.reduce_sum(d + r - h)
+                grads = tape.gradient(loss, posterior.trainable_variables)
+                optimizer.apply_gradients(zip(grads, posterior.trainable_variables, strict=True))
+            return {"loss": tf.reduce_mean(d + r - h), "data": tf.reduce_mean(d),
+                    "regulariser": tf.reduce_mean(r), "entropy": tf.reduce_mean(h),
+                    "sigma": tf.reduce_mean(posterior.sigma)}
+
+        return fit
+
+    # -- the training step ----------------------------------------------------------------------
+
+    def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
+        batch, count = int(self.cfg["Train"]["minibatch_size"]), self.paired.num_cases
+
+        def cases(step: tf.Tensor) -> dict[str, tf.Tensor]:
+            pick = tf.random.stateless_uniform([batch], tf.stack([tf.cast(seed, tf.int64), step]),
+                                               0, count, dtype=tf.int64)
+            return {"case_index": pick, "step": step}
+
+        return tf.data.Dataset.range(start_step + 1, total_steps + 1).map(cases)
+
+    def custom_train_step(self, optimizers: Mapping[str, Any]):
+        batch = int(self.cfg["Train"]["minibatch_size"])
+        shape = self.moving.shape[1:-1]
+        var = self.cfg["Variational"]
+        self.posterior = SVFPosterior((batch, *shape, len(shape)), var["sigma_init"], var["u_init"])
+        learnable = self.cfg["Metric"]["learnable"]
+        encoder = self.models["encoder"]
+        fit = self.make_fit(self.posterior, self.data_term(encoder if learnable else None),
+                            float(var["noise"]))
+        self._cache: dict[int, list[np.ndarray]] = {}
+        metric_step = self._make_metric_step(optimizers) if learnable else None
+
+        def step(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            cases = item["case_index"].numpy()
+            moving = tf.constant(self.moving[cases])
+            fixed = tf.constant(self._fixed_for(cases))
+            self._load_posteriors(cases)
+            seed = tf.stack([tf.constant(int(self.cfg["Train"]["seed"]), tf.int64),
+                             tf.cast(item["step"], tf.int64) * 100003])
+            out = fit(moving, fixed, seed)
+            self._store_posteriors(cases)
+            if metric_step is not None:
+                out = {**out, **metric_step(moving, fixed, seed + 7)}
+            return out
+
+        return step
+
+    def _load_posteriors(self, cases: np.ndarray) -> None:
+        """Each pair's last fit (warm start), or the initial posterior for a new pair."""
+        var = self.cfg["Variational"]
+        field = tuple(self.posterior.mu.shape[1:])
+        fresh = (np.zeros(field, np.float32),
+                 np.full(field, 2.0 * np.log(var["sigma_init"]), np.float32),
+                 np.full(field, var["u_init"], np.float32))
+        for k, variable in enumerate((self.posterior.mu, self.posterior.log_var,
+                                      self.posterior.u)):
+            variable.assign(np.stack([self._cache[int(c)][k] if int(c) in self._cache
+                                      else fresh[k] for c in cases]))
+
+    def _store_posteriors(self, cases: np.ndarray) -> None:
+        arrays = [v.numpy() for v in (self.posterior.mu, self.posterior.log_var, self.posterior.u)]
+        for i, case in enumerate(cases):
+            self._cache[int(case)] = [a[i] for a in arrays]
+
+    def _make_metric_step(self, optimizers: Mapping[str, Any]):
+        encoder, negatives = self.models["encoder"], self.models["negatives"]
+        data = self.data_term(encoder)
+        pairs = [(optimizers["encoder"], encoder.trainable_variables),
+                 (optimizers["negatives"], negatives.trainable_variables)]
+        variables = [v for _, group in pairs for v in group]
+
+        @tf.function
+        def metric_step(moving: tf.Tensor, fixed: tf.Tensor, seed: tf.Tensor):
+            s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            v, _ = self.posterior.sample(s1)
+            warped, _ = self._warp_sample(moving, tf.stop_gradient(v), 0.0, s2)
+            warped = tf.stop_gradient(warped)
+            with tf.GradientTape() as tape:
+                negative1, negative2 = negatives(fixed, s2)
+                real = data(fixed, warped)
+                loss = tf.reduce_mean(real - data(negative1, warped) / 2.0
+                                      - data(negative2, warped) / 2.0)
+            grads = tape.gradient(loss, variables)
+            start = 0
+            for optimizer, group in pairs:
+                optimizer.apply_gradients(zip(grads[start:start + len(group)], group,
+                                              strict=True))
+                start += len(group)
+            negatives.constrain()
+            return {"metric_loss": loss, "data_real": tf.reduce_mean(real)}
+
+        return metric_step
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def infer(self) -> list[str]:
+        from labelreg.engine.checkpoints import load_trained_run
+
+        self._ensure_data()
+        inference = self.cfg["Inference"]
+        run = load_trained_run(self.cfg["Train"]["dir_run"])
+        encoder = run.models["encoder"] if (inference["learned"] and
+                                            self.cfg["Metric"]["learnable"]) else None
+        paired, moving_all, fixed_all = self._read("Inference")
+        shape = moving_all.shape[1:-1]
+        var = self.cfg["Variational"]
+        posterior = SVFPosterior((1, *shape, len(shape)), var["sigma_init"], var["u_init"])
+        fit = self.make_fit(posterior, self.data_term(encoder), 0.0)
+        dir_save = Path(inference["dir_save"])
+        dir_save.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dir_save.name}.partial-", dir=dir_save.parent))
+        rows = []
+        try:
+            for case in range(paired.num_cases):
+                rows.append(self._infer_pair(paired, case, moving_all, fixed_all, posterior, fit,
+                                             staging))
+                self.log(f"registered {case + 1}/{paired.num_cases} in {rows[-1]['seconds']:.1f} s")
+            if paired.has_labels:
+                write_metrics_csv(staging / "metrics.csv", rows, METRIC_COLUMNS)
+            publish_staged(staging, dir_save)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        lines = [f"wrote {len(rows)} registered pair(s) to {dir_save}"]
+        if paired.has_labels:
+            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in METRIC_COLUMNS[1:]}
+            lines.append(f"mean Dice before {mean['dice_before']:.3f}, after {mean['dice']:.3f}; "
+                         f"ASD {mean['asd_mm_before']:.2f} -> {mean['asd_mm']:.2f} mm; "
+                         f"{mean['seconds']:.1f} s per pair")
+        return lines
+
+    def _infer_pair(self, paired, case, moving_all, fixed_all, posterior, fit, staging):
+        start = time.perf_counter()
+        var = self.cfg["Variational"]
+        posterior.reset()
+        moving = tf.constant(moving_all[case:case + 1])
+        fixed_index = 0 if self.cfg["Data"]["atlas"] else case
+        fixed = tf.constant(fixed_all[fixed_index:fixed_index + 1])
+        fit(moving, fixed, tf.constant([int(self.cfg["Train"]["seed"]), case], tf.int64))
+
+        def ddf_of(v: tf.Tensor) -> tf.Tensor:
+            smooth = sobolev_smooth(v, var["sobolev_smoothness"], var["sobolev_lambda"])
+            return transformation(smooth, steps=var["integration_steps"], smooth=False)
+
+        mean_ddf = ddf_of(posterior.mu)
+        samples = []
+        for k in range((int(var["samples"]) + 1) // 2):
+            for v in posterior.sample(tf.constant([case, 1000 + k], tf.int64)):
+                samples.append(ddf_of(v).numpy()[0])
+        samples = np.stack(samples[: int(var["samples"])])
+        seconds = time.perf_counter() - start
+        name = paired.names[case]
+        out = staging / name
+        out.mkdir()
+        affine = paired.affine("fixed_image", fixed_index)
+        header = paired.header("fixed_image", fixed_index)
+        nib.save(nifti_image(mean_ddf.numpy()[0], affine, header), out / "ddf.nii.gz")
+        nib.save(nifti_image(samples.std(axis=0), affine, header), out / "ddf_std.nii.gz")
+        for k in range(min(3, len(samples))):
+            nib.save(nifti_image(samples[k], affine, header), out / f"ddf_sample_{k}.nii.gz")
+        warped = ops.warp(moving, mean_ddf).numpy()[0, ..., 0]
+        nib.save(nifti_image(warped, affine, header), out / "warped_image.nii.gz")
+        row = {"case": name, "seconds": seconds,
+               "non_diffeomorphic_voxels": int(np.sum(
+                   metrics.jacobian_determinant(mean_ddf).numpy() <= 0))}
+        if paired.has_labels:
+            labels = paired.read("moving_label", case)
+            fixed_labels = paired.read("fixed_label", fixed_index)
+            n = len(moving_all.shape) - 2
+            stacked = np.moveaxis(labels.reshape(*labels.shape[:n], -1), -1, 0)[..., None]
+            target = np.moveaxis(fixed_labels.reshape(*fixed_labels.shape[:n], -1), -1, 0)[..., None]
+            ddf = np.repeat(mean_ddf.numpy(), len(stacked), axis=0)
+            after = ops.warp(stacked, ddf).numpy()
+            nib.save(nifti_image(np.moveaxis(after[..., 0], 0, -1), affine, header),
+                     out / "warped_label.nii.gz")
+            spacing = paired.spacing("fixed_image", fixed_index)
+            row.update({
+                "dice_before": float(metrics.dice(target, stacked).numpy().mean()),
+                "dice": float(metrics.dice(target, after).numpy().mean()),
+                "asd_mm_before": float(np.nanmean(metrics.average_surface_distance(
+                    target, stacked, spacing=spacing).numpy())),
+                "asd_mm": float(np.nanmean(metrics.average_surface_distance(
+                    target, after, spacing=spacing).numpy())),
+            })
+        return row
+
+    @classmethod
+    def serving_endpoints(cls, models: Mapping[str, keras.Model], meta: Mapping[str, Any],
+                          **options: Any) -> dict[str, Endpoint]:
+        """``serving_default``: the learned metric's feature map, ``image [B, *S, 1]`` ->
+        ``features [B, *S, 1]`` (registration itself is an optimisation per pair)."""
+        encoder = models["encoder"]
+        n = len(meta["shape"])
+        spec = tf.TensorSpec([None] * (n + 1) + [1], tf.float32, name="image")
+        return {"serving_default": (lambda image: {"features": encoder(image)}, [spec],
+                                    ["features"])}
