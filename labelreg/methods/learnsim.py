@@ -122,13 +122,15 @@ class LearnSim(Method):
         paired = PairedDataset(keys["dir_moving_image"], keys["dir_fixed_image"],
                                keys["dir_moving_label"] if with_labels else None,
                                keys["dir_fixed_label"] if with_labels else None)
-        if tuple(paired.moving_shape) != tuple(paired.fixed_shape):
-            raise DataError(
-                f"{keys['dir_moving_image']}: learnsim registers images on one grid; moving "
-                f"{paired.moving_shape} and fixed {paired.fixed_shape} differ (resample first).")
         prepare = normalise_intensity if self.cfg["Data"]["normalise"] else (lambda x: x)
         moving = np.stack([prepare(paired.read("moving_image", i)[..., 0])
                            for i in range(paired.num_cases)])[..., None].astype(np.float32)
+        if tuple(paired.moving_shape) != tuple(paired.fixed_shape):
+            # The posterior lives on one grid: moving images (and labels) are resampled to the
+            # fixed grid, covering the same field of view, as the networks see them.
+            self.log(f"resampling moving images {tuple(paired.moving_shape)} to the fixed grid "
+                     f"{tuple(paired.fixed_shape)}")
+            moving = ops.resize(moving, tuple(paired.fixed_shape)).numpy()
         count = 1 if self.cfg["Data"]["atlas"] else paired.num_cases
         fixed = np.stack([prepare(paired.read("fixed_image", i)[..., 0])
                           for i in range(count)])[..., None].astype(np.float32)
@@ -386,6 +388,10 @@ class LearnSim(Method):
                    metrics.jacobian_determinant(mean_ddf).numpy() <= 0))}
         if paired.has_labels:
             labels = paired.read("moving_label", case)
+            if labels.shape[:len(moving_all.shape) - 2] != moving_all.shape[1:-1]:
+                n_axes = len(moving_all.shape) - 2
+                flat = labels.reshape(*labels.shape[:n_axes], -1)
+                labels = ops.resize(flat[None], moving_all.shape[1:-1]).numpy()[0]
             fixed_labels = paired.read("fixed_label", fixed_index)
             n = len(moving_all.shape) - 2
             stacked = np.moveaxis(labels.reshape(*labels.shape[:n], -1), -1, 0)[..., None]
