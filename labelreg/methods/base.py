@@ -71,10 +71,19 @@ class Method:
 
     # -- configuration --------------------------------------------------------------------------
 
+    #: ``"module:function"`` of the method's TF-free config loader, ``(path, overrides) ->
+    #: Config`` (or override :meth:`load_config`).
+    config_loader: ClassVar[str] = ""
+
     @classmethod
     def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
         """Parse and validate an INI file for this method without importing TensorFlow."""
-        raise NotImplementedError(f"{cls.__name__} must implement load_config")
+        if not cls.config_loader:
+            raise NotImplementedError(f"{cls.__name__} must set config_loader or implement "
+                                      "load_config")
+        from labelreg.registry import import_target
+
+        return import_target(cls.config_loader)(path, overrides)
 
     # -- training -------------------------------------------------------------------------------
 

@@ -12,15 +12,13 @@ The model, loss, data, generation and rigid registration live in :mod:`comir_tf`
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from comir_tf import config as comir_config
 from comir_tf.contrastive import comir_loss_terms, info_nce_loss
 from comir_tf.data import centre_crops, ensure_data, make_patch_dataset, read_pairs
 from comir_tf.generate import comir_margin, encoder_signature, generate, write_comir
@@ -111,11 +109,9 @@ class CoMIR(Method):
     """``[Method] name = comir``, or any INI file with a ``[CoMIR]`` section."""
 
     name = "comir"
+    config_loader = "comir_tf.config:load"
     checkpoint_name = "comir.ckpt"
 
-    @classmethod
-    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-        return comir_config.load(path, overrides)
 
     # -- training -------------------------------------------------------------------------------
 

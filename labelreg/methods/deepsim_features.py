@@ -9,8 +9,7 @@ run's folder (``[Loss] feature_extractor``) and keeps it frozen.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -18,10 +17,8 @@ import numpy as np
 
 from labelreg import metrics
 from labelreg._tf import tf
-from labelreg.config import Config
 from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset, open_stacks
 from labelreg.errors import DataError
-from labelreg.methods import image_driven_config
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.deepsim import DeepSimUNet
 
@@ -32,10 +29,8 @@ class DeepSimFeatures(Method):
     """``[Method] name = deepsim_features``: trains the DeepSim feature extractor."""
 
     name = "deepsim_features"
+    config_loader = "labelreg.methods.image_driven_config:load_features"
 
-    @classmethod
-    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-        return image_driven_config.load_features(path, overrides)
 
     @property
     def autoencoder(self) -> bool:

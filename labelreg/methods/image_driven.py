@@ -15,10 +15,8 @@ test pairs consecutive frames.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ import tifffile
 
 from labelreg import metrics
 from labelreg._tf import tf
-from labelreg.config import Config
 from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset, open_stacks
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.summaries import middle_slice_panel
@@ -57,11 +54,9 @@ class ImageDriven(PairwiseMethod):
     """``[Method] name = image_driven``: unsupervised registration by image similarity."""
 
     name = "image_driven"
+    config_loader = "labelreg.methods.image_driven_config:load"
     network_argument_names = {"inner_similarity": "similarity"}
 
-    @classmethod
-    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-        return image_driven_config.load(path, overrides)
 
     @property
     def stack_mode(self) -> bool:

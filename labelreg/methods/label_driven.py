@@ -14,11 +14,6 @@ base.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
-from labelreg import config
-from labelreg.config import Config
 from labelreg.losses.registry import get_image_loss, get_label_loss, get_regulariser
 from labelreg.methods.pairwise import PairwiseMethod
 
@@ -29,10 +24,8 @@ class LabelDriven(PairwiseMethod):
     """label-reg's method: ``[Method] name = labelreg`` (the default of any INI file)."""
 
     name = "labelreg"
+    config_loader = "labelreg.config:load"
 
-    @classmethod
-    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-        return config.load(path, overrides)
 
     def build(self):
         models = super().build()

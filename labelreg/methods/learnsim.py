@@ -22,7 +22,6 @@ the displacement (the uncertainty map), the warped image and labels, and ``metri
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -36,13 +35,11 @@ import numpy as np
 
 from labelreg import metrics, ops
 from labelreg._tf import tf
-from labelreg.config import Config
 from labelreg.data import PairedDataset
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.errors import DataError
 from labelreg.infer import nifti_image, publish_staged, write_metrics_csv
 from labelreg.losses.learnsim import learned_lcc, learned_ssd
-from labelreg.methods import learnsim_config
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.learnsim import SimilarityEncoder
 from labelreg.ops.sobolev import sobolev_smooth
@@ -100,11 +97,9 @@ class LearnSim(Method):
     """``[Method] name = learnsim``."""
 
     name = "learnsim"
+    config_loader = "labelreg.methods.learnsim_config:load"
     feature_network_key = "encoder"
 
-    @classmethod
-    def load_config(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-        return learnsim_config.load(path, overrides)
 
     # -- data -----------------------------------------------------------------------------------
 
