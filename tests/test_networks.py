@@ -460,8 +460,14 @@ def test_register_network():
     class TinyLocal(LocalNet):
         pass
 
-    assert get_network("Tiny-Local-For-Test") is TinyLocal
-    net = build_network("tiny-local-for-test", 2, None, num_channel_initial=2)
-    assert isinstance(net, TinyLocal)
-    with pytest.raises(ValueError, match="already registered"):
-        register_network("local")(TinyLocal)
+    try:
+        assert get_network("Tiny-Local-For-Test") is TinyLocal
+        net = build_network("tiny-local-for-test", 2, None, num_channel_initial=2)
+        assert isinstance(net, TinyLocal)
+        with pytest.raises(ValueError, match="already registered"):
+            register_network("local")(TinyLocal)
+    finally:
+        # Registered names are INI choices (and the generated docs list them): leave none.
+        from labelreg.networks.registry import NETWORKS
+
+        NETWORKS.remove("tiny-local-for-test")
