@@ -327,3 +327,21 @@ def test_one_forward_and_warp(rng):
                                   ops.warp(label, ddf, interpolation="nearest").numpy())
     assert "warped_moving_image" not in register_pair(lambda m, f: ddf, moving, None,
                                                       warp_image=False)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(toy_method, tmp_path,
+                                                                    capsys):
+    ini = tmp_path / "toy.ini"
+    ini.write_text(TOY_INI)
+    assert train_main([str(ini), "--set", "Train.total_iterations=20"]) == 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    data = sorted(checkpoints.glob("model.ckpt-20.data-*"))
+    assert data and (checkpoints / "model.ckpt-10.index").is_file()
+    for path in data:  # an interrupted write: the newest checkpoint's data cut short
+        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+    capsys.readouterr()
+    assert train_main([str(ini), "--set", "Train.total_iterations=25"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping a damaged checkpoint" in out and "model.ckpt-20" in out
+    assert "resumed from" in out and "model.ckpt-10 at step 10" in out
+    assert load_trained_run(tmp_path / "run").prefix.endswith("model.ckpt-25")

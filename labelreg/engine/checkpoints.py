@@ -33,6 +33,8 @@ __all__ = [
     "model_variables",
     "make_checkpoint",
     "restore_checkpoint",
+    "restore_latest",
+    "UnreadableCheckpoint",
     "prepare_run_dir",
     "TrainedRun",
     "load_trained_run",
@@ -157,12 +159,42 @@ def restore_checkpoint(
             return layout
         except (AssertionError, ValueError) as err:
             problems.append(str(err).splitlines()[0][:300])
-        except tf.errors.OpError as err:
-            raise DataError(f"{prefix}: cannot read the checkpoint ({err.message}).") from err
+        except (tf.errors.OpError, IndexError) as err:  # IndexError: a short read
+            message = getattr(err, "message", str(err)).splitlines()[0]
+            raise UnreadableCheckpoint(f"{prefix}: cannot read the checkpoint ({message}).") \
+                from err
     raise DataError(
         f"{prefix}: the checkpoint does not fit the model(s) {sorted(models)} built from the "
         f"configuration (different network, width or method?): {problems[0]}"
     )
+
+
+class UnreadableCheckpoint(DataError):
+    """A checkpoint's files are damaged or incomplete (e.g. a write was interrupted)."""
+
+
+def restore_latest(manager: tf.train.CheckpointManager,
+                   models: keras.Model | Mapping[str, keras.Model],
+                   log: Callable[[str], None], **others: Any) -> str | None:
+    """Restore the newest readable checkpoint a ``CheckpointManager`` knows.
+
+    A checkpoint whose files cannot be read (an interrupted write, a truncated file) is skipped
+    with a warning naming it, and the previous one is used; one that reads but does not fit the
+    models is an error, never skipped.
+
+    Returns:
+        The prefix restored, or ``None`` when there is none.
+
+    Raises:
+        DataError: when a checkpoint does not fit the models.
+    """
+    for prefix in reversed(manager.checkpoints):
+        try:
+            restore_checkpoint(models, prefix, **others)
+            return prefix
+        except UnreadableCheckpoint as err:
+            log(f"warning: skipping a damaged checkpoint: {err}")
+    return None
 
 
 def save_model_description(

@@ -26,7 +26,7 @@ from labelreg.engine.checkpoints import (
     CHECKPOINT_SUBDIR,
     make_checkpoint,
     prepare_run_dir,
-    restore_checkpoint,
+    restore_latest,
     save_model_description,
 )
 from labelreg.engine.step import make_optimizer, make_train_step, optimizer_key
@@ -143,16 +143,16 @@ def train(target: Method | Config, fresh: bool = False,
         max_to_keep=int(train_cfg["max_checkpoints_to_keep"]),
         checkpoint_name=_checkpoint_name(method),
     )
-    if manager.latest_checkpoint:
-        restore_checkpoint(method.models, manager.latest_checkpoint, step=step_var, **trackables)
-        log(f"resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+    restored = restore_latest(manager, method.models, log, step=step_var, **trackables)
+    if restored:
+        log(f"resumed from {restored} at step {int(step_var.numpy())}")
     first_step = int(step_var.numpy())
     total = int(train_cfg["total_iterations"])
 
     cfg.write(run_dir / "config.ini")
     save_model_description(method.models, run_dir, method=method.name, **method.meta())
     result = TrainResult(run_dir=run_dir, first_step=first_step, last_step=first_step,
-                         checkpoint=manager.latest_checkpoint)
+                         checkpoint=restored)
     if first_step >= total:
         log(f"already trained to step {first_step} of {total}; nothing to do")
         return result
