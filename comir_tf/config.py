@@ -15,10 +15,8 @@ from labelreg.config import (
     Config,
     Key,
     Schema,
-    check_train,
-    derive_run_paths,
     method_section,
-    parse,
+    parse_method,
     replace_generated_block,
     schema_markdown,
     train_section,
@@ -163,10 +161,9 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = parse(path, COMIR_SCHEMA, overrides, renamed=RENAMED_KEYS)
+    cfg = parse_method(path, COMIR_SCHEMA, overrides, renamed=RENAMED_KEYS,
+                       checkpoint_name="comir.ckpt")
     train = cfg["Train"]
-    derive_run_paths(cfg, checkpoint_name="comir.ckpt")
-    check_train(cfg)
     if train["minibatch_size"] < 2:
         raise ConfigError(
             f"{cfg.path}: [Train] minibatch_size = {train['minibatch_size']}: expected at least 2 "

@@ -59,6 +59,7 @@ __all__ = [
     "train_section",
     "derive_run_paths",
     "check_train",
+    "parse_method",
     "fail",
 ]
 
@@ -762,7 +763,9 @@ def derive_run_paths(cfg: Config, checkpoint_name: str = "model.ckpt") -> None:
 
     ``file_model_save`` becomes ``<dir_run>/<checkpoint_name>`` (``dir_run`` unset too:
     ``runs/`` beside the INI file, label-reg's ``runs/model.ckpt``), ``dir_run`` the folder of
-    ``file_model_save`` and ``dir_tensorboard`` ``<dir_run>/tensorboard``.
+    ``file_model_save`` and ``dir_tensorboard`` ``<dir_run>/tensorboard``; where the schema has
+    them, ``[Inference] file_model_saved`` becomes ``file_model_save`` and ``[Inference]
+    dir_save`` ``<dir_run>/inference``.
     """
     train = cfg["Train"]
     if train["file_model_save"] is None:
@@ -772,6 +775,30 @@ def derive_run_paths(cfg: Config, checkpoint_name: str = "model.ckpt") -> None:
         cfg._replace("Train", "dir_run", Path(train["file_model_save"]).parent)
     if train["dir_tensorboard"] is None:
         cfg._replace("Train", "dir_tensorboard", Path(cfg["Train"]["dir_run"]) / "tensorboard")
+    inference = cfg.schema.get("Inference", {})
+    if "file_model_saved" in inference and cfg["Inference"]["file_model_saved"] is None:
+        cfg._replace("Inference", "file_model_saved", cfg["Train"]["file_model_save"])
+    if "dir_save" in inference and cfg["Inference"]["dir_save"] is None:
+        cfg._replace("Inference", "dir_save", Path(cfg["Train"]["dir_run"]) / "inference")
+
+
+def parse_method(
+    path: str | os.PathLike,
+    schema: Schema,
+    overrides: Sequence[str] = (),
+    renamed: Mapping[tuple[str, str], str] | None = None,
+    checkpoint_name: str = "model.ckpt",
+) -> Config:
+    """:func:`parse` a method's INI file, then :func:`derive_run_paths` and
+    :func:`check_train`: the part of every method's loader that the methods share.
+
+    Raises:
+        ConfigError: any problem, naming the file, section, key and value.
+    """
+    cfg = parse(path, schema, overrides, renamed=renamed)
+    derive_run_paths(cfg, checkpoint_name)
+    check_train(cfg)
+    return cfg
 
 
 def check_train(cfg: Config) -> None:
@@ -914,15 +941,6 @@ def fail(cfg: Config, section: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{cfg.path}: [{section}] {key} = {value!r}: {message}")
 
 
-def _derive_defaults(cfg: Config) -> None:
-    derive_run_paths(cfg)
-    train = cfg["Train"]
-    if cfg["Inference"]["file_model_saved"] is None:
-        cfg._replace("Inference", "file_model_saved", train["file_model_save"])
-    if cfg["Inference"]["dir_save"] is None:
-        cfg._replace("Inference", "dir_save", Path(cfg["Train"]["dir_run"]) / "inference")
-
-
 def _check_pair(cfg: Config, section: str, first: str, second: str) -> None:
     a, b = cfg[section][first], cfg[section][second]
     if (a is None) != (b is None):
@@ -931,7 +949,6 @@ def _check_pair(cfg: Config, section: str, first: str, second: str) -> None:
 
 
 def _cross_check(cfg: Config) -> None:
-    check_train(cfg)
     for section, key in (("Loss", "similarity_scales"), ("Network", "ddf_levels")):
         values = cfg[section][key]
         if not values:
@@ -1009,8 +1026,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: on any problem, naming file, section, key and value.
     """
-    cfg = parse(path, _labelreg_schema(), overrides)
-    _derive_defaults(cfg)
+    cfg = parse_method(path, _labelreg_schema(), overrides)
     _cross_check(cfg)
     return cfg
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "open_stacks",
+    "configured_train_dataset",
     "TIFF_SUFFIXES",
     "read_stack",
     "read_label_stack",
@@ -590,3 +591,12 @@ def open_stacks(data: Mapping[str, Any], key: str, num_classes: int | None = Non
 
     return StackDataset(folder / IMAGE_FOLDER, folder / LABEL_FOLDER, sequences=names,
                         num_classes=num_classes)
+
+
+def configured_train_dataset(data: Mapping[str, Any], stacks: StackDataset, batch_size: int,
+                             seed: int, start_step: int = 0) -> Any:
+    """:func:`make_stack_train_dataset` with the pairing and augmentation of a config's
+    ``[Data]`` section (``max_offset``, ``rotation``, ``scale_range``, ``flip``)."""
+    return make_stack_train_dataset(
+        stacks, int(batch_size), seed, start_step=start_step, max_offset=data["max_offset"],
+        rotation=data["rotation"], scale=tuple(data["scale_range"]), flip=data["flip"])

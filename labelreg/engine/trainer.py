@@ -70,13 +70,14 @@ def _checkpoint_name(method: Method) -> str:
 
 def _interval_means(values: list[dict[str, tf.Tensor]]) -> dict[str, float]:
     """Mean of each logged term over the steps since the last log line, ignoring NaN entries
-    (a term with no finite value stays NaN)."""
+    (a term with no finite value stays NaN); the loss must be finite at every step, so one
+    non-finite loss makes the mean NaN rather than being averaged away."""
+    host = [{key: float(value.numpy()) for key, value in step.items()} for step in values]
     means = {}
-    for key in values[-1]:
-        finite = [v for v in (float(step[key].numpy()) for step in values) if math.isfinite(v)]
+    for key in host[-1]:
+        finite = [step[key] for step in host if math.isfinite(step[key])]
         means[key] = sum(finite) / len(finite) if finite else float("nan")
-    # The loss itself must stay finite at every step: one NaN step is reported, not averaged.
-    if any(not math.isfinite(float(step["loss"].numpy())) for step in values):
+    if any(not math.isfinite(step["loss"]) for step in host):
         means["loss"] = float("nan")
     return means
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from labelreg import metrics
 from labelreg._tf import tf
-from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset, open_stacks
+from labelreg.data.stacks import configured_train_dataset, make_stack_eval_pairs, open_stacks
 from labelreg.errors import DataError
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.deepsim import DeepSimUNet
@@ -59,11 +59,8 @@ class DeepSimFeatures(Method):
         return {"model": model}
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
-        data = self.cfg["Data"]
-        return make_stack_train_dataset(
-            self.stacks, int(self.cfg["Train"]["minibatch_size"]), seed, start_step=start_step,
-            max_offset=data["max_offset"], rotation=data["rotation"],
-            scale=tuple(data["scale_range"]), flip=data["flip"])
+        return configured_train_dataset(self.cfg["Data"], self.stacks,
+                                        self.cfg["Train"]["minibatch_size"], seed, start_step)
 
     def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Both frames of each pair are training samples: ``[2B]`` per-sample terms."""

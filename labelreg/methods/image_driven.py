@@ -26,7 +26,7 @@ import tifffile
 
 from labelreg import metrics
 from labelreg._tf import tf
-from labelreg.data.stacks import make_stack_eval_pairs, make_stack_train_dataset, open_stacks
+from labelreg.data.stacks import configured_train_dataset, make_stack_eval_pairs, open_stacks
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError
@@ -94,11 +94,8 @@ class ImageDriven(PairwiseMethod):
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         if not self.stack_mode:
             return super().train_dataset(seed, start_step, total_steps)
-        data = self.cfg["Data"]
-        return make_stack_train_dataset(
-            self.stacks, int(self.cfg["Train"]["minibatch_size"]), seed, start_step=start_step,
-            max_offset=data["max_offset"], rotation=data["rotation"],
-            scale=tuple(data["scale_range"]), flip=data["flip"])
+        return configured_train_dataset(self.cfg["Data"], self.stacks,
+                                        self.cfg["Train"]["minibatch_size"], seed, start_step)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if not self.stack_mode:

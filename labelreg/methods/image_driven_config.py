@@ -155,15 +155,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = config.parse(path, image_driven_schema(), overrides)
-    config.derive_run_paths(cfg)
-    config.check_train(cfg)
-    if cfg["Inference"]["file_model_saved"] is None:
-        cfg._replace("Inference", "file_model_saved", cfg["Train"]["file_model_save"])
-    if cfg["Inference"]["dir_save"] is None:
-        from pathlib import Path
-
-        cfg._replace("Inference", "dir_save", Path(cfg["Train"]["dir_run"]) / "inference")
+    cfg = config.parse_method(path, image_driven_schema(), overrides)
     _check_data(cfg)
     parse_options(cfg, "Loss", "image_loss_options")
     loss = cfg["Loss"]
@@ -204,9 +196,7 @@ def load_features(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Con
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = config.parse(path, features_schema(), overrides)
-    config.derive_run_paths(cfg)
-    config.check_train(cfg)
+    cfg = config.parse_method(path, features_schema(), overrides)
     if not cfg["Network"]["channels"]:
         raise config.fail(cfg, "Network", "channels", "expected at least one stage.")
     _check_data(cfg)

@@ -84,9 +84,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = config.parse(path, learnsim_schema(), overrides)
-    config.derive_run_paths(cfg)
-    config.check_train(cfg)
+    cfg = config.parse_method(path, learnsim_schema(), overrides)
     data = cfg["Data"]
     if data["dir_synthetic"] is not None:
         for key, sub in (("dir_moving_image", "moving_images"), ("dir_fixed_image", "fixed_images"),
@@ -104,8 +102,6 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     for key in ("dir_moving_image", "dir_fixed_image", "dir_moving_label", "dir_fixed_label"):
         if inference[key] is None:
             cfg._replace("Inference", key, cfg["Data"][key])
-    if inference["dir_save"] is None:
-        cfg._replace("Inference", "dir_save", Path(cfg["Train"]["dir_run"]) / "inference")
     if len(cfg["Data"]["synthetic_size"]) != 3:
         raise config.fail(cfg, "Data", "synthetic_size", "expected 3 sizes (3-D volumes).")
     return cfg

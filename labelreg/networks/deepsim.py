@@ -36,6 +36,7 @@ import numpy as np
 from labelreg import ops
 from labelreg._tf import tf
 from labelreg.networks.layers import (
+    as_float32,
     check_ndim,
     check_positive_int,
     conv_layer,
@@ -73,11 +74,6 @@ def _check_rate(value: Any, name: str) -> float:
     if not ok or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1); received {name}={value!r}.")
     return float(value)
-
-
-def _as_float32(x: Any) -> tf.Tensor:
-    t = tf.convert_to_tensor(x)
-    return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="labelreg")
@@ -310,7 +306,7 @@ class DeepSimUNet(keras.Model):
         self.head_out.build((*unknown, prev))
 
     def _encode(self, image: Any, training: bool | None) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        x = _as_float32(image)
+        x = as_float32(image)
         self._check_shape(x.shape)
         static_spatial_shape(x, "image")
         features = []

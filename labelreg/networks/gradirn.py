@@ -431,26 +431,15 @@ class GraDIRN(RegistrationModel):
         super().__init__(ndim=ndim, **kwargs)
         self.num_levels = check_positive_int(num_levels, "num_levels")
         self.num_repeat = check_positive_int(num_repeat, "num_repeat")
-        if similarity not in SIMILARITIES:
-            raise ValueError(
-                f"similarity must be one of {SIMILARITIES}; received similarity={similarity!r}."
-            )
-        self.similarity = similarity
-        self.channels = check_positive_int(channels, "channels")
-        self.tau_init = _check_real(tau_init, "tau_init", 0.0, strict=False)
-        self.train_scale = _check_real(train_scale, "train_scale", 0.0, strict=True)
-        # steps[l] serves pyramid level l (0 = full resolution).
+        # steps[l] serves pyramid level l (0 = full resolution); each step checks the arguments.
         self.steps = [
-            GradientStep(
-                self.ndim,
-                self.similarity,
-                self.channels,
-                self.tau_init,
-                self.train_scale,
-                name=f"step_level_{level}",
-            )
+            GradientStep(self.ndim, similarity, channels, tau_init, train_scale,
+                         name=f"step_level_{level}")
             for level in range(self.num_levels)
         ]
+        first = self.steps[0]
+        self.similarity, self.channels = first.similarity, first.channels
+        self.tau_init, self.train_scale = first.tau_init, first.train_scale
 
     def build(self, input_shape: Any) -> None:
         moving, fixed = pair_shapes(input_shape, type(self).__name__)

@@ -234,8 +234,8 @@ def unpack_pair(inputs: Any, ndim: int, network: str = "network") -> tuple[tf.Te
             or when an eager input holds NaN or Inf.
     """
     moving, fixed = split_pair(inputs, network)
-    moving = _as_float32(moving)
-    fixed = _as_float32(fixed)
+    moving = as_float32(moving)
+    fixed = as_float32(fixed)
     check_pair_shapes(moving.shape, fixed.shape, ndim, network)
     ops.check_finite(moving, "moving_image")
     ops.check_finite(fixed, "fixed_image")
@@ -267,7 +267,8 @@ def check_pair_shapes(moving_shape: Any, fixed_shape: Any, ndim: int, network: s
         )
 
 
-def _as_float32(x: Any) -> tf.Tensor:
+def as_float32(x: Any) -> tf.Tensor:
+    """``x`` as a float32 tensor (cast only when needed)."""
     t = tf.convert_to_tensor(x)
     return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 

@@ -35,7 +35,12 @@ import keras
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.networks.layers import check_ndim, known_channels
+from labelreg.networks.layers import (
+    as_float32,
+    check_ndim,
+    check_positive_int,
+    known_channels,
+)
 from labelreg.ops.padding import replicate_pad
 
 __all__ = ["replicate_pad", "ScaledDirac", "PerturbedOnes", "DiracConv", "SimilarityEncoder"]
@@ -49,17 +54,6 @@ def _check_number(value: Any, name: str, minimum: float = 0.0) -> float:
     if not ok or not np.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum}; received {name}={value!r}.")
     return float(value)
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
-    return int(value)
-
-
-def _as_float32(x: Any) -> tf.Tensor:
-    t = tf.convert_to_tensor(x)
-    return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 
 
 def _check_seed(seed: Any) -> int | None:
@@ -181,8 +175,8 @@ class DiracConv(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
-        self.filters = _check_positive_int(filters, "filters")
-        self.kernel_size = _check_positive_int(kernel_size, "kernel_size")
+        self.filters = check_positive_int(filters, "filters")
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd; received kernel_size={kernel_size!r}.")
         self.slope = _check_number(slope, "slope")
@@ -325,13 +319,13 @@ class SimilarityEncoder(keras.Model):
 
     def encode(self, image: Any) -> tf.Tensor:
         """The features before aggregation, ``[B, *S, features[-1]]`` float32."""
-        x = _as_float32(image)
+        x = as_float32(image)
         if not self.built:
             self(x)  # builds through __call__, so that the build shape is saved with the model
         return self._encode(x)
 
     def call(self, image: Any) -> tf.Tensor:
-        h = self._encode(_as_float32(image))
+        h = self._encode(as_float32(image))
         # A 1^n convolution without bias is a matrix product over the channel axis.
         return tf.tensordot(h, self.aggregation, axes=[[-1], [0]])
 
