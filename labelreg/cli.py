@@ -1,11 +1,21 @@
 """Command lines of ``training.py`` and ``inference.py``, for every method.
 
 ``python training.py config.ini [--set Section.key=value ...] [--fresh]`` trains;
-``python inference.py config.ini [--set ...] [--export DIR]`` runs the method's inference (or
-exports the trained model for TF-Serving). The INI file names its method (see
+``python inference.py config.ini [--set ...] [--overwrite] [--export DIR]`` runs the method's
+inference (or exports the trained model for TF-Serving). The INI file names its method (see
 :mod:`labelreg.methods.registry`); the file is parsed and validated before TensorFlow is
-imported, so a configuration error is reported at once. Errors in the configuration or the data
-end the program with exit code 2 and one message naming the file, section and key at fault.
+imported, so a configuration error is reported at once.
+
+Exit codes:
+
+- 0: done; for inference, every pair is registered (now or by an earlier run);
+- 1: inference ran but some pairs failed: the other pairs are written, the failed ones are
+  listed in ``<dir_save>/failed.csv`` and the log; rerunning the same command redoes only
+  the missing pairs (``--overwrite`` redoes all of them);
+- 2: an error in the configuration or the data that stops the whole run, normally before any
+  work (an unwritable output folder included), with one message naming the file, section and
+  key at fault;
+- 130: training interrupted (Ctrl-C) after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelreg.errors import LabelregError
+from labelreg.errors import LabelregError, PartialFailure
 
 __all__ = ["train_main", "infer_main"]
 
@@ -73,10 +83,25 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: Exit code of ``inference.py`` when some pairs failed and the others were written.
+EXIT_PAIRS_FAILED = 1
+
+_INFER_EPILOG = (
+    "exit codes: 0 every pair registered (now or by an earlier run); 1 some pairs failed, the "
+    "others are written and the failed ones are listed in <dir_save>/failed.csv (rerun to redo "
+    "only those); 2 configuration or data error, nothing computed."
+)
+
+
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``inference.py``; returns the process exit code."""
+    """Entry point of ``inference.py``; returns the exit code (see the module docstring)."""
     parser = _parser("inference.py",
                      "Run a trained method on the test data of an INI config, or export it.")
+    parser.epilog = _INFER_EPILOG
+    parser.add_argument("--overwrite", action="store_true",
+                        help="register every pair again, also those whose output folder is "
+                             "already complete (they are skipped by default; use this after "
+                             "retraining)")
     parser.add_argument("--export", metavar="BASE_DIR",
                         help="instead of inference, export the trained model for TF-Serving "
                              "to BASE_DIR/<name>/<version>/")
@@ -96,7 +121,12 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
                                       args.version, **options)
             print(f"exported {path}")
             return 0
-        lines = method.infer()
+        lines = method.infer(overwrite=args.overwrite)
+    except PartialFailure as err:
+        for line in err.lines:
+            print(line)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PAIRS_FAILED
     except LabelregError as err:
         return _fail(err)
     for line in lines:

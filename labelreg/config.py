@@ -720,6 +720,18 @@ _TRAIN_DOCS = {
     "dir_tensorboard": "TensorBoard logs; unset = <dir_run>/tensorboard.",
     "max_checkpoints_to_keep": "Checkpoints kept in dir_run.",
     "validate": "Validate at every checkpoint when the method has validation data.",
+    "max_nonfinite_steps": "A step whose loss or gradients are NaN/inf is not applied and is "
+                           "logged with its cases; the run stops after this many consecutive "
+                           "such steps (the last good checkpoint is kept).",
+    "strategy": "tf.distribute strategy: default (one device, or mirrored over several GPUs), "
+                "mirrored (every local GPU, or every logical CPU device), multi_worker "
+                "(MultiWorkerMirroredStrategy across machines, configured by TF_CONFIG; see "
+                "docs/distributed.md).",
+    "precision": "Arithmetic of the networks: float32, or mixed_bfloat16 (bfloat16 convolutions "
+                 "with float32 weights; losses, the DDF and the warp stay float32).",
+    "gradient_checkpointing": "Recompute each network block's activations in the backward pass "
+                              "instead of keeping them (less memory for large volumes, more "
+                              "time).",
 }
 
 
@@ -750,6 +762,12 @@ def train_section(**defaults: Any) -> dict[str, Key]:
         "dir_tensorboard": Key("path", None, _TRAIN_DOCS["dir_tensorboard"]),
         "max_checkpoints_to_keep": Key("int", 3, _TRAIN_DOCS["max_checkpoints_to_keep"], min=1),
         "validate": Key("bool", True, _TRAIN_DOCS["validate"]),
+        "max_nonfinite_steps": Key("int", 10, _TRAIN_DOCS["max_nonfinite_steps"], min=1),
+        "strategy": Key("str", "default", _TRAIN_DOCS["strategy"],
+                        choices=("default", "mirrored", "multi_worker")),
+        "precision": Key("str", "float32", _TRAIN_DOCS["precision"],
+                         choices=("float32", "mixed_bfloat16")),
+        "gradient_checkpointing": Key("bool", False, _TRAIN_DOCS["gradient_checkpointing"]),
     }
     for name, value in defaults.items():
         if name not in keys:
@@ -914,6 +932,11 @@ def _build_labelreg_schema() -> Schema:
                 "path", None, "Fixed test labels for Dice/distance metrics (optional)."
             ),
             "minibatch_size": Key("int", 1, "Pairs per inference batch.", min=1),
+            "precision": Key(
+                "str", "float32", "Arithmetic of the network at inference: float32, or bfloat16 "
+                "(bfloat16 convolutions; the DDF and the warp stay float32).",
+                choices=("float32", "bfloat16"),
+            ),
             "save_png": Key("bool", True, "Also write PNG overlays of the middle slices."),
             "label_interpolation": Key(
                 "str", "linear", "Warping of labels (linear output is thresholded at 0.5 for "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LabelregError", "ConfigError", "DataError"]
+__all__ = ["LabelregError", "ConfigError", "DataError", "PartialFailure"]
 
 
 class LabelregError(Exception):
@@ -22,3 +22,16 @@ class DataError(LabelregError, ValueError):
 
     The message names the file (or folder) and what was expected.
     """
+
+
+class PartialFailure(LabelregError):
+    """Some items of a batch job (e.g. test pairs at inference) failed; the others were
+    written. ``inference.py`` exits with code 1 on it.
+
+    Attributes:
+        lines: the summary of what was done, printed before the error.
+    """
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = list(lines or [])

@@ -6,13 +6,24 @@ folder ``<dir_save>/<case>/``, all in the FIXED image's space with its affine an
 - ``ddf.nii.gz``: ``[*S_fix, n]`` float32 displacement in moving-image voxels;
 - ``warped_image.nii.gz``: the moving image warped onto the fixed grid (linear);
 - ``warped_label.nii.gz``: every moving label (``[*S_fix, L]``), when moving labels are given;
+- ``metrics.csv``: this pair's rows of the metrics table below, when fixed labels are given;
 - ``overlay.png``: the orthogonal mid-planes of fixed | moving | warped | a fixed/warped
   checkerboard, with label contours and a legend (``save_png``; :mod:`labelreg.visualise`).
 
 With fixed labels, ``<dir_save>/metrics.csv`` has one row per pair and label: Dice, centroid
 distance (mm) and Hausdorff-95 (mm) before (zero DDF) and after registration, and the DDF's
-folding ratio and Jacobian statistics. Everything is first written into a staging folder and
-moved into place only when every pair has succeeded, so a failure leaves no partial output.
+folding ratio and Jacobian statistics. It is rebuilt from the case folders at the end of every
+run, so it covers the pairs registered by earlier runs too.
+
+Pairs are independent. A pair whose files cannot be used (a truncated or corrupt NIfTI, NaN
+values, a shape that differs from the other files, moving and fixed label counts that differ) or
+whose outputs cannot be written (e.g. a full disk) is named in the log and in
+``<dir_save>/failed.csv`` (columns ``case,file,error``), and the other pairs go on; a failed pair
+has no ``<case>/`` folder. Each pair is written into a hidden staging folder
+``<dir_save>/.<case>.partial-*`` and renamed to ``<case>/`` only once complete, so a ``<case>/``
+folder is always whole; staging folders left behind by a crash are removed by the next run. A rerun
+skips the pairs whose folder already holds every expected file (``overwrite=True``, i.e.
+``inference.py --overwrite``, redoes them, e.g. after retraining).
 """
 
 from __future__ import annotations
@@ -23,10 +34,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import nibabel as nib
@@ -34,15 +47,16 @@ import numpy as np
 
 from labelreg import metrics, ops
 from labelreg.config import Config
-from labelreg.data import NiftiReader, PairedDataset
+from labelreg.data.nifti import _spatial_and_labels, case_name, is_nifti
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.visualise import overlay_figure
 
-__all__ = ["InferenceResult", "infer", "load_trained_model", "METRIC_COLUMNS", "write_metrics_csv", "nifti_image",
-           "publish_staged"]
+__all__ = ["InferenceResult", "FailedPair", "infer",
+           "load_trained_model", "METRIC_COLUMNS", "FAILED_COLUMNS", "write_metrics_csv",
+           "nifti_image", "publish_staged"]
 
 METRIC_COLUMNS = (
     "case", "label_index", "dice_before", "dice", "centroid_distance_mm_before",
@@ -50,20 +64,61 @@ METRIC_COLUMNS = (
     "jacobian_mean", "jacobian_std", "log_jacobian_var",
 )
 
+#: Columns of ``<dir_save>/failed.csv``.
+FAILED_COLUMNS = ("case", "file", "error")
+
+#: The input roles, in the order a pair's files are checked: images first, so that a pair
+#: whose image is damaged is reported for the image, not for its label.
+_ROLES = ("moving_image", "fixed_image", "moving_label", "fixed_label")
+_IMAGE_OF = {"moving_image": "moving_image", "fixed_image": "fixed_image",
+             "moving_label": "moving_image", "fixed_label": "fixed_image"}
+
+
+class FailedPair(NamedTuple):
+    """A pair that could not be registered: its case name, the file at fault ("" when no single
+    file is), and the reason."""
+
+    case: str
+    file: str
+    error: str
+
 
 @dataclass
 class InferenceResult:
-    """What a call to :func:`infer` wrote and measured."""
+    """What a call to :func:`infer` wrote and measured.
+
+    Attributes:
+        dir_save: the output folder.
+        cases: the pairs whose outputs are in ``dir_save`` after the call (registered now or
+            skipped), in input order.
+        rows: the metrics rows of those pairs (one per pair and label; empty without labels).
+        registered: the pairs computed by this call.
+        skipped: the pairs left as they were because an earlier run had written them.
+        failed: the pairs that could not be registered (also in ``<dir_save>/failed.csv``).
+    """
 
     dir_save: Path
     cases: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[FailedPair] = field(default_factory=list)
 
     def mean(self, column: str, label_index: int | None = 0) -> float:
         """Mean of a metrics column over the pairs (of one label index, default the gland)."""
         values = [r[column] for r in self.rows
                   if label_index is None or r["label_index"] == label_index]
         return float(np.nanmean(values)) if values else float("nan")
+
+    def summary(self) -> str:
+        """One line, e.g. ``registered 99 of 100 pairs; 1 failed, see <dir_save>/failed.csv``."""
+        total = len(self.cases) + len(self.failed)
+        line = f"registered {len(self.cases)} of {total} pairs"
+        if self.skipped:
+            line += f" ({len(self.skipped)} by an earlier run)"
+        if self.failed:
+            line += f"; {len(self.failed)} failed, see {self.dir_save / 'failed.csv'}"
+        return line
 
 
 def load_trained_model(checkpoint: str | os.PathLike) -> tuple[keras.Model, dict[str, Any], str]:
@@ -97,116 +152,519 @@ def nifti_image(data: np.ndarray, affine: np.ndarray, header: Any) -> nib.Nifti1
     return image
 
 
+def _probe_writable(folder: Path) -> str | None:
+    """Why no file can be created in the existing ``folder``, or ``None`` if one can."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{folder} is not writable ({err.strerror})"
+    return None
+
+
 def _check_writable(dir_save: Path) -> None:
     """Fail before any work when ``dir_save`` cannot be created or written."""
     ancestor = dir_save
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    problem = None
-    if not ancestor.is_dir():
-        problem = f"{ancestor} is not a folder"
-    else:
-        try:
-            with tempfile.TemporaryFile(dir=ancestor):
-                pass
-        except OSError as err:
-            problem = f"{ancestor} is not writable ({err.strerror})"
+    problem = _probe_writable(ancestor)
     if problem:
         raise DataError(
             f"{dir_save}: cannot write the output folder ([Inference] dir_save): {problem}."
         )
 
 
-def infer(cfg: Config, log: Callable[[str], None] = print) -> InferenceResult:
-    """Register every test pair of ``[Inference]`` and write the outputs (see module docstring).
+# -- the test pairs ------------------------------------------------------------------------------
+
+
+class _PairFailure(Exception):
+    """One pair cannot be registered; ``file`` is the file at fault ("" when none is)."""
+
+    def __init__(self, file: Path | str, reason: str) -> None:
+        super().__init__(reason)
+        self.file = str(file)
+        self.reason = reason
+
+
+@dataclass
+class _Pair:
+    """The inputs of one pair, float32 and channels-last, as the network and writers use them."""
+
+    name: str
+    moving: np.ndarray  # [*S_mov], normalised when the model was trained so
+    fixed: np.ndarray  # [*S_fix], likewise
+    moving_label: np.ndarray | None  # [*S_mov, L]
+    fixed_label: np.ndarray | None  # [*S_fix, L]
+    affine: np.ndarray  # the fixed image's 4x4 voxel-to-world matrix
+    header: Any  # the fixed image's NIfTI header
+    spacing: tuple[float, ...]  # the fixed image's voxel size (mm)
+
+
+def _list_folder(folder: Path, key: str) -> dict[str, Path]:
+    """``{case name: file}`` of the NIfTI files of ``folder`` (``[Inference] key``), sorted."""
+    folder = Path(os.path.expanduser(os.fspath(folder)))
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "not found"
+        raise DataError(f"{folder}: folder {state} ([Inference] {key}; expected a folder of "
+                        "NIfTI files).")
+    files: dict[str, Path] = {}
+    ignored = []
+    for entry in sorted(os.listdir(folder)):
+        path = folder / entry
+        if entry.startswith(".") or not is_nifti(entry) or not path.is_file():
+            ignored.append(entry)
+            continue
+        name = case_name(entry)
+        if name in files:
+            raise DataError(f"{folder}: two files are named {name!r} ({files[name].name} and "
+                            f"{entry}); case names must be unique.")
+        files[name] = path
+    if ignored:
+        warnings.warn(f"{folder}: skipped {len(ignored)} entries that are not NIfTI files or are "
+                      f"hidden: {', '.join(ignored[:5])}{', ...' if len(ignored) > 5 else ''}",
+                      stacklevel=2)
+    if not files:
+        raise DataError(f"{folder}: no NIfTI file (.nii or .nii.gz) in this folder "
+                        f"([Inference] {key}).")
+    return files
+
+
+class _TestPairs:
+    """The ``[Inference]`` folders paired by file name, with every header opened.
+
+    A folder that is missing or empty, or case names that do not match between folders, stop the
+    run (:class:`DataError`) before any work. A damaged or inconsistent file only fails its own
+    pair, when :meth:`load` is called: headers are opened here (cheap, lazy proxies) so that the
+    reference shape of each folder is the most common one among its readable files.
+    """
+
+    def __init__(self, inference: Mapping[str, Any]) -> None:
+        both_labels = (inference["dir_moving_label"] is not None
+                       and inference["dir_fixed_label"] is not None)
+        roles = ["moving_image", "fixed_image"]
+        if inference["dir_moving_label"] is not None:
+            roles.append("moving_label")
+        if both_labels:
+            roles.append("fixed_label")
+        self.files = {role: _list_folder(inference[f"dir_{role}"], f"dir_{role}") for role in roles}
+        self.names = list(self.files["moving_image"])
+        self.both_labels = both_labels
+        for role in roles[1:]:
+            folder = inference[f"dir_{role}"]
+            missing = [n for n in self.names if n not in self.files[role]]
+            # Moving labels without fixed labels are only warped and may cover more cases.
+            extra = ([] if role == "moving_label" and not both_labels else
+                     [n for n in self.files[role] if n not in self.files["moving_image"]])
+            if missing or extra:
+                detail = (f"dir_moving_image has {missing[0]!r} but {folder} has no file of that "
+                          "name" if missing else
+                          f"{folder} has {extra[0]!r} but dir_moving_image "
+                          f"({inference['dir_moving_image']}) has no file of that name")
+                raise DataError(f"[Inference] cases are paired by file name and the folders "
+                                f"differ: {detail}.")
+
+        self._images: dict[Path, Any] = {}
+        self._shapes: dict[Path, tuple[tuple[int, ...], int]] = {}
+        self._problems: dict[Path, str] = {}
+        for role in roles:
+            for name in self.names:
+                self._open(self.files[role][name])
+        self.reference: dict[str, tuple[int, ...] | None] = {}
+        for role in ("moving_image", "fixed_image"):
+            shapes = Counter(self._shapes[self.files[role][n]][0] for n in self.names
+                             if self.files[role][n] in self._shapes)
+            self.reference[role] = shapes.most_common(1)[0][0] if shapes else None
+        ranks = {len(shape) for shape in self.reference.values() if shape is not None}
+        if len(ranks) > 1:
+            raise DataError(
+                f"moving images {self.reference['moving_image']} "
+                f"({inference['dir_moving_image']}) and fixed images "
+                f"{self.reference['fixed_image']} ({inference['dir_fixed_image']}) must have the "
+                "same number of spatial axes."
+            )
+        #: Number of spatial axes, 2 or 3 (``None`` if no image can be read at all).
+        self.ndim: int | None = ranks.pop() if ranks else None
+
+    def _open(self, path: Path) -> None:
+        try:
+            image = nib.load(str(path))
+        except Exception as err:  # nibabel raises many types for damaged files
+            self._problems[path] = (f"{path}: cannot be read as NIfTI ({type(err).__name__}: "
+                                    f"{err}); expected a valid .nii or .nii.gz file.")
+            return
+        try:
+            self._shapes[path] = _spatial_and_labels(image.shape)
+        except ValueError:
+            self._problems[path] = (f"{path}: expected a 2-D, 3-D or 4-D (labels on the 4th axis) "
+                                    f"NIfTI image; received shape {tuple(image.shape)}.")
+            return
+        dtype = np.dtype(image.get_data_dtype())
+        if dtype.kind not in "biuf":  # complex, RGB or another compound voxel type
+            self._problems[path] = (f"{path}: voxel type {dtype} is not a real number; expected "
+                                    "real-valued intensities or labels.")
+            return
+        self._images[path] = image
+
+    @property
+    def fixed_shape(self) -> tuple[int, ...] | None:
+        """The spatial shape of the fixed images (the most common one)."""
+        return self.reference["fixed_image"]
+
+    def load(self, name: str, normalise: bool) -> _Pair:
+        """Read and check one pair's files.
+
+        Raises:
+            _PairFailure: a file is damaged, holds NaN/Inf, differs in spatial shape from its
+                folder's (or for a label, its image's) reference shape, or the moving and fixed
+                labels differ in count.
+        """
+        arrays: dict[str, np.ndarray | None] = dict.fromkeys(_ROLES)
+        for role, files in self.files.items():
+            path = files[name]
+            if path in self._problems:
+                raise _PairFailure(path, self._problems[path])
+            spatial, count = self._shapes[path]
+            expected = self.reference[_IMAGE_OF[role]]
+            if spatial != expected:
+                against = ("the other files of its folder" if role.endswith("image") else
+                           f"the {_IMAGE_OF[role].replace('_', ' ')}s")
+                raise _PairFailure(path, f"{path}: spatial shape {spatial} differs from "
+                                         f"{expected} of {against}.")
+            arrays[role] = self._read(path, spatial, count)
+        moving_label, fixed_label = arrays["moving_label"], arrays["fixed_label"]
+        if self.both_labels and moving_label.shape[-1] != fixed_label.shape[-1]:
+            raise _PairFailure(
+                self.files["fixed_label"][name],
+                f"case {name!r}: {self.files['moving_label'][name]} holds "
+                f"{moving_label.shape[-1]} label(s) but {self.files['fixed_label'][name]} holds "
+                f"{fixed_label.shape[-1]}; moving and fixed labels must correspond one to one.")
+        # An image with several volumes on its 4th axis contributes its first one.
+        moving, fixed = arrays["moving_image"][..., 0], arrays["fixed_image"][..., 0]
+        if normalise:
+            moving, fixed = normalise_intensity(moving), normalise_intensity(fixed)
+        fixed_image = self._images[self.files["fixed_image"][name]]
+        return _Pair(
+            name=name, moving=moving, fixed=fixed, moving_label=moving_label,
+            fixed_label=fixed_label, affine=np.asarray(fixed_image.affine, np.float64),
+            header=fixed_image.header,
+            spacing=tuple(float(z) for z in fixed_image.header.get_zooms()[:fixed.ndim]))
+
+    def _read(self, path: Path, spatial: tuple[int, ...], count: int) -> np.ndarray:
+        """The voxels of one file as float32 ``[*spatial, count]``."""
+        try:
+            data = np.asarray(self._images[path].dataobj)
+        except Exception as err:  # a truncated gzip stream, a short file, ...
+            raise _PairFailure(path, f"{path}: cannot read the voxel data ({type(err).__name__}: "
+                                     f"{err}); the file may be truncated or damaged.") from err
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = data.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.count_nonzero(~np.isfinite(data)))
+            if bad:
+                raise _PairFailure(path, f"{path}: holds {bad} NaN or Inf value(s); expected "
+                                         "finite intensities.")
+            # Finite in the file, infinite in float32, which the network computes in.
+            raise _PairFailure(path, f"{path}: holds values up to {float(np.max(np.abs(data))):g} "
+                                     "in magnitude, beyond the float32 range; rescale the image.")
+        return values.reshape(*spatial, count)
+
+
+# -- the output folder ---------------------------------------------------------------------------
+
+
+def _is_temporary(name: str) -> bool:
+    """Whether an entry of ``dir_save`` is staging or a temporary file of this module."""
+    return name.startswith(".") and (".partial-" in name or ".old-" in name)
+
+
+def _remove_stale(dir_save: Path) -> None:
+    """Remove the staging folders and temporary files an interrupted run left in ``dir_save``."""
+    for entry in dir_save.iterdir():
+        if _is_temporary(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _expected_files(moving_labels: bool, fixed_labels: bool, save_png: bool) -> tuple[str, ...]:
+    """The files of a complete ``<case>/`` folder under the current settings."""
+    names = ["ddf.nii.gz", "warped_image.nii.gz"]
+    if moving_labels:
+        names.append("warped_label.nii.gz")
+    if fixed_labels:
+        names.append("metrics.csv")
+    if save_png:
+        names.append("overlay.png")
+    return tuple(names)
+
+
+def _is_complete(case_dir: Path, expected: Sequence[str]) -> bool:
+    return case_dir.is_dir() and all((case_dir / name).is_file() for name in expected)
+
+
+def _publish_case(staging: Path, target: Path) -> None:
+    """Rename the complete ``staging`` folder to ``target``, replacing an older ``target``.
+
+    A folder cannot be renamed over a non-empty one, so an older ``target`` is first renamed
+    aside (hidden, removed afterwards, or by the next run after a crash): ``target`` is either
+    the old folder, briefly absent, or the new one, never a mixture.
+    """
+    aside = None
+    if target.exists():
+        aside = _hidden_sibling(target, "old")
+        os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, target)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _hidden_sibling(path: Path, kind: str) -> Path:
+    """A fresh hidden name next to ``path``, e.g. ``.case01.partial-1a2b3c4d``."""
+    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a hidden temporary file in its folder and one rename."""
+    # Not tempfile.mkstemp: its files are private (0600) and the result should get the umask's
+    # permissions like any other output.
+    partial = _hidden_sibling(path, "partial")
+    try:
+        with open(partial, "x", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a per-case ``metrics.csv``: ``case`` text, ``label_index`` int, floats."""
+    with path.open(newline="", encoding="utf-8") as stream:
+        return [{key: (value if key == "case" else int(value) if key == "label_index"
+                       else float(value)) for key, value in row.items()}
+                for row in csv.DictReader(stream)]
+
+
+def _write_failed_csv(dir_save: Path, failed: Sequence[FailedPair]) -> None:
+    """Rewrite ``failed.csv`` from this run's failures; remove it when nothing failed."""
+    path = dir_save / "failed.csv"
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(FAILED_COLUMNS)
+    writer.writerows(failed)
+    _write_text_atomic(path, buffer.getvalue())
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+class _PairWriter:
+    """Registers batches of loaded pairs and writes each into its own staging folder."""
+
+    def __init__(self, model: keras.Model, dir_save: Path, fixed_shape: tuple[int, ...],
+                 inference: Mapping[str, Any], log: Callable[[str], None]) -> None:
+        self.ddf_fn = network_ddf(model)
+        self.dir_save = dir_save
+        self.fixed_shape = fixed_shape
+        self.interpolation = inference["label_interpolation"]
+        self.save_png = bool(inference["save_png"])
+        self.log = log
+        self.registered: list[str] = []
+        self.failed: list[FailedPair] = []
+
+    def fail(self, name: str, failure: _PairFailure) -> None:
+        """Record a failed pair and drop any older ``<case>/`` folder, which is now stale."""
+        self.failed.append(FailedPair(name, failure.file, failure.reason))
+        self.log(f"{name}: FAILED: {failure.reason}")
+        target = self.dir_save / name
+        if target.is_dir():
+            aside = _hidden_sibling(target, "old")
+            try:
+                os.rename(target, aside)
+            except OSError:  # left in place; it is not listed in metrics.csv
+                return
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def run_batch(self, pairs: Sequence[_Pair]) -> None:
+        """Register ``pairs`` (one network call) and write each of them."""
+        try:
+            out = register_pair(self.ddf_fn, np.stack([p.moving for p in pairs])[..., None],
+                                np.stack([p.fixed for p in pairs])[..., None])
+            ddf = out["ddf"]
+            jacobian = {k: v.numpy() for k, v in metrics.jacobian_statistics(ddf).items()}
+            ddf, warped = ddf.numpy(), out["warped_moving_image"].numpy()
+        except Exception as err:  # the batch is lost, not the run
+            for pair in pairs:
+                self.fail(pair.name, _PairFailure("", f"registration failed "
+                                                      f"({type(err).__name__}: {err})"))
+            return
+        for i, pair in enumerate(pairs):
+            target = self.dir_save / pair.name
+            # Not tempfile.mkdtemp: it makes a private (0700) folder, and this one becomes
+            # <case>/ with the umask's permissions.
+            staging = _hidden_sibling(target, "partial")
+            try:
+                try:
+                    staging.mkdir()
+                except OSError as err:
+                    raise _PairFailure(target, f"{target}: cannot be written ({err})") from err
+                self._write_pair(staging, pair, ddf[i], warped[i, ..., 0],
+                                 {k: float(v[i]) for k, v in jacobian.items()})
+                try:
+                    _publish_case(staging, target)
+                except OSError as err:
+                    raise _PairFailure(target, f"{target}: cannot be moved into place "
+                                               f"({err})") from err
+            except _PairFailure as failure:
+                self.fail(pair.name, failure)
+            except Exception as err:  # e.g. a label the metrics cannot handle
+                self.fail(pair.name, _PairFailure("", f"{type(err).__name__}: {err}"))
+            else:
+                self.registered.append(pair.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _write_pair(self, staging: Path, pair: _Pair, ddf: np.ndarray, warped: np.ndarray,
+                    jacobian: dict[str, float]) -> None:
+        """Write one pair's outputs into ``staging``.
+
+        Args:
+            ddf: ``[*S_fix, n]``; ``warped``: ``[*S_fix]``; ``jacobian``: this pair's statistics.
+
+        Raises:
+            _PairFailure: a file cannot be written (its final path and the OS message).
+        """
+        def save(name: str, write: Callable[[Path], None]) -> None:
+            try:
+                write(staging / name)
+            except OSError as err:
+                final = self.dir_save / pair.name / name
+                raise _PairFailure(final, f"{final}: cannot be written ({err})") from err
+
+        def save_nifti(name: str, data: np.ndarray) -> None:
+            image = nifti_image(data, pair.affine, pair.header)
+            save(name, lambda path: nib.save(image, path))
+
+        save_nifti("ddf.nii.gz", ddf)
+        save_nifti("warped_image.nii.gz", warped)
+        warped_labels = None
+        if pair.moving_label is not None:
+            # [*S_mov, L] -> one batch of L channels warped by this pair's DDF.
+            warped_labels = ops.warp(pair.moving_label[None], ddf[None],
+                                     interpolation=self.interpolation).numpy()[0]
+            save_nifti("warped_label.nii.gz", warped_labels)
+        if pair.fixed_label is not None:
+            rows = _pair_metrics(pair.name, pair.moving_label, pair.fixed_label, ddf,
+                                 warped_labels, pair.spacing, jacobian)
+            save("metrics.csv", lambda path: write_metrics_csv(path, rows))
+        if self.save_png:
+            save("overlay.png", lambda path: _write_overlay(
+                path, pair.fixed, pair.moving, warped, self.fixed_shape,
+                fixed_label=pair.fixed_label[..., 0] if pair.fixed_label is not None else None,
+                moving_label=pair.moving_label[..., 0] if pair.moving_label is not None else None,
+                warped_label=warped_labels[..., 0] if warped_labels is not None else None,
+                spacing=pair.spacing))
+
+
+def infer(cfg: Config, log: Callable[[str], None] = print,
+          overwrite: bool = False) -> InferenceResult:
+    """Register the test pairs of ``[Inference]`` and write the outputs (see module docstring).
+
+    Args:
+        cfg: a validated config with an ``[Inference]`` section.
+        log: where progress lines, each failed pair and the final summary go.
+        overwrite: recompute the pairs whose ``<case>/`` folder is already complete instead of
+            skipping them (``inference.py --overwrite``).
+
+    Returns:
+        what was registered, skipped and failed; a failed pair does not raise.
 
     Raises:
-        DataError: missing or unreadable inputs or checkpoint, or an unwritable ``dir_save``.
+        DataError: before any pair is computed: an unwritable ``dir_save``, missing or
+            unpairable input folders, an unusable checkpoint, or images whose spatial rank
+            differs from the model's.
     """
     inf = cfg["Inference"]
     dir_save = Path(inf["dir_save"])
+    # Checked first: a read-only destination should not cost a model load to discover.
     _check_writable(dir_save)
+    pairs = _TestPairs(inf)
     model, meta, prefix = load_trained_model(inf["file_model_saved"])
-    normalise = bool(meta.get("normalise", True))
-    both_labels = inf["dir_moving_label"] is not None and inf["dir_fixed_label"] is not None
-    paired = PairedDataset(inf["dir_moving_image"], inf["dir_fixed_image"],
-                           inf["dir_moving_label"] if both_labels else None,
-                           inf["dir_fixed_label"] if both_labels else None)
-    moving_labels = None
-    if inf["dir_moving_label"] is not None and not both_labels:
-        moving_labels = NiftiReader(inf["dir_moving_label"])
-        missing = sorted(set(paired.names) - set(moving_labels.names))
-        if missing:
-            raise DataError(f"{inf['dir_moving_label']}: no label file for case(s) {missing[:5]}.")
-    if paired.ndim != model.ndim:
+    if pairs.ndim is not None and pairs.ndim != model.ndim:
         raise DataError(
-            f"{inf['dir_fixed_image']}: {paired.ndim}-D images, but the model in {prefix} is "
+            f"{inf['dir_fixed_image']}: {pairs.ndim}-D images, but the model in {prefix} is "
             f"{model.ndim}-D."
         )
-    log(f"registering {paired.num_cases} pair(s) with {prefix}")
-
-    dir_save.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dir_save.name}.partial-", dir=dir_save.parent))
-    result = InferenceResult(dir_save=dir_save, cases=list(paired.names))
-    interpolation = inf["label_interpolation"]
+    normalise = bool(meta.get("normalise", True))
     try:
-        batch_size = int(inf["minibatch_size"])
-        for start in range(0, paired.num_cases, batch_size):
-            cases = list(range(start, min(start + batch_size, paired.num_cases)))
-            moving = [paired.read("moving_image", c)[..., 0] for c in cases]
-            fixed = [paired.read("fixed_image", c)[..., 0] for c in cases]
-            if normalise:
-                moving = [normalise_intensity(m) for m in moving]
-                fixed = [normalise_intensity(f) for f in fixed]
-            moving_t = np.stack(moving)[..., None]
-            fixed_t = np.stack(fixed)[..., None]
-            out = register_pair(network_ddf(model), moving_t, fixed_t)
-            ddf, warped = out["ddf"], out["warped_moving_image"].numpy()
-            jacobian = {k: v.numpy() for k, v in metrics.jacobian_statistics(ddf).items()}
-            ddf = ddf.numpy()
-            for i, case in enumerate(cases):
-                name = paired.names[case]
-                out = staging / name
-                out.mkdir()
-                affine = paired.affine("fixed_image", case)
-                header = paired.header("fixed_image", case)
-                nib.save(nifti_image(ddf[i], affine, header), out / "ddf.nii.gz")
-                nib.save(nifti_image(warped[i, ..., 0], affine, header),
-                         out / "warped_image.nii.gz")
-                labels = None
-                if both_labels:
-                    labels = paired.read("moving_label", case)
-                elif moving_labels is not None:
-                    labels = moving_labels.read(moving_labels.names.index(name))
-                warped_labels = None
-                if labels is not None:
-                    # [*S_mov, L] -> one batch of L channels warped by this pair's DDF.
-                    stacked = labels[None] if labels.ndim == paired.ndim + 1 else labels[None, ..., None]
-                    warped_labels = ops.warp(stacked, ddf[i:i + 1],
-                                             interpolation=interpolation).numpy()[0]
-                    nib.save(nifti_image(warped_labels, affine, header),
-                             out / "warped_label.nii.gz")
-                if both_labels:
-                    result.rows.extend(_pair_metrics(
-                        name, labels, paired.read("fixed_label", case), ddf[i],
-                        warped_labels, paired.spacing("fixed_image", case),
-                        {k: float(v[i]) for k, v in jacobian.items()}))
-                if inf["save_png"]:
-                    _write_overlay(out / "overlay.png", fixed[i], moving[i], warped[i, ..., 0],
-                                   paired.fixed_shape,
-                                   fixed_label=paired.read("fixed_label", case)[..., 0]
-                                   if both_labels else None,
-                                   moving_label=labels[..., 0] if labels is not None else None,
-                                   warped_label=warped_labels[..., 0]
-                                   if warped_labels is not None else None,
-                                   spacing=paired.spacing("fixed_image", case))
-            log(f"registered {min(start + batch_size, paired.num_cases)}/{paired.num_cases}")
-        if result.rows:
-            write_metrics_csv(staging / "metrics.csv", result.rows)
-        publish_staged(staging, dir_save)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        dir_save.mkdir(parents=True, exist_ok=True)
+        _remove_stale(dir_save)
+    except OSError as err:
+        raise DataError(f"{dir_save}: cannot prepare the output folder ([Inference] dir_save): "
+                        f"{err}.") from err
+
+    expected = _expected_files(inf["dir_moving_label"] is not None, pairs.both_labels,
+                               bool(inf["save_png"]))
+    skipped = [] if overwrite else [
+        name for name in pairs.names if _is_complete(dir_save / name, expected)]
+    todo = [name for name in pairs.names if name not in frozenset(skipped)]
+    if skipped:
+        log(f"skipped {len(skipped)} already registered pairs (--overwrite redoes them)")
+    log(f"registering {len(todo)} pair(s) with {prefix}")
+
+    writer = _PairWriter(model, dir_save, pairs.fixed_shape, inf, log)
+    batch_size = int(inf["minibatch_size"])
+    batch: list[_Pair] = []
+    for count, name in enumerate(todo, start=1):
+        try:
+            batch.append(pairs.load(name, normalise))
+        except _PairFailure as failure:
+            writer.fail(name, failure)
+        if batch and (len(batch) == batch_size or count == len(todo)):
+            writer.run_batch(batch)
+            batch = []
+            log(f"processed {count}/{len(todo)}")
+
+    done = set(writer.registered) | set(skipped)
+    result = InferenceResult(
+        dir_save=dir_save, cases=[name for name in pairs.names if name in done],
+        registered=writer.registered, skipped=skipped, failed=writer.failed)
+    _finish(result, pairs.both_labels)
+    log(result.summary())
     return result
+
+
+def _finish(result: InferenceResult, with_metrics: bool) -> None:
+    """Rebuild ``metrics.csv`` from the case folders and rewrite ``failed.csv``."""
+    dir_save = result.dir_save
+    if with_metrics:
+        for name in result.cases:
+            path = dir_save / name / "metrics.csv"
+            try:
+                result.rows.extend(_read_metrics_csv(path))
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                raise DataError(f"{path}: cannot be read back into metrics.csv "
+                                f"({type(err).__name__}: {err}); remove the folder {path.parent} "
+                                "or rerun with --overwrite.") from err
+    try:
+        if result.rows:
+            write_metrics_csv(dir_save / "metrics.csv", result.rows)
+        else:  # a table of other settings' pairs would be stale
+            (dir_save / "metrics.csv").unlink(missing_ok=True)
+        _write_failed_csv(dir_save, result.failed)
+    except OSError as err:
+        raise DataError(f"{dir_save}: cannot write the summary tables metrics.csv / failed.csv "
+                        f"({err}); the case folders are complete, rerun to write them.") from err
 
 
 def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray,
@@ -237,15 +695,14 @@ def _pair_metrics(name: str, moving_labels: np.ndarray, fixed_labels: np.ndarray
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]],
                       columns: Sequence[str] = METRIC_COLUMNS) -> None:
-    """One row per dict, floats with 6 significant digits."""
+    """One row per dict, floats with 6 significant digits; ``path`` appears complete or not at
+    all (a temporary file in its folder, then one rename)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns))
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-
-
+    _write_text_atomic(Path(path), buffer.getvalue())
 def _write_overlay(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray,
                    fixed_shape: tuple[int, ...], fixed_label: np.ndarray | None,
                    moving_label: np.ndarray | None, warped_label: np.ndarray | None,

@@ -129,11 +129,13 @@ EXPECTED_DEFAULTS = {
         "freq_info_print": 100, "freq_model_save": 500, "seed": 0, "resume": True,
         "max_checkpoints_to_keep": 3, "optimizer": "adam", "momentum": 0.9,
         "weight_decay": 0.0, "clip_norm": 0.0, "deterministic": False, "validate": True,
+        "max_nonfinite_steps": 10, "strategy": "default", "precision": "float32",
+        "gradient_checkpointing": False,
     },
     "Inference": {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,
         "dir_fixed_label": None, "minibatch_size": 1, "save_png": True,
-        "label_interpolation": "linear",
+        "label_interpolation": "linear", "precision": "float32",
     },
 }
 

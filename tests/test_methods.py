@@ -96,7 +96,7 @@ class TranslationOnly(Method):
                              axis=[1, 2, 3])
         return {"loss": ssd, "shift_0": self.models["model"].shift[0] + 0 * ssd}
 
-    def infer(self):
+    def infer(self, overwrite=False):
         return [f"shift {self.models['model'].shift.numpy().tolist()}"]
 
     @classmethod

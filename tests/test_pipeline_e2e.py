@@ -286,12 +286,15 @@ def test_unwritable_dir_save(tmp_path, dataset, capsys):
     assert "dir_save" in err and "a-file" in err
 
 
-def test_inference_failure_leaves_no_output(tmp_path, capsys):
+def test_inference_failure_keeps_the_other_pairs(tmp_path, capsys):
+    # One unreadable file fails its own pair (exit code 1); the other pairs are written whole.
     data = write_dataset(tmp_path / "data", num_cases=3)
     ini = write_config(tmp_path / "x.ini", data, Train={"total_iterations": "1"})
     assert train_main([str(ini)]) == 0
     (data / "fixed_images" / "case02.nii.gz").write_bytes(b"garbage")
-    assert infer_main([str(ini)]) == 2
-    assert "case02.nii.gz" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-    assert not list(tmp_path.glob(".out.partial-*"))
+    assert infer_main([str(ini)]) == 1
+    assert "case02.nii.gz" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["case00", "case01", "failed.csv",
+                                                     "metrics.csv"]
+    assert "case02.nii.gz" in (out / "failed.csv").read_text()

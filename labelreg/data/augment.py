@@ -54,7 +54,8 @@ def apply_affine(image: Any, label: Any | None, theta: Any) -> tuple[tf.Tensor, 
     return both[..., :channels], both[..., channels:]
 
 
-def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any) -> dict[str, Any]:
+def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
+                  sample_index: Any = None, num_samples: int | None = None) -> dict[str, Any]:
     """Augment a training batch with independent random affines for moving and fixed.
 
     Args:
@@ -63,6 +64,12 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any) -> dict[str
             :func:`labelreg.data.make_train_dataset`); other entries are passed through.
         scale: ``[Data] affine_scale``; 0 gives the identity.
         seed: stateless seed, int ``[2]`` (e.g. ``step_seed(seed, step)``).
+        sample_index: int ``[B]``, the positions of the batch's samples in a larger global
+            batch of ``num_samples`` (a replica's slice under ``tf.distribute``): the transforms
+            of the global batch are drawn and those of these positions used, so a sample's
+            augmentation does not depend on how the global batch was split. ``None``: the
+            batch is the global batch.
+        num_samples: size of the global batch (with ``sample_index``).
 
     Returns:
         A new dict with the four volumes resampled, plus ``moving_affine`` and ``fixed_affine``
@@ -72,9 +79,17 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any) -> dict[str
     fixed = check_image(batch["fixed_image"], "fixed_image")
     ndim = moving.shape.rank - 2
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-    batch_size = tf.shape(moving)[0]
-    theta_moving = random_affine(batch_size, ndim, scale, seed=seeds[0])
-    theta_fixed = random_affine(batch_size, ndim, scale, seed=seeds[1])
+    if sample_index is None:
+        batch_size = tf.shape(moving)[0]
+        theta_moving = random_affine(batch_size, ndim, scale, seed=seeds[0])
+        theta_fixed = random_affine(batch_size, ndim, scale, seed=seeds[1])
+    else:
+        if num_samples is None:
+            raise ValueError("augment_batch: sample_index needs num_samples (the global batch).")
+        theta_moving = tf.gather(random_affine(num_samples, ndim, scale, seed=seeds[0]),
+                                 sample_index)
+        theta_fixed = tf.gather(random_affine(num_samples, ndim, scale, seed=seeds[1]),
+                                sample_index)
     out = dict(batch)
     out["moving_image"], moving_label = apply_affine(moving, batch.get("moving_label"), theta_moving)
     out["fixed_image"], fixed_label = apply_affine(fixed, batch.get("fixed_label"), theta_fixed)

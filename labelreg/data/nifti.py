@@ -58,6 +58,14 @@ def _spatial_and_labels(shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
     return spatial, num_labels
 
 
+def _voxel_type(image: Any, dtype: np.dtype) -> str:
+    """The NIfTI name of an image's voxel type (e.g. ``complex64``, ``RGB``), else NumPy's."""
+    try:
+        return str(image.header.get_value_label("datatype"))
+    except Exception:  # a header without NIfTI type codes
+        return str(dtype)
+
+
 def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -122,6 +130,13 @@ class NiftiReader:
                     f"{path}: expected a 2-D, 3-D or 4-D (labels on the 4th axis) NIfTI image; "
                     f"received shape {_shape_text(image.shape)}."
                 ) from None
+            dtype = np.dtype(image.get_data_dtype())
+            if dtype.kind not in "biuf":  # complex, RGB or another compound voxel type
+                raise DataError(
+                    f"{path}: voxel type {_voxel_type(image, dtype)} is not a real number; "
+                    "expected real-valued intensities or labels (an integer or floating-point "
+                    "NIfTI data type)."
+                )
             self._shapes.append(spatial)
             self.num_labels.append(count)
         self.data_shape: tuple[int, ...] = self._shapes[0]
@@ -222,12 +237,21 @@ class NiftiReader:
                 f"{path}: cannot read the voxel data ({type(err).__name__}: {err}); the file may "
                 "be truncated or damaged."
             ) from err
-        data = data.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(data)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = data.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(values)):
             bad = int(np.count_nonzero(~np.isfinite(data)))
+            if bad:
+                raise DataError(
+                    f"{path}: holds {bad} NaN or Inf value(s); expected finite intensities."
+                )
+            largest = float(np.max(np.abs(data)))
             raise DataError(
-                f"{path}: holds {bad} NaN or Inf value(s); expected finite intensities."
+                f"{path}: holds values up to {largest:g} in magnitude, beyond the float32 range "
+                f"(+-{float(np.finfo(np.float32).max):.4g}) that labelreg computes in; expected "
+                "intensities that fit in float32 (rescale the image)."
             )
+        data = values
         if label_index is not None:
             return data.reshape(self.data_shape)
         return data.reshape(*self.data_shape, count)

@@ -13,8 +13,10 @@ normalised; they must already lie in [0, 1].
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,11 +39,43 @@ __all__ = [
 
 
 def normalise_intensity(image: np.ndarray) -> np.ndarray:
-    """Min-max normalise one image to [0, 1] (float32); a constant image becomes zeros."""
-    image = np.asarray(image, dtype=np.float32)
+    """Min-max normalise one image to [0, 1] (float32); a constant image becomes zeros.
+
+    Intensities whose range exceeds float32 (values near +-3.4e38) are scaled without
+    overflowing, so the result stays finite.
+
+    Raises:
+        ValueError: for an empty or non-real (complex, text) array, or a NaN or Inf value.
+    """
+    array = np.asarray(image)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"image must hold real numbers to be normalised; received dtype {array.dtype}."
+        )
+    if array.size == 0:
+        raise ValueError(f"image is empty (shape {array.shape}); expected at least one voxel.")
+    with np.errstate(over="ignore"):
+        image = array.astype(np.float32, copy=False)
     low, high = float(image.min()), float(image.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if not bad:
+            raise ValueError(
+                f"image holds values beyond the float32 range (up to "
+                f"{float(np.max(np.abs(array))):g}); intensities must fit in float32."
+            )
+        raise ValueError(
+            f"image contains {bad} NaN or Inf value(s) out of {image.size} (shape "
+            f"{image.shape}); intensities must be finite to be normalised."
+        )
     if high <= low:
         return np.zeros_like(image)
+    if high - low > float(np.finfo(np.float32).max):
+        # The range overflows float32: halve first, which is exact in binary floating point,
+        # so the result is the same as the direct formula would give without the overflow.
+        half = np.float32(0.5)
+        low32, high32 = np.float32(low), np.float32(high)
+        return ((image * half - low32 * half) / (high32 * half - low32 * half)).astype(np.float32)
     return ((image - low) / (high - low)).astype(np.float32)
 
 
@@ -51,6 +85,22 @@ def _check_label_range(label: np.ndarray, path: Any) -> None:
         raise DataError(
             f"{path}: label values must lie in [0, 1] (1 = inside); found values in "
             f"[{low:g}, {high:g}]. Rescale the labels (e.g. a 0/255 mask to 0/1)."
+        )
+
+
+def _warn_empty_labels(paired: PairedDataset, loaded: dict[tuple[str, int], np.ndarray]) -> None:
+    """One warning listing every label volume without a voxel inside (valid, but no signal)."""
+    empty = [
+        f"{paired.file(role, case)} (label {j})"
+        for (role, case), data in loaded.items() if role.endswith("label")
+        for j in range(data.shape[-1]) if not np.any(data[..., j])
+    ]
+    if empty:
+        warnings.warn(
+            f"{len(empty)} label volume(s) are empty (all zero): {', '.join(empty[:6])}"
+            f"{', ...' if len(empty) > 6 else ''}. Training goes on; an empty label gives no "
+            "alignment signal (two empty labels agree with Dice 1; its centroid distance is NaN).",
+            stacklevel=3,
         )
 
 
@@ -71,6 +121,9 @@ class CaseCache:
 
     Raises:
         DataError: a file cannot be read, holds NaN/Inf, or a label lies outside [0, 1].
+
+    A label volume without any voxel inside is valid (two empty labels agree) and is reported
+    with one ``UserWarning`` listing the files.
     """
 
     def __init__(
@@ -87,6 +140,8 @@ class CaseCache:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             arrays = list(pool.map(lambda task: self._load(*task), tasks))
         loaded = dict(zip(tasks, arrays, strict=True))
+        if paired.has_labels:
+            _warn_empty_labels(paired, loaded)
         n = paired.num_cases
         self.moving_images = np.stack([loaded["moving_image", c] for c in range(n)])
         self.fixed_images = np.stack([loaded["fixed_image", c] for c in range(n)])
@@ -155,6 +210,7 @@ def make_train_dataset(
     start_step: int = 0,
     normalise: bool = True,
     num_workers: int | None = None,
+    cache: CaseCache | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream of label-reg's two-stage sampling.
 
@@ -170,6 +226,8 @@ def make_train_dataset(
         start_step: the step of the first element.
         normalise: min-max normalise each image to [0, 1] (constant images become zeros).
         num_workers: threads reading the files (``None``: up to 8).
+        cache: ``paired`` already read (e.g. to check the data before a run folder is made);
+            ``None`` reads it here.
 
     Returns:
         An infinite, prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
@@ -185,7 +243,8 @@ def make_train_dataset(
     if int(start_step) < 0:
         raise ValueError(f"start_step must be >= 0; received start_step={start_step}.")
     sampler = PairSampler(paired.num_labels, minibatch_size, seed)
-    cache = CaseCache(paired, normalise=normalise, num_workers=num_workers)
+    if cache is None:
+        cache = CaseCache(paired, normalise=normalise, num_workers=num_workers)
 
     def generate() -> Iterator[dict[str, Any]]:
         for step, cases, labels in sampler.iterate(start_step):

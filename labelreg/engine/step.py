@@ -1,9 +1,10 @@
 """Optimisers and the compiled training step shared by every method.
 
 The step takes the gradient of the method's ``loss`` with respect to every trained model's
-variables in one backward pass, then, per model: clips the gradients to a global norm
-(``[Train] clip_norm``), adds weight decay ``g + wd * w`` (``[Train] weight_decay``, PyTorch's
-SGD convention) and applies that model's own optimiser. Per-sample terms ``[B]`` are averaged
+variables in one backward pass. When the loss or a gradient is NaN or inf it changes nothing
+(neither weights nor optimiser state) and says so (``nonfinite``); otherwise, per model, it
+clips the gradients to a global norm (``[Train] clip_norm``), adds weight decay ``g + wd * w``
+(``[Train] weight_decay``, PyTorch's SGD convention) and applies that model's own optimiser. Per-sample terms ``[B]`` are averaged
 over the global batch (``tf.nn.compute_average_loss``, correct under ``tf.distribute``); a
 scalar loss is divided by the number of replicas so that the summed replica gradients equal
 the single-device gradient.
@@ -81,15 +82,21 @@ def make_train_step(
 
     Returns:
         ``step(batch) -> {term: scalar}``: every term averaged over the batch (ignoring NaN
-        entries) and the replicas, plus ``grad_norm`` (before clipping) per group when there
-        are several groups.
+        entries) and the replicas, ``grad_norm`` (before clipping) per group when there are
+        several groups, and ``nonfinite``: 1.0 when the loss or a gradient had a NaN or inf
+        on any replica, in which case no variable (weights, optimiser state) was changed.
+
+    Under several replicas each replica's gradients are summed over the replicas first (the
+    losses are already scaled by the global batch, so the sum is the gradient of the global
+    batch's loss); clipping and weight decay then act on that global gradient, as on one device.
     """
     strategy = strategy or tf.distribute.get_strategy()
     names = list(groups)
     variables = [v for name in names for v in groups[name][1]]
     splits = [len(groups[name][1]) for name in names]
+    replicas = strategy.num_replicas_in_sync
 
-    def replica_step(batch: Batch) -> dict[str, tf.Tensor]:
+    def replica_gradients(batch: Batch) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         if preprocess is not None:
             batch = preprocess(batch)
         with tf.GradientTape() as tape:
@@ -97,12 +104,21 @@ def make_train_step(
             loss = _replica_loss(terms["loss"], global_batch_size, strategy)
         # One backward pass for every model (one call per model would repeat the loss's).
         grads = tape.gradient(loss, variables)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables, strict=True)]
+        bad = 1.0 - tf.cast(tf.math.is_finite(loss), tf.float32)
+        for g in grads:
+            bad += 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(g)), tf.float32)
+        if replicas > 1:
+            context = tf.distribute.get_replica_context()
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
         out = {name: nan_mean(value) for name, value in terms.items()}
+        out["nonfinite"] = tf.cast(bad > 0, tf.float32)
         start = 0
         for name, size in zip(names, splits, strict=True):
-            optimizer, group_vars = groups[name]
             group_grads = grads[start:start + size]
-            start += size
+            group_vars = groups[name][1]
             if clip_norm > 0:
                 group_grads, norm = tf.clip_by_global_norm(group_grads, clip_norm)
             else:
@@ -110,16 +126,38 @@ def make_train_step(
             if weight_decay > 0:
                 group_grads = [g + weight_decay * v
                                for g, v in zip(group_grads, group_vars, strict=True)]
-            optimizer.apply_gradients(zip(group_grads, group_vars, strict=True))
+            grads[start:start + size] = group_grads
+            start += size
             if len(names) > 1:
                 out[f"grad_norm_{name}"] = norm
-        return out
+        return grads, out
+
+    def replica_apply(grads: list[tf.Tensor]) -> None:
+        start = 0
+        for name, size in zip(names, splits, strict=True):
+            optimizer, group_vars = groups[name]
+            # The optimiser sums its gradients over the replicas again; every replica already
+            # holds the global gradient, so each passes its share (exact for 2^k replicas).
+            group_grads = [g / replicas for g in grads[start:start + size]] if replicas > 1 \
+                else grads[start:start + size]
+            optimizer.apply_gradients(zip(group_grads, group_vars, strict=True))
+            start += size
 
     # No autograph: the step has no tensor-dependent Python control flow, and converting every
     # Keras layer's call() would multiply the tracing time.
     @tf.function(autograph=False)
     def step(batch: Batch) -> dict[str, tf.Tensor]:
-        per_replica = strategy.run(replica_step, args=(batch,))
+        grads, per_replica = strategy.run(replica_gradients, args=(batch,))
+        # Every replica holds the same all-reduced flag; the branch is taken in cross-replica
+        # context because an optimiser's update may need a merge_call, which a replica-context
+        # cond does not allow.
+        finite = tf.equal(strategy.experimental_local_results(per_replica["nonfinite"])[0], 0.0)
+
+        def apply() -> tf.Tensor:
+            strategy.run(replica_apply, args=(grads,))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
                 for k, v in per_replica.items()}
 

@@ -4,17 +4,22 @@ It owns what all methods share: seeding, the run folder, a ``tf.train.Checkpoint
 one by-path layout for every model, exact resume (sampling is a pure function of ``(seed,
 step)``), the ``tf.distribute`` strategy, the compiled step (:mod:`labelreg.engine.step`),
 progress lines and a progress bar, ``tf.summary`` scalars and pictures, validation at every
-checkpoint, timing (s/step and the share spent waiting for input), the non-finite-loss guard and
-Ctrl-C (the last finished step is saved). What is trained, on what, with which loss, comes from
+checkpoint, timing (s/step and the share spent waiting for input), skipping of steps with a
+non-finite loss or gradient (and stopping after too many in a row), and Ctrl-C (the last
+finished step is saved). Under ``[Train] strategy = multi_worker`` only the chief writes the run
+folder, checkpoints and summaries. What is trained, on what, with which loss, comes from
 the method (:class:`labelreg.methods.base.Method`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +34,18 @@ from labelreg.engine.checkpoints import (
     restore_latest,
     save_model_description,
 )
+from labelreg.engine.distribute import (
+    check_global_batch,
+    distribute_batches,
+    is_chief,
+    make_strategy,
+    task_label,
+)
 from labelreg.engine.step import make_optimizer, make_train_step, optimizer_key
 from labelreg.engine.summaries import SummaryWriter, format_line
 from labelreg.methods.base import Method
 
-__all__ = ["TrainResult", "train", "as_method", "choose_strategy"]
+__all__ = ["TrainResult", "train", "as_method", "choose_strategy", "build_scope"]
 
 
 @dataclass
@@ -53,14 +65,29 @@ class TrainResult:
     #: the first (which includes tracing).
     seconds_per_step: float = float("nan")
     input_share: float = float("nan")
+    #: Steps whose loss or gradients were not finite (not applied).
+    skipped_steps: list[int] = field(default_factory=list)
 
 
-def choose_strategy() -> tf.distribute.Strategy:
-    """Mirror the models over every GPU when there are several, else the default strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+def choose_strategy(kind: str = "default") -> tf.distribute.Strategy:
+    """The strategy ``[Train] strategy`` names (:func:`labelreg.engine.distribute.make_strategy`);
+    ``default`` mirrors the models over every GPU when there are several."""
+    return make_strategy(kind)
+
+
+@contextlib.contextmanager
+def build_scope(train_cfg: dict) -> Iterator[None]:
+    """Where the trainer builds the models: the ``[Train] precision`` dtype policy and, with
+    ``[Train] gradient_checkpointing``, Keras rematerialisation of the networks' blocks."""
+    from labelreg.networks.remat import remat_scope
+
+    precision = contextlib.nullcontext()
+    if train_cfg["precision"] != "float32":
+        from labelreg.networks.precision import precision_scope
+
+        precision = precision_scope(train_cfg["precision"])
+    with precision, remat_scope(bool(train_cfg["gradient_checkpointing"])):
+        yield
 
 
 def _checkpoint_name(method: Method) -> str:
@@ -70,9 +97,11 @@ def _checkpoint_name(method: Method) -> str:
 
 def _interval_means(values: list[dict[str, tf.Tensor]]) -> dict[str, float]:
     """Mean of each logged term over the steps since the last log line, ignoring NaN entries
-    (a term with no finite value stays NaN); the loss must be finite at every step, so one
-    non-finite loss makes the mean NaN rather than being averaged away."""
+    (a term with no finite value stays NaN); the loss must be finite at every applied step, so
+    one non-finite loss makes the mean NaN rather than being averaged away."""
     host = [{key: float(value.numpy()) for key, value in step.items()} for step in values]
+    if not host:
+        return {"loss": float("nan")}
     means = {}
     for key in host[-1]:
         finite = [step[key] for step in host if math.isfinite(step[key])]
@@ -111,7 +140,11 @@ def train(target: Method | Config, fresh: bool = False,
     Raises:
         DataError: unreadable or inconsistent data, an unwritable run folder, or a checkpoint
             that does not fit the configured models.
-        FloatingPointError: when the loss becomes NaN or infinite.
+        FloatingPointError: after ``[Train] max_nonfinite_steps`` consecutive steps with a
+            NaN or infinite loss or gradient (each is skipped and logged with its cases), or
+            at once for a method's own step (which cannot skip).
+        ConfigError: ``[Train] minibatch_size`` is not a multiple of the number of replicas,
+            or ``multi_worker`` without ``TF_CONFIG``.
     """
     method = as_method(target, log)
     cfg, log = method.cfg, method.log
@@ -122,11 +155,20 @@ def train(target: Method | Config, fresh: bool = False,
     if train_cfg["deterministic"]:
         tf.config.experimental.enable_op_determinism()
 
+    strategy = choose_strategy(train_cfg["strategy"])
+    chief = is_chief(strategy)
+    if not chief:
+        worker, base_log = task_label(strategy), log
+        log = lambda line: base_log(f"[{worker}] {line}")  # noqa: E731
+        method.log = log
+    batch_size = int(train_cfg["minibatch_size"])
+    check_global_batch(strategy, batch_size)
     method.prepare_data()  # bad data fail here, before a run folder exists
-    run_dir = prepare_run_dir(train_cfg["dir_run"], fresh, log)
+    run_dir = Path(train_cfg["dir_run"])
+    if chief:
+        run_dir = prepare_run_dir(run_dir, fresh, log)
 
-    strategy = choose_strategy()
-    with strategy.scope():
+    with strategy.scope(), build_scope(train_cfg):
         method.models = method.build()
         optimizers = {}
         rates = method.learning_rates()
@@ -144,26 +186,31 @@ def train(target: Method | Config, fresh: bool = False,
         max_to_keep=int(train_cfg["max_checkpoints_to_keep"]),
         checkpoint_name=_checkpoint_name(method),
     )
+    # Every worker restores the chief's checkpoint; saving is collective under multi_worker, so
+    # the other workers save too, into a scratch folder that is removed.
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="labelreg-worker-"))
+    writer_manager = manager if chief else tf.train.CheckpointManager(
+        checkpoint, str(scratch), max_to_keep=1)
     restored = restore_latest(manager, method.models, log, step=step_var, **trackables)
     if restored:
         log(f"resumed from {restored} at step {int(step_var.numpy())}")
     first_step = int(step_var.numpy())
     total = int(train_cfg["total_iterations"])
 
-    cfg.write(run_dir / "config.ini")
-    save_model_description(method.models, run_dir, method=method.name, **method.meta())
+    if chief:
+        cfg.write(run_dir / "config.ini")
+        save_model_description(method.models, run_dir, method=method.name, **method.meta())
     result = TrainResult(run_dir=run_dir, first_step=first_step, last_step=first_step,
                          checkpoint=restored)
     if first_step >= total:
         log(f"already trained to step {first_step} of {total}; nothing to do")
         return result
 
-    batch_size = int(train_cfg["minibatch_size"])
     # Exactly the batches still to train on: once the last one is read the input pipeline's
     # threads are idle, so deleting the iterator never waits on a Python generator that needs
     # the GIL (a prefetching infinite pipeline could hang there).
     dataset = method.train_dataset(seed, first_step, total).take(total - first_step)
-    dist_dataset = strategy.experimental_distribute_dataset(dataset)
+    dist_dataset = distribute_batches(strategy, dataset, batch_size)
     groups = {key.removeprefix("model_") or key: (opt, method.models[key].trainable_variables)
               for key, opt in optimizers.items()}
     train_step = method.custom_train_step(optimizers) or make_train_step(
@@ -172,22 +219,29 @@ def train(target: Method | Config, fresh: bool = False,
         global_batch_size=batch_size, strategy=strategy,
     )
 
-    writer = SummaryWriter(train_cfg["dir_tensorboard"])
+    writer = SummaryWriter(train_cfg["dir_tensorboard"]) if chief else None
     print_every, save_every = int(train_cfg["freq_info_print"]), int(train_cfg["freq_model_save"])
-    progress = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 0,
+    max_bad = int(train_cfg["max_nonfinite_steps"])
+    progress = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() and chief else 0,
                                    unit_name="step")
     progress.update(first_step)
     parameters = " + ".join(f"{m.count_params():,}" for m in method.models.values())
-    log(f"training {method.name} ({parameters} parameters) on {method.describe_data()}, "
-        f"steps {first_step + 1}..{total}; run folder {run_dir}")
+    replicas = strategy.num_replicas_in_sync
+    spread = f", {replicas} replicas" if replicas > 1 else ""
+    log(f"training {method.name} ({parameters} parameters) on {method.describe_data()}"
+        f"{spread}, steps {first_step + 1}..{total}; run folder {run_dir}")
 
     def save(step: int, why: str = "saved") -> None:
         method.before_save()
-        result.checkpoint = manager.save(checkpoint_number=step)
-        log(f"{why} {result.checkpoint}")
+        path = writer_manager.save(checkpoint_number=step)
+        if chief:
+            result.checkpoint = path
+            log(f"{why} {result.checkpoint}")
 
     def at_checkpoint(step: int) -> None:
         save(step)
+        if not chief:
+            return
         if train_cfg["validate"]:
             values = method.validate()
             if values:
@@ -198,35 +252,65 @@ def train(target: Method | Config, fresh: bool = False,
         for tag, picture in method.pictures().items():
             writer.image(step, tag, picture)
 
+    def cases_of(batch: dict) -> str:
+        if "case_index" not in batch:
+            return "cases unknown"
+        parts = strategy.experimental_local_results(batch["case_index"])
+        indices = [int(i) for part in parts for i in tf.reshape(part, [-1]).numpy()]
+        return ", ".join(method.case_names(indices))
+
     step = first_step
     tic, tic_step = time.perf_counter(), step
     iterator = iter(dist_dataset)
     waited, checkpoint_time, steady_start, steady_first = 0.0, 0.0, None, step
     pending: list[dict[str, tf.Tensor]] = []
+    skipped_in_interval, bad_streak = 0, 0
     try:
         while step < total:
             fetch = time.perf_counter()
             batch = next(iterator)
             if steady_start is not None:
                 waited += time.perf_counter() - fetch
-            values = train_step(batch)
-            pending.append(values)  # tensors: read at the next log line, no per-step sync
+            values = dict(train_step(batch))
             step += 1
+            nonfinite = values.pop("nonfinite", None)
+            # One scalar read per step (the step has finished by now on CPU anyway).
+            if nonfinite is not None and float(nonfinite.numpy()) > 0:
+                bad_streak += 1
+                skipped_in_interval += 1
+                result.skipped_steps.append(step)
+                log(f"step {step}: non-finite loss or gradients, update skipped "
+                    f"({bad_streak} in a row); batch cases: {cases_of(batch)}")
+                if bad_streak >= max_bad:
+                    raise FloatingPointError(
+                        f"{bad_streak} consecutive training steps (up to step {step}) had a "
+                        f"non-finite loss or gradients ([Train] max_nonfinite_steps = {max_bad}); "
+                        f"stopped with the last good checkpoint {result.checkpoint or 'none'} "
+                        "kept. Lower [Train] learning_rate, set [Train] clip_norm, or check "
+                        "those cases for extreme values."
+                    )
+            else:
+                bad_streak = 0
+                pending.append(values)  # tensors: read at the next log line
             if steady_start is None:
                 steady_start, steady_first = time.perf_counter(), step
             step_var.assign(step)
             if step % print_every == 0 or step == total or step == first_step + 1:
                 host = _interval_means(pending)
-                if not math.isfinite(host["loss"]):
+                if nonfinite is None and not math.isfinite(host["loss"]):
+                    # A method's own step has no skip: stop rather than train on garbage.
                     raise FloatingPointError(
                         f"non-finite training loss at step {step}: {host}; lower [Train] "
                         "learning_rate or check the data for extreme values."
                     )
+                if skipped_in_interval:
+                    host["skipped_steps"] = float(skipped_in_interval)
                 rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
                 tic, tic_step = time.perf_counter(), step
                 log(format_line(step, total, host, rate, steps=len(pending)))
-                pending = []
-                writer.scalars(step, host)
+                pending, skipped_in_interval = [], 0
+                if writer is not None:
+                    writer.scalars(step, host)
                 result.last_values = host
                 result.history.append((step, host))
             progress.update(step)
@@ -239,8 +323,11 @@ def train(target: Method | Config, fresh: bool = False,
         if step > first_step and not str(result.checkpoint or "").endswith(f"-{step}"):
             save(step, "interrupted: saved")
     finally:
-        writer.flush()
+        if writer is not None:
+            writer.flush()
         del iterator  # now, not at some later garbage collection
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     result.last_step = step
     if steady_start is not None and step > steady_first:
         # Training time only: checkpoints, validation and pictures are not steps.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from labelreg._tf import tf
-from labelreg.ops import check_ddf
+from labelreg.ops import check_ddf, check_finite
 
 __all__ = ["bending_energy", "gradient_norm", "spatial_gradient", "GRADIENT_NORMS"]
 
@@ -51,10 +51,12 @@ def spatial_gradient(ddf: Any) -> list[tf.Tensor]:
         the grid cropped by one voxel on every side.
 
     Raises:
-        ValueError: when the last axis is not ``n`` or a spatial side is shorter than 3.
+        ValueError: when the last axis is not ``n``, a spatial side is shorter than 3, or an
+            eager ``ddf`` holds NaN or Inf.
     """
     ddf = check_ddf(ddf, "ddf")
     _check_sides(ddf, 3, "a first derivative")
+    check_finite(ddf, "ddf")
     return [_difference(ddf, d) for d in range(ddf.shape.rank - 2)]
 
 
@@ -76,10 +78,12 @@ def bending_energy(ddf: Any) -> tf.Tensor:
         float32 ``[B]`` in voxel⁻² (the displacement being in voxels).
 
     Raises:
-        ValueError: when the last axis is not ``n`` or a spatial side is shorter than 5.
+        ValueError: when the last axis is not ``n``, a spatial side is shorter than 5, or an
+            eager ``ddf`` holds NaN or Inf.
     """
     ddf = check_ddf(ddf, "ddf")
     _check_sides(ddf, 5, "the bending energy")
+    check_finite(ddf, "ddf")
     n = ddf.shape.rank - 2
     first = [_difference(ddf, d) for d in range(n)]
     energy = 0.0

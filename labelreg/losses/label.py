@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.ops import check_image, gaussian_filter
+from labelreg.ops import check_finite, check_image, gaussian_filter
 
 __all__ = [
     "dice_loss",
@@ -45,7 +45,9 @@ def check_pair(
         ``(a, b)`` as float32 tensors.
 
     Raises:
-        ValueError: when a rank is not 4 or 5 or the (static) shapes differ.
+        ValueError: when an input is not real-valued, a rank is not 4 or 5, the (static) shapes
+            differ, or an eager input holds NaN or Inf (inside a compiled graph the values are
+            not read, and a non-finite input gives a non-finite result).
     """
     a, b = check_image(a, names[0]), check_image(b, names[1])
     if not a.shape.is_compatible_with(b.shape):
@@ -53,6 +55,8 @@ def check_pair(
             f"{names[0]} and {names[1]} must have the same shape; received {names[0]} shape "
             f"{tuple(a.shape)} and {names[1]} shape {tuple(b.shape)}."
         )
+    check_finite(a, names[0])
+    check_finite(b, names[1])
     return a, b
 
 

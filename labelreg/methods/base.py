@@ -95,6 +95,11 @@ class Method:
         """A few words for the first log line, e.g. ``"16 pairs"``."""
         return "the configured data"
 
+    def case_names(self, indices: Sequence[int]) -> list[str]:
+        """Names of training cases by their ``case_index`` in a batch, for log lines (e.g. the
+        cases of a batch whose loss was not finite)."""
+        return [f"case {int(i)}" for i in indices]
+
     def build(self) -> dict[str, keras.Model]:
         """Create the models (weights built) and return them as ``{key: model}``. The trainer
         calls it inside its ``tf.distribute`` scope and stores the result in :attr:`models`."""
@@ -155,8 +160,16 @@ class Method:
         return {key: keras.saving.deserialize_keras_object(config)
                 for key, config in description["models"].items()}
 
-    def infer(self) -> list[str]:
-        """Run inference as the config says; return lines summarising what was done."""
+    def infer(self, overwrite: bool = False) -> list[str]:
+        """Run inference as the config says; return lines summarising what was done.
+
+        Args:
+            overwrite: redo outputs an earlier run already completed (``inference.py
+                --overwrite``); a method that always rewrites everything ignores it.
+
+        Raises:
+            PartialFailure: some items failed and the others were written (exit code 1).
+        """
         raise NotImplementedError(f"{type(self).__name__} has no inference")
 
     def checkpoint_for_export(self) -> tuple[str | os.PathLike, dict[str, Any]]:

@@ -173,7 +173,7 @@ class CoMIR(Method):
 
     # -- inference and export -------------------------------------------------------------------
 
-    def infer(self) -> list[str]:
+    def infer(self, overwrite: bool = False) -> list[str]:
         """Write the CoMIR of every test image (float32 TIFF and PNG preview)."""
         cfg = self.cfg
         ensure_data(cfg)

@@ -106,7 +106,7 @@ class DeepSimFeatures(Method):
             models["model"](tf.zeros([1, *shape, 1]))
         return models
 
-    def infer(self) -> list[str]:
+    def infer(self, overwrite: bool = False) -> list[str]:
         """Per-class Dice (or the autoencoder's error) on the validation stacks."""
         from labelreg.engine.checkpoints import load_trained_run
 

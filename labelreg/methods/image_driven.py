@@ -175,9 +175,9 @@ class ImageDriven(PairwiseMethod):
             fore(pair["moving_label"]), fore(out["warped_label"]))
         return {"middle_slice/fixed_moving_warped": picture}
 
-    def infer(self) -> list[str]:
+    def infer(self, overwrite: bool = False) -> list[str]:
         if not self.stack_mode:
-            return super().infer()
+            return super().infer(overwrite)
         return self._infer_stacks()
 
     def _infer_stacks(self) -> list[str]:

@@ -312,7 +312,7 @@ class LearnSim(Method):
 
     # -- inference ------------------------------------------------------------------------------
 
-    def infer(self) -> list[str]:
+    def infer(self, overwrite: bool = False) -> list[str]:
         from labelreg.engine.checkpoints import load_trained_run
 
         self._ensure_data()

@@ -11,7 +11,7 @@ and its config loader.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -21,9 +21,10 @@ from labelreg import metrics, ops
 from labelreg._tf import tf
 from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
+from labelreg.data.pipeline import CaseCache
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.summaries import middle_slice_panel
-from labelreg.errors import DataError
+from labelreg.errors import DataError, PartialFailure
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network
@@ -96,6 +97,12 @@ class PairwiseMethod(Method):
                 data["dir_valid_moving_image"], data["dir_valid_fixed_image"],
                 data["dir_valid_moving_label"], data["dir_valid_fixed_label"])
         self.spacing_table = tf.constant(_spacings(self.paired, tuple(data["voxel_spacing"])))
+        # Every training file is read (and checked) now, so unreadable data end the run before
+        # a run folder exists; the training stream reuses what was read.
+        self.cache = CaseCache(self.paired, normalise=self.normalise)
+
+    def case_names(self, indices: Sequence[int]) -> list[str]:
+        return [self.paired.names[int(i)] for i in indices]
 
     def describe_data(self) -> str:
         return f"{self.paired.num_cases} pairs"
@@ -106,13 +113,18 @@ class PairwiseMethod(Method):
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
-                                  start_step=start_step, normalise=self.normalise)
+                                  start_step=start_step, normalise=self.normalise,
+                                  cache=getattr(self, "cache", None))
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         data = self.cfg["Data"]
         if data["augmentation"]:
             seed = step_seed(int(self.cfg["Train"]["seed"]), batch["step"])
-            batch = augment_batch(batch, float(data["affine_scale"]), seed)
+            # Under several replicas a batch is a slice of the global batch; its samples take
+            # the transforms of their positions in it, as on one device.
+            batch = augment_batch(batch, float(data["affine_scale"]), seed,
+                                  sample_index=batch.get("sample_index"),
+                                  num_samples=int(self.cfg["Train"]["minibatch_size"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
     # -- model ----------------------------------------------------------------------------------
@@ -258,11 +270,11 @@ class PairwiseMethod(Method):
 
     # -- inference and export -------------------------------------------------------------------
 
-    def infer(self) -> list[str]:
+    def infer(self, overwrite: bool = False) -> list[str]:
         from labelreg.infer import infer
 
         self._ensure_demo_data()
-        result = infer(self.cfg, log=self.log)
+        result = infer(self.cfg, log=self.log, overwrite=overwrite)
         lines = [f"wrote {len(result.cases)} registered pair(s) to {result.dir_save}"]
         if result.rows:
             lines.append(
@@ -270,6 +282,11 @@ class PairwiseMethod(Method):
                 f"after {result.mean('dice'):.3f}; centroid distance: before "
                 f"{result.mean('centroid_distance_mm_before'):.2f} mm, after "
                 f"{result.mean('centroid_distance_mm'):.2f} mm")
+        if result.failed:
+            names = ", ".join(pair.case for pair in result.failed[:5])
+            more = ", ..." if len(result.failed) > 5 else ""
+            raise PartialFailure(f"{len(result.failed)} pair(s) failed ({names}{more}); see "
+                                 f"{result.dir_save / 'failed.csv'}", lines)
         return lines
 
     def checkpoint_for_export(self) -> tuple[Any, dict[str, Any]]:

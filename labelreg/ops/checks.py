@@ -19,6 +19,28 @@ def _describe(shape: Any) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
+def _real_tensor(x: Any, name: str) -> tf.Tensor:
+    """``x`` as a tensor of its own dtype, refused unless it holds real numbers (float, integer
+    or bool): a cast would silently drop an imaginary part, and text cannot be cast."""
+    try:
+        t = tf.convert_to_tensor(x)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must be a numeric array or tensor [batch, *spatial, channels]; received a "
+            f"{type(x).__name__} that cannot be converted to a tensor ({err})."
+        ) from None
+    if t.dtype.is_complex:
+        raise ValueError(
+            f"{name} must hold real numbers; received dtype {t.dtype.name} (pass tf.math.real "
+            "or tf.abs of it explicitly)."
+        )
+    if not (t.dtype.is_floating or t.dtype.is_integer or t.dtype.is_bool):
+        raise ValueError(
+            f"{name} must be numeric (float, integer or bool); received dtype {t.dtype.name}."
+        )
+    return t
+
+
 def spatial_rank(x: tf.Tensor) -> int:
     """Number of spatial axes of a channels-last batch ``[B, *S, C]``."""
     return x.shape.rank - 2
@@ -39,9 +61,10 @@ def check_image(
         ``x`` as a float32 ``tf.Tensor``.
 
     Raises:
-        ValueError: when the rank or the channel count is not the expected one.
+        ValueError: when ``x`` is not a real numeric array (complex, text, ragged), or the rank
+            or the channel count is not the expected one.
     """
-    t = tf.convert_to_tensor(x)
+    t = _real_tensor(x, name)
     if t.dtype != tf.float32:
         t = tf.cast(t, tf.float32)
     rank = t.shape.rank
@@ -70,10 +93,16 @@ def check_ddf(ddf: Any, name: str = "ddf", ndim: int | None = None) -> tf.Tensor
     """Convert a dense displacement field ``[B, *S, n]`` and check that ``n == len(S)``.
 
     Raises:
-        ValueError: when the rank is not 4 or 5, or the number of displacement components (the
-            last axis) differs from the number of spatial axes.
+        ValueError: when ``ddf`` is not a real numeric array (a bool field is refused too), the
+            rank is not 4 or 5, or the number of displacement components (the last axis)
+            differs from the number of spatial axes.
     """
-    t = check_image(ddf, name, ndim=ndim)
+    t = _real_tensor(ddf, name)
+    if t.dtype.is_bool:
+        raise ValueError(
+            f"{name} must hold displacements in voxels (float); received dtype bool."
+        )
+    t = check_image(t, name, ndim=ndim)
     n = spatial_rank(t)
     if t.shape[-1] is not None and t.shape[-1] != n:
         raise ValueError(
@@ -93,6 +122,11 @@ def check_finite(x: Any, name: str) -> None:
     if isinstance(x, np.ndarray):
         values = x
     elif tf.is_tensor(x) and tf.executing_eagerly() and hasattr(x, "numpy"):
+        if not (x.dtype.is_floating or x.dtype.is_complex):
+            return  # integers and booleans are always finite
+        magnitude = tf.math.abs(x) if x.dtype.is_complex else x
+        if bool(tf.reduce_all(tf.math.is_finite(magnitude))):
+            return  # the common case, without copying the values to the host
         values = x.numpy()
     else:
         return

@@ -19,6 +19,7 @@ __all__ = ["warp", "sample"]
 
 _INTERPOLATIONS = ("linear", "nearest")
 _FILL_MODES = ("constant", "nearest")
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _validate_options(interpolation: str, fill_mode: str) -> None:
@@ -33,8 +34,14 @@ def _validate_options(interpolation: str, fill_mode: str) -> None:
 def _sample(
     image: tf.Tensor, coords: tf.Tensor, interpolation: str, fill_mode: str, fill_value: float
 ) -> tf.Tensor:
-    """Sample ``image [B, *S_in, C]`` at voxel coordinates ``coords [B, *S_out, n]``."""
+    """Sample ``image [B, *S_in, C]`` at voxel coordinates ``coords [B, *S_out, n]``.
+
+    Where a coordinate is NaN or infinite the output is NaN: such a point has no place in the
+    image, and the clamping below would otherwise turn it into the fill value or a border voxel,
+    a plausible-looking number that would hide the bad displacement.
+    """
     n = coords.shape[-1]
+    finite = tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1, keepdims=True)
     in_shape = tf.shape(image)
     batch = in_shape[0]
     channels = in_shape[-1]
@@ -67,7 +74,7 @@ def _sample(
         values = tf.gather(flat, index)
         if valid is not None:
             values = tf.where(valid[..., None], values, tf.cast(fill_value, values.dtype))
-        return values
+        return _nan_unless(finite, values)
 
     # Linear: per axis, the lower corner index, and the weights of the lower and upper
     # corners. In constant mode a corner outside the grid keeps its weight out of the sum and the
@@ -105,7 +112,12 @@ def _sample(
             total_weight = weight if total_weight is None else total_weight + weight
     if total_weight is not None:
         result = result + fill_value * (1.0 - total_weight)[..., None]
-    return result
+    return _nan_unless(finite, result)
+
+
+def _nan_unless(finite: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """``values [B, *S, C]`` with NaN wherever ``finite [B, *S, 1]`` is false."""
+    return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
 
 
 def _warp(
