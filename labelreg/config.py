@@ -729,6 +729,9 @@ _TRAIN_DOCS = {
                 "docs/distributed.md).",
     "precision": "Arithmetic of the networks: float32, or mixed_bfloat16 (bfloat16 convolutions "
                  "with float32 weights; losses, the DDF and the warp stay float32).",
+    "keep_best": "Also keep the checkpoint with the best validation figure in <dir_run>/best "
+                 "(dice: highest median gland Dice; tre: lowest median landmark TRE); none = "
+                 "only the latest checkpoints.",
     "gradient_checkpointing": "Recompute each network block's activations in the backward pass "
                               "instead of keeping them (less memory for large volumes, more "
                               "time).",
@@ -768,6 +771,7 @@ def train_section(**defaults: Any) -> dict[str, Key]:
         "precision": Key("str", "float32", _TRAIN_DOCS["precision"],
                          choices=("float32", "mixed_bfloat16")),
         "gradient_checkpointing": Key("bool", False, _TRAIN_DOCS["gradient_checkpointing"]),
+        "keep_best": Key("str", "none", _TRAIN_DOCS["keep_best"], choices=("none", "dice", "tre")),
     }
     for name, value in defaults.items():
         if name not in keys:
@@ -823,6 +827,9 @@ def check_train(cfg: Config) -> None:
     """Checks of ``[Train]`` that every method shares."""
     if cfg["Train"]["learning_rate"] <= 0:
         raise fail(cfg, "Train", "learning_rate", "expected a number > 0.")
+    if cfg["Train"]["keep_best"] != "none" and not cfg["Train"]["validate"]:
+        raise fail(cfg, "Train", "keep_best", "needs [Train] validate = true (the best "
+                   "checkpoint is chosen on the validation figures).")
 
 
 # --------------------------------------------------------------------------------------------

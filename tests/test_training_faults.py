@@ -4,6 +4,7 @@ a bad strategy setting fail before a run folder exists."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -43,7 +44,8 @@ class Faulty(Method):
         schema = {
             "Method": method_section(cls.name),
             "Toy": {"bad_steps": Key("int_list", (), "Steps with a NaN loss."),
-                    "bad_gradient_steps": Key("int_list", (), "Steps with a NaN gradient.")},
+                    "bad_gradient_steps": Key("int_list", (), "Steps with a NaN gradient."),
+                    "validation": Key("float_list", (), "Validation figure at each check.")},
             "Train": train_section(learning_rate=0.1, minibatch_size=2, freq_info_print=1,
                                    freq_model_save=2, total_iterations=6),
         }
@@ -57,6 +59,14 @@ class Faulty(Method):
                                                      kernel_initializer="zeros")])
         model(np.ones((1, 1), np.float32))
         return {"model": model}
+
+    def validate(self):
+        scripted = self.cfg["Toy"]["validation"]
+        if not scripted:
+            return {}
+        self.checks = getattr(self, "checks", 0) + 1
+        value = scripted[self.checks - 1]
+        return {"dice": value, "tre_mm": value}
 
     def case_names(self, indices):
         return [("left.nii.gz", "right.nii.gz")[i] for i in indices]
@@ -88,7 +98,8 @@ def _faulty_method():
 
 
 def _toy_config(tmp_path: Path, **train: object) -> config.Config:
-    toy = {k: train.pop(k) for k in ("bad_steps", "bad_gradient_steps") if k in train}
+    toy = {k: train.pop(k) for k in ("bad_steps", "bad_gradient_steps", "validation")
+           if k in train}
     lines = "".join(f"{k} = {v}\n" for k, v in train.items())
     toy_lines = "".join(f"{k} = {v}\n" for k, v in toy.items())
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -154,6 +165,46 @@ def test_cli_reports_the_stop_with_exit_code_2(tmp_path, capsys):
     cfg = _toy_config(tmp_path, total_iterations=4, bad_steps="[1, 2]", max_nonfinite_steps=2)
     assert train_main([str(cfg.path)]) == 2
     assert "max_nonfinite_steps" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# keep_best: the checkpoint with the best validation figure is kept beside the latest ones.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("choice", "best_step"), [("dice", 4), ("tre", 2)])
+def test_keep_best_keeps_the_best_validated_checkpoint(tmp_path, choice, best_step):
+    # Checks at steps 2, 4, 6 score 0.5, 0.8, 0.6: dice keeps step 4, tre (lower) step 2.
+    cfg = _toy_config(tmp_path, total_iterations=6, validation="[0.5, 0.8, 0.6]",
+                      keep_best=choice)
+    result = train(Faulty(cfg, log=print))
+    assert result.best["step"] == best_step
+    best_dir = tmp_path / "run" / "best"
+    record = json.loads((best_dir / "best.json").read_text())
+    assert record["step"] == best_step and record["value"] == (0.8 if choice == "dice" else 0.5)
+    kept = tf.train.latest_checkpoint(str(best_dir))
+    regular = str(tmp_path / "run" / CHECKPOINT_SUBDIR / f"model.ckpt-{best_step}")
+    for name, _ in tf.train.list_variables(kept):
+        if name.startswith("model/"):
+            np.testing.assert_array_equal(tf.train.load_checkpoint(kept).get_tensor(name),
+                                          tf.train.load_checkpoint(regular).get_tensor(name))
+    # The best folder is a checkpoint a user can name for inference or export.
+    from labelreg.engine.checkpoints import resolve_checkpoint
+
+    assert resolve_checkpoint(best_dir) == (kept, tmp_path / "run")
+
+
+def test_keep_best_survives_a_resume(tmp_path):
+    cfg = _toy_config(tmp_path, total_iterations=4, validation="[0.9, 0.7]", keep_best="dice")
+    train(Faulty(cfg, log=print))
+    longer = _toy_config(tmp_path, total_iterations=6, validation="[0.8]", keep_best="dice")
+    result = train(Faulty(longer, log=print))  # resumes at 4; its one check scores 0.8
+    assert result.best["step"] == 2 and result.best["value"] == 0.9
+
+
+def test_keep_best_without_validation_is_a_config_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="keep_best"):
+        _toy_config(tmp_path, keep_best="dice", validate="false")
 
 
 # --------------------------------------------------------------------------------------------

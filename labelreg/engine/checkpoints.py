@@ -25,6 +25,7 @@ from labelreg.errors import DataError
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
+    "BEST_SUBDIR",
     "MODEL_FILE",
     "atomic_write_text",
     "save_model_description",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 CHECKPOINT_SUBDIR = "checkpoints"
+#: Where ``[Train] keep_best`` keeps the checkpoint with the best validation figure.
+BEST_SUBDIR = "best"
 MODEL_FILE = "model.json"
 
 
@@ -65,11 +68,13 @@ def prepare_run_dir(run_dir: str | os.PathLike, fresh: bool, log: Callable[[str]
             pass
     except OSError as err:
         raise DataError(f"{run_dir}: cannot write the run folder ({setting}): {err}") from err
-    ckpt_dir = run_dir / CHECKPOINT_SUBDIR
-    if fresh and ckpt_dir.exists():
-        aside = run_dir / f"{CHECKPOINT_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(ckpt_dir), str(aside))
-        log(f"starting fresh: previous checkpoints moved to {aside}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for subdir in (CHECKPOINT_SUBDIR, BEST_SUBDIR):
+        folder = run_dir / subdir
+        if fresh and folder.exists():
+            aside = run_dir / f"{subdir}.{stamp}"
+            shutil.move(str(folder), str(aside))
+            log(f"starting fresh: previous {subdir} moved to {aside}")
     return run_dir
 
 
@@ -248,7 +253,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Path]:
 
     Accepts a checkpoint prefix as ``training.py`` writes it (``<run>/checkpoints/model.ckpt-500``),
     label-reg's ``file_model_save`` prefix (``<run>/model.ckpt``: the latest checkpoint of
-    ``<run>/checkpoints/`` is used), a checkpoints folder, or a run folder.
+    ``<run>/checkpoints/`` is used), a checkpoints folder, the best-checkpoint folder
+    ``<run>/best`` (``[Train] keep_best``), or a run folder.
 
     Returns:
         ``(checkpoint_prefix, run_dir)``.
@@ -259,12 +265,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Path]:
     path = Path(path)
     candidates: list[tuple[Path, Path]] = []
     if Path(f"{path}.index").exists():
-        run = path.parent.parent if path.parent.name == CHECKPOINT_SUBDIR else path.parent
-        return str(path), run
+        in_subdir = path.parent.name in (CHECKPOINT_SUBDIR, BEST_SUBDIR)
+        return str(path), path.parent.parent if in_subdir else path.parent
     for folder, run in (
-        (path.parent / CHECKPOINT_SUBDIR, path.parent),
+        (path, path.parent),  # a folder of checkpoints: checkpoints/ or best/
         (path / CHECKPOINT_SUBDIR, path),
-        (path, path.parent),
+        (path.parent / CHECKPOINT_SUBDIR, path.parent),
     ):
         candidates.append((folder, run))
         if folder.is_dir():

@@ -14,6 +14,7 @@ the method (:class:`labelreg.methods.base.Method`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import sys
@@ -22,13 +23,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 
 from labelreg._tf import tf
 from labelreg.config import Config
 from labelreg.engine.checkpoints import (
+    BEST_SUBDIR,
     CHECKPOINT_SUBDIR,
+    atomic_write_text,
     make_checkpoint,
     prepare_run_dir,
     restore_latest,
@@ -67,6 +71,8 @@ class TrainResult:
     input_share: float = float("nan")
     #: Steps whose loss or gradients were not finite (not applied).
     skipped_steps: list[int] = field(default_factory=list)
+    #: ``{"metric", "value", "step", "checkpoint"}`` of the best checkpoint (``keep_best``).
+    best: dict[str, Any] = field(default_factory=dict)
 
 
 def choose_strategy(kind: str = "default") -> tf.distribute.Strategy:
@@ -109,6 +115,50 @@ def _interval_means(values: list[dict[str, tf.Tensor]]) -> dict[str, float]:
     if any(not math.isfinite(step["loss"]) for step in host):
         means["loss"] = float("nan")
     return means
+
+
+#: ``[Train] keep_best`` -> (validation key, +1 when higher is better, -1 when lower is).
+BEST_FIGURES = {"dice": ("dice", 1.0), "tre": ("tre_mm", -1.0)}
+
+
+class BestCheckpoint:
+    """The checkpoint with the best validation figure, in ``<run>/best`` with ``best.json``
+    (``{"metric", "value", "step", "checkpoint"}``), carried over a resumed run."""
+
+    def __init__(self, choice: str, checkpoint: tf.train.Checkpoint, run_dir: Path,
+                 name: str, log: Callable[[str], None]) -> None:
+        self.key, self.sign = BEST_FIGURES[choice]
+        self.log = log
+        self.folder = run_dir / BEST_SUBDIR
+        self.manager = tf.train.CheckpointManager(checkpoint, str(self.folder), max_to_keep=1,
+                                                  checkpoint_name=name)
+        self.record: dict[str, Any] = {}
+        self.warned = False
+        path = self.folder / "best.json"
+        if path.exists():
+            try:
+                self.record = json.loads(path.read_text(encoding="utf-8"))
+                float(self.record["value"])
+            except (ValueError, KeyError, TypeError, OSError):
+                log(f"warning: {path} is unreadable; the best checkpoint starts over")
+                self.record = {}
+
+    def offer(self, step: int, values: dict[str, float]) -> None:
+        """Save the models as the best checkpoint if ``values`` beat the best so far."""
+        value = values.get(self.key)
+        if value is None or not math.isfinite(value):
+            if not self.warned:
+                self.log(f"warning: [Train] keep_best needs the validation figure "
+                         f"{self.key!r}, which this validation does not give "
+                         f"({', '.join(values) or 'no validation data'})")
+                self.warned = True
+            return
+        if self.record and self.sign * value <= self.sign * float(self.record["value"]):
+            return
+        path = self.manager.save(checkpoint_number=step)
+        self.record = {"metric": self.key, "value": value, "step": step, "checkpoint": path}
+        atomic_write_text(self.folder / "best.json", json.dumps(self.record, indent=2) + "\n")
+        self.log(f"best {self.key} so far ({value:.4f}): kept {path}")
 
 
 def as_method(target: Method | Config, log: Callable[[str], None] | None = None) -> Method:
@@ -202,6 +252,11 @@ def train(target: Method | Config, fresh: bool = False,
         save_model_description(method.models, run_dir, method=method.name, **method.meta())
     result = TrainResult(run_dir=run_dir, first_step=first_step, last_step=first_step,
                          checkpoint=restored)
+    best = None
+    if chief and train_cfg["keep_best"] != "none":
+        best = BestCheckpoint(train_cfg["keep_best"], checkpoint, run_dir,
+                              _checkpoint_name(method), log)
+        result.best = best.record
     if first_step >= total:
         log(f"already trained to step {first_step} of {total}; nothing to do")
         return result
@@ -249,6 +304,9 @@ def train(target: Method | Config, fresh: bool = False,
                 log(f"validation at step {step}: "
                     + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
                 writer.scalars(step, values, prefix="validation")
+            if best is not None:
+                best.offer(step, values)
+                result.best = best.record
         for tag, picture in method.pictures().items():
             writer.image(step, tag, picture)
 
