@@ -110,6 +110,11 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
                              "labelreg or comir)")
     parser.add_argument("--version", type=int, default=None,
                         help="version for --export (default: next free integer)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
+                        help="arithmetic of the exported networks (--export; default float32): "
+                             "bfloat16 convolutions are about 1.6x faster on CPUs with AVX-512 "
+                             "BF16, the DDF and the warp stay float32; for inference itself set "
+                             "[Inference] precision")
     args = parser.parse_args(argv)
     try:
         method, _ = _load(args.config, args.overrides)
@@ -117,6 +122,8 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
             from labelreg.export import export_saved_model
 
             source, options = method.checkpoint_for_export()
+            if args.precision:
+                options["precision"] = args.precision
             path = export_saved_model(source, args.export, args.name or method.name,
                                       args.version, **options)
             print(f"exported {path}")

@@ -52,6 +52,7 @@ from labelreg.data.pipeline import normalise_intensity
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
 from labelreg.networks.apply import network_ddf, register_pair
+from labelreg.networks.precision import with_precision
 from labelreg.visualise import overlay_figure
 
 __all__ = ["InferenceResult", "FailedPair", "infer",
@@ -600,6 +601,8 @@ def infer(cfg: Config, log: Callable[[str], None] = print,
     _check_writable(dir_save)
     pairs = _TestPairs(inf)
     model, meta, prefix = load_trained_model(inf["file_model_saved"])
+    # bfloat16 convolutions on the float32-trained weights; the DDF and the warps stay float32.
+    model = with_precision(model, inf["precision"])
     if pairs.ndim is not None and pairs.ndim != model.ndim:
         raise DataError(
             f"{inf['dir_fixed_image']}: {pairs.ndim}-D images, but the model in {prefix} is "

@@ -674,11 +674,6 @@ def test_normalising_huge_intensities_stays_finite(low: float, high: float) -> N
     np.testing.assert_allclose(out.ravel(), np.linspace(0.0, 1.0, 9), atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "labelreg/export/registration.py normalise_intensity subtracts in float32, so an intensity "
-    "range beyond float32 gives inf/NaN in the served network input; it should halve image, "
-    "low and high before subtracting (exact in binary floating point), as "
-    "labelreg.data.pipeline.normalise_intensity does"))
 def test_served_normalisation_of_huge_intensities_stays_finite() -> None:
     from labelreg import export
 

@@ -12,10 +12,11 @@ restores a training run of any method and exports the signatures its method defi
 (:meth:`labelreg.methods.base.Method.serving_endpoints`); :func:`export_onnx` converts a run's
 ``serving_default`` signature with tf2onnx.
 
-Metadata: the description (method, the networks' Keras configs, the training meta and step, the
-signatures) and the run's ``config.ini`` are written to ``assets.extra/labelreg/`` and are also
-inside the SavedModel as the variables ``training_step`` (int64) and ``model_description`` (a
-JSON string), readable with TensorFlow alone: ``tf.saved_model.load(path).training_step[0]``.
+Metadata: the description (method, the networks' Keras configs, the training meta and step,
+the precision the signatures compute with, the signatures) and the run's ``config.ini`` are
+written to ``assets.extra/labelreg/`` and are also inside the SavedModel as the variables
+``training_step`` (int64) and ``model_description`` (a JSON string), readable with TensorFlow
+alone: ``tf.saved_model.load(path).training_step[0]``.
 
 XLA: :func:`labelreg.warp` is compiled with XLA in training, but TF-Serving's stock CPU server does
 not run XLA clusters by default, so signatures are traced inside
@@ -251,11 +252,18 @@ def export_endpoints(
         return _write_archive(archive, model_dir, version, files)
 
 
-def _run_endpoints(model_dir_or_checkpoint: str | os.PathLike, options: dict[str, Any]):
+def _run_endpoints(
+    model_dir_or_checkpoint: str | os.PathLike, options: dict[str, Any],
+    precision: str = "float32",
+):
     from labelreg.engine.checkpoints import load_trained_run
+    from labelreg.networks.precision import with_precision
 
     run = load_trained_run(model_dir_or_checkpoint)
-    endpoints = run.method.serving_endpoints(run.models, run.meta, **options)
+    # Every model of the run is given the precision before the method builds its signatures,
+    # so the option works for any method (and a float32 model is used as it is).
+    models = {key: with_precision(model, precision) for key, model in run.models.items()}
+    endpoints = run.method.serving_endpoints(models, run.meta, **options)
     return run, endpoints
 
 
@@ -266,6 +274,7 @@ def export_saved_model(
     version: int | None = None,
     *,
     jit_compile: bool = False,
+    precision: str = "float32",
     **options: Any,
 ) -> Path:
     """Export a trained run of any method as a TF-Serving model version ``base_dir/name/version/``.
@@ -278,6 +287,12 @@ def export_saved_model(
         version: a positive int, or ``None`` for the next free integer. An existing version is
             never overwritten.
         jit_compile: trace with XLA (off by default, for TF-Serving's stock server).
+        precision: ``"float32"``, or ``"bfloat16"`` (alias ``"mixed_bfloat16"``): the
+            signatures run bfloat16 copies of the run's networks
+            (:func:`labelreg.networks.precision.with_precision`: the same float32 weights,
+            bfloat16 convolutions; a registration network's inputs, DDF and warps stay
+            float32). Recorded as ``meta.precision`` (the dtype policy, ``"float32"`` or
+            ``"mixed_bfloat16"``) in ``model.json``.
         **options: the method's export options (e.g. ``label_interpolation="nearest"`` for a
             registration network).
 
@@ -286,16 +301,19 @@ def export_saved_model(
 
     Raises:
         DataError: no checkpoint or model description, an existing version, an unwritable folder.
-        ConfigError: a bad name, version or option.
+        ConfigError: a bad name, version, precision or option.
     """
-    run, endpoints = _run_endpoints(model_dir_or_checkpoint, options)
+    from labelreg.networks.precision import policy_name
+
+    policy = policy_name(precision)  # a bad name fails before the run is restored
+    run, endpoints = _run_endpoints(model_dir_or_checkpoint, options, policy)
     config_path = run.run_dir / "config.ini"
     return export_endpoints(
         endpoints, base_dir, name or run.method.name, version,
         description={"method": run.method.name, "models": run.description["models"],
                      "meta": {**run.meta, **options,
                               **run.method.export_meta(run.models, **options),
-                              "checkpoint": str(run.prefix)}},
+                              "precision": policy, "checkpoint": str(run.prefix)}},
         step=training_step(run.prefix),
         config_text=config_path.read_text(encoding="utf-8") if config_path.is_file() else None,
         jit_compile=jit_compile,

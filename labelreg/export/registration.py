@@ -12,7 +12,9 @@ Signatures (``S_mov``/``S_fix``: any spatial sizes, the batch ``B`` is dynamic; 
                                   → ``ddf``, ``warped_moving_image``, ``warped_label``
 ================================  ===========================================================
 
-Units: float32 everywhere. ``ddf`` is in voxels of the moving image AS SENT, on the fixed
+Units: float32 everywhere, also in a bfloat16 export (``precision="bfloat16"``: the network's
+convolutions run in bfloat16, its weights, its DDF and everything after it stay float32; see
+:mod:`labelreg.networks.precision`). ``ddf`` is in voxels of the moving image AS SENT, on the fixed
 image's grid, axes in array order (``ij``): ``warped(x) = moving(x + ddf(x))``, the convention of
 :func:`labelreg.warp`. ``warped_moving_image`` is the moving image as sent (not normalised),
 warped linearly with zero outside. ``warped_label`` uses the interpolation chosen at export
@@ -57,6 +59,7 @@ from labelreg._tf import tf
 from labelreg.errors import ConfigError
 from labelreg.export.publish import SERVING_DEFAULT, export_endpoints
 from labelreg.networks.apply import register_pair
+from labelreg.networks.precision import model_precision, with_precision
 from labelreg.serving import SIGNATURES
 
 __all__ = [
@@ -95,11 +98,14 @@ def normalise_intensity(image: tf.Tensor) -> tf.Tensor:
         ``[B, *S, C]`` float32.
     """
     axes = list(range(1, image.shape.rank))
-    low = tf.reduce_min(image, axis=axes, keepdims=True)
-    high = tf.reduce_max(image, axis=axes, keepdims=True)
+    # Halved before subtracting (exact in binary floating point), so a range wider than the
+    # float32 maximum does not overflow to inf.
+    half = image * 0.5
+    low = tf.reduce_min(half, axis=axes, keepdims=True)
+    high = tf.reduce_max(half, axis=axes, keepdims=True)
     span = high - low
     positive = span > 0.0
-    scaled = (image - low) / tf.where(positive, span, tf.ones_like(span))
+    scaled = (half - low) / tf.where(positive, span, tf.ones_like(span))
     return tf.where(positive, scaled, tf.zeros_like(scaled))
 
 
@@ -176,9 +182,18 @@ class ServingFunctions:
         label_interpolation: ``"linear"`` or ``"nearest"`` for ``warped_label``.
         moving_channels: channels of the moving image the network takes.
         fixed_channels: channels of the fixed image the network takes.
+        precision: the network's arithmetic in the signatures, one of
+            :data:`labelreg.networks.precision.PRECISIONS` (``"bfloat16"``: a bfloat16 copy
+            of the network with the same weights, made by
+            :func:`~labelreg.networks.precision.with_precision`), or ``None`` to use ``model``
+            as it is.
+
+    Attributes:
+        precision: the dtype policy the signatures run the network with, ``"float32"`` or
+            ``"mixed_bfloat16"``.
 
     Raises:
-        ConfigError: for inconsistent shapes or an unknown interpolation.
+        ConfigError: for inconsistent shapes, an unknown interpolation or an unknown precision.
         ValueError: for a network that is not built yet.
     """
 
@@ -191,6 +206,7 @@ class ServingFunctions:
         label_interpolation: str = "linear",
         moving_channels: int = 1,
         fixed_channels: int = 1,
+        precision: str | None = None,
     ) -> None:
         ndim = len(tuple(fixed_shape))
         if ndim not in (2, 3) or len(tuple(moving_shape)) != ndim:
@@ -218,7 +234,10 @@ class ServingFunctions:
                 f"the network {model.name!r} is not built; call it once on a [moving, fixed] "
                 "pair (or restore it with labelreg.infer.load_trained_model) before exporting."
             )
+        if precision is not None:
+            model = with_precision(model, precision)
         self.model = model
+        self.precision = model_precision(model)
         self.grids = _Grids(ndim, tuple(int(s) for s in moving_shape),
                             tuple(int(s) for s in fixed_shape))
         self.normalise = bool(normalise)
@@ -377,6 +396,7 @@ def export_model(
     step: int | None = None,
     config_text: str | None = None,
     extra_meta: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> Path:
     """Export an in-memory registration network as ``base_dir/name/version/``.
 
@@ -393,16 +413,20 @@ def export_model(
         step: the training step to record.
         config_text: the run's INI text to record (``assets.extra/labelreg/config.ini``).
         extra_meta: more JSON-able entries for ``model.json``.
+        precision: ``"float32"``, or ``"bfloat16"`` (alias ``"mixed_bfloat16"``) to export a
+            bfloat16 copy of the network (same float32 weights, bfloat16 convolutions; the
+            inputs, the DDF and the warps stay float32). Recorded as ``meta.precision``
+            (the dtype policy, ``"float32"`` or ``"mixed_bfloat16"``) in ``model.json``.
 
     Returns:
         The version folder written.
 
     Raises:
-        ConfigError: for a bad name, version, shape or interpolation.
+        ConfigError: for a bad name, version, shape, interpolation or precision.
         DataError: when the version exists or the folder cannot be written.
     """
     functions = ServingFunctions(model, moving_shape, fixed_shape, normalise=normalise,
-                                 label_interpolation=label_interpolation)
+                                 label_interpolation=label_interpolation, precision=precision)
     description = {
         "method": "labelreg",
         "models": {"model": keras.saving.serialize_keras_object(model)},
@@ -412,6 +436,7 @@ def export_model(
             "fixed_shape": list(functions.grids.fixed_shape),
             "normalise": functions.normalise,
             "label_interpolation": label_interpolation,
+            "precision": functions.precision,
         },
     }
     return export_endpoints(functions.endpoints(), base_dir, name, version,

@@ -6,7 +6,9 @@
 - :class:`GraDIRN`: unrolled multi-resolution gradient descent with learned CNN corrections;
 - :class:`DeepSimUNet`: DeepSim's segmentation U-Net, whose encoder features make the ``deepsim``
   similarity (not a registration network);
-- :func:`get_network`, :func:`build_network`, :func:`register_network`: the INI-name registry.
+- :func:`get_network`, :func:`build_network`, :func:`register_network`: the INI-name registry;
+- :mod:`labelreg.networks.precision`: bfloat16 arithmetic (``precision_scope`` to build a network
+  under the ``mixed_bfloat16`` policy, ``with_precision`` for a bfloat16 copy of a trained one).
 
 Every registration network maps ``[moving_image, fixed_image]`` to a DDF ``[B, *S_fix, n]``
 applied as ``labelreg.ops.warp(moving_image, ddf)``.

@@ -61,7 +61,10 @@ class CompositeNet(RegistrationModel):
 
     Returns:
         ``ddf [B, *S_fix, n]``. ``forward`` returns ``ddf``, ``theta``, ``ddf_global`` and
-        ``ddf_local``; ``theta()`` returns ``theta`` alone.
+        ``ddf_local``; ``theta()`` returns ``theta`` alone. All are float32 under every dtype
+        policy: under ``mixed_bfloat16`` the two encoders and LocalNet's decoder compute in
+        bfloat16, while ``theta``, the warp of the moving image and the composition are
+        float32.
 
     Raises:
         ValueError: as :class:`~labelreg.networks.GlobalNet` and

@@ -112,7 +112,9 @@ class GlobalNet(RegistrationModel):
 
     Returns:
         ``ddf [B, *S_fix, n]`` in voxel units. ``forward`` also returns ``theta``; ``theta()``
-        returns ``theta`` alone.
+        returns ``theta`` alone. Both are float32 under every dtype policy: under
+        ``mixed_bfloat16`` only the encoder computes in bfloat16; the dense head, ``theta``
+        and the DDF made from it are float32.
 
     Raises:
         ValueError: for bad arguments; at call for a wrong rank, mismatched batches, NaN/Inf in

@@ -33,6 +33,7 @@ from labelreg import ops
 from labelreg._tf import tf
 from labelreg.networks.layers import (
     RegistrationModel,
+    as_float32,
     check_ndim,
     check_positive_int,
     conv_layer,
@@ -250,6 +251,12 @@ class GradientStep(keras.layers.Layer):
     ``U(±1/sqrt(fan_in))`` becomes ``RandomUniform`` with that bound. The first convolution's
     fan-in depends on the image channels, so the convolutions are created in ``build``.
 
+    Precision: the step itself (its inputs, ``tau``, the similarity gradient and the update of
+    ``u``) is float32 under every dtype policy; only the CNN follows the policy in force when
+    the layer is built, so under ``mixed_bfloat16`` its convolutions run in bfloat16 and its
+    correction is cast to float32 before it is subtracted. ``u`` is carried through all steps,
+    and bfloat16 roundings of ``u`` itself would accumulate over them.
+
     Args:
         ndim: 2 or 3.
         similarity: ``"ssd"`` or ``"ncc"``.
@@ -275,6 +282,7 @@ class GradientStep(keras.layers.Layer):
         train_scale: float = 10.0,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("dtype", "float32")  # the descent's arithmetic; see the docstring
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
         if similarity not in SIMILARITIES:
@@ -327,7 +335,7 @@ class GradientStep(keras.layers.Layer):
         x = tf.concat([ddf, target, warped], axis=-1)
         for conv in self.convs[:-1]:
             x = tf.nn.leaky_relu(conv(x), alpha=_LEAK)
-        correction = self.convs[-1](x)
+        correction = as_float32(self.convs[-1](x))
         step = self.tau * self.train_scale
         return ddf - step * gradient - correction
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = [
     "check_ndim",
@@ -188,12 +189,16 @@ def static_spatial_shape(x: tf.Tensor, name: str = "tensor") -> tuple[int, ...]:
 def resize_like(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """Resize ``x [B, *S_x, C]`` to the spatial shape of ``like [B, *S, C']`` (linear).
 
-    A no-op when the static shapes already agree.
+    A no-op when the static shapes already agree. The result has ``x``'s dtype: the
+    interpolation itself runs in float32 (``labelreg.ops.resize`` computes in float32), and a
+    bfloat16 ``x`` (a feature map under the ``mixed_bfloat16`` policy) is cast back, so that it
+    can be added to or concatenated with the other bfloat16 features of its block.
     """
     target = static_spatial_shape(like, "the resize target")
     if tuple(x.shape[1:-1]) == target:
         return x
-    return ops.resize(x, target)
+    out = ops.resize(x, target)
+    return out if out.dtype == x.dtype else tf.cast(out, x.dtype)
 
 
 def additive_upsampling(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
@@ -204,7 +209,7 @@ def additive_upsampling(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         like: a tensor whose spatial shape ``S`` is the target.
 
     Returns:
-        ``[B, *S, C]``.
+        ``[B, *S, C]``, in ``x``'s dtype (see :func:`resize_like`).
     """
     first, second = tf.split(resize_like(x, like), 2, axis=-1)
     return first + second
@@ -291,6 +296,57 @@ def pair_input(moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _grid_smaller_than_kernel(x: tf.Tensor, kernel_size: Sequence[int]) -> bool:
+    """Whether a static spatial size of ``x [B, *S, C]`` is smaller than the kernel."""
+    return any(s is not None and s < k for s, k in zip(x.shape[1:-1], kernel_size, strict=True))
+
+
+class _BFloat16SafeConv:
+    """``call`` of labelreg's convolutions: Keras's own, except under bfloat16 compute.
+
+    Two TensorFlow 2.21 CPU kernels give wrong GRADIENTS for bfloat16 (the forward pass is
+    right), and a mixed-precision training step meets both:
+
+    - ``BiasAddGrad`` (the gradient of ``tf.nn.bias_add``, which Keras uses for a
+      convolution's bias) sums in bfloat16: once the running sum reaches ~256 times the
+      per-voxel term, further terms round away, e.g. 0.25 instead of 1.44 for a 9x11x13x2
+      grid. The bias is added with ``tf.add`` instead, whose gradient is a ``Sum`` that
+      accumulates in float32.
+    - the oneDNN ``Conv3DBackpropFilterV2`` returns garbage (NaN, 1e28) and corrupts the heap
+      when a spatial size of the input is smaller than the kernel (e.g. a 2-voxel axis under a
+      3^3 kernel, a 4-voxel axis under 7^3; every grid tried whose sizes are all >= the kernel
+      was right). Such a layer runs in float32: its grid is a few voxels across, so this costs
+      nothing measurable.
+
+    Under float32 compute this is Keras's ``call`` unchanged.
+    """
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        if inputs.dtype != tf.bfloat16:
+            return super().call(inputs)
+        if self.rank == 3 and _grid_smaller_than_kernel(inputs, self.kernel_size):
+            outputs = self.convolution_op(tf.cast(inputs, tf.float32),
+                                          tf.cast(self.kernel, tf.float32))
+            outputs = tf.cast(outputs, inputs.dtype)
+        else:
+            outputs = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            outputs = tf.add(outputs, tf.cast(self.bias, outputs.dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="labelreg")
+class Conv2D(_BFloat16SafeConv, keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` with correct bfloat16 gradients on CPU (see ``conv_layer``)."""
+
+
+@keras.saving.register_keras_serializable(package="labelreg")
+class Conv3D(_BFloat16SafeConv, keras.layers.Conv3D):
+    """``keras.layers.Conv3D`` with correct bfloat16 gradients on CPU (see ``conv_layer``)."""
+
+
 def conv_layer(
     ndim: int,
     filters: int,
@@ -303,8 +359,14 @@ def conv_layer(
     activation: Any = None,
     name: str | None = None,
 ) -> keras.layers.Layer:
-    """A "SAME"-padded ``Conv2D``/``Conv3D`` (no bias by default, Glorot-uniform as label-reg)."""
-    cls = keras.layers.Conv2D if ndim == 2 else keras.layers.Conv3D
+    """A "SAME"-padded ``Conv2D``/``Conv3D`` (no bias by default, Glorot-uniform as label-reg).
+
+    The layer is a ``keras.layers.Conv2D``/``Conv3D`` with the same variables; under bfloat16
+    compute it works around two CPU kernels whose bfloat16 gradients are wrong (see
+    ``_BFloat16SafeConv``), so mixed-precision training gets the float32 gradients to
+    bfloat16 rounding.
+    """
+    cls = Conv2D if ndim == 2 else Conv3D
     return cls(
         filters,
         kernel_size,
@@ -319,9 +381,16 @@ def conv_layer(
 
 
 def batch_norm(name: str | None = None) -> keras.layers.BatchNormalization:
-    """label-reg's batch norm: offset ``beta`` only (``scale=False``), epsilon 1e-3."""
+    """label-reg's batch norm: offset ``beta`` only (``scale=False``), epsilon 1e-3.
+
+    Built under a ``tf.distribute`` strategy with several replicas, its batch statistics are
+    taken over the global batch (synchronised), so a step on R replicas normalises as one
+    device would; on one device the usual two-pass moments are kept."""
+    synchronized = tf.distribute.has_strategy() and \
+        tf.distribute.get_strategy().num_replicas_in_sync > 1
     return keras.layers.BatchNormalization(
-        center=True, scale=False, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
+        center=True, scale=False, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name,
+        synchronized=synchronized,
     )
 
 
@@ -595,6 +664,9 @@ class Encoder(keras.layers.Layer):
         self.bottom = ConvBlock(
             self.ndim, c * 2**self.num_levels, 3, name=f"deep_{self.num_levels}"
         )
+        # Built inside remat_scope ([Train] gradient_checkpointing): each block's activations
+        # are recomputed in the backward pass instead of kept.
+        self.checkpointing = remat_enabled()
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         shape = tuple(input_shape)
@@ -617,9 +689,9 @@ class Encoder(keras.layers.Layer):
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         skips = []
         for block in self.down_blocks:
-            x, skip = block(x, training=training)
+            x, skip = checkpointed(block, self.checkpointing, training=training)(x)
             skips.append(skip)
-        return self.bottom(x, training=training), skips
+        return checkpointed(self.bottom, self.checkpointing, training=training)(x), skips
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -654,7 +726,8 @@ class AffineRegressor(keras.layers.Layer):
         training: batch-norm mode.
 
     Returns:
-        ``theta [B, n, n+1]``.
+        ``theta [B, n, n+1]``, float32 under every dtype policy (the encoder follows the
+        policy, the dense head is float32).
     """
 
     def __init__(self, ndim: int, num_channel_initial: int = 8, **kwargs: Any) -> None:
@@ -663,10 +736,16 @@ class AffineRegressor(keras.layers.Layer):
         self.num_channel_initial = check_positive_int(num_channel_initial, "num_channel_initial")
         self.encoder = Encoder(self.ndim, self.num_channel_initial, name="encoder")
         n = self.ndim
+        # Always float32, whatever the dtype policy: theta is close to [I | 0], and bfloat16's
+        # spacing near 1 is 2**-7, so a bfloat16 matrix entry would be off by up to 0.004,
+        # i.e. up to 0.25 voxel at the far side of a 64-voxel grid; a translation of 20 voxels
+        # would be off by up to 0.06 voxel. The layer is one small matmul, so float32 costs
+        # nothing measurable; its bfloat16 input features are cast to float32 on entry.
         self.dense = keras.layers.Dense(
             n * (n + 1),
             kernel_initializer="zeros",
             bias_initializer=keras.initializers.Constant(identity_theta_flat(n).tolist()),
+            dtype="float32",
             name="affine",
         )
 
@@ -711,6 +790,13 @@ class RegistrationModel(keras.Model):
     the two shapes differ, the moving image is resized to the fixed shape only to form the
     network's input.
 
+    Precision: the networks' layers follow the Keras dtype policy in force when the network
+    is created (see :mod:`labelreg.networks.precision`). Under ``mixed_bfloat16`` the
+    convolutions and their feature maps are bfloat16 and the variables float32, while the
+    network's interface stays float32: the images are not cast on entry (the model does not
+    autocast its inputs; each convolution casts what it reads) and the DDF it returns is
+    float32, so the warp and the losses downstream run in float32 unchanged.
+
     Args:
         ndim: 2 or 3.
         **kwargs: ``name``, ``trainable``, ``dtype``, passed to ``keras.Model``.
@@ -720,6 +806,10 @@ class RegistrationModel(keras.Model):
     affine_only = False
 
     def __init__(self, ndim: int = 3, **kwargs: Any) -> None:
+        # Keras would otherwise cast the float32 images to the compute dtype (bfloat16 under
+        # mixed precision) before forward() sees them, quantising the moving image that the
+        # composite network warps and the fixed shape's resize reads.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
 
@@ -734,7 +824,9 @@ class RegistrationModel(keras.Model):
         )
 
     def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
-        return self.forward(inputs, training=training)["ddf"]
+        # The built-in networks already return float32; the cast (a no-op then) keeps the
+        # float32 contract for any subclass whose last layer follows a bfloat16 policy.
+        return as_float32(self.forward(inputs, training=training)["ddf"])
 
     def warp(
         self,

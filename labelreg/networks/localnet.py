@@ -13,11 +13,13 @@ from labelreg.networks.layers import (
     Encoder,
     RegistrationModel,
     UpResBlock,
+    as_float32,
     check_positive_int,
     conv_layer,
     pair_input,
     resize_like,
 )
+from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = ["LocalNet"]
 
@@ -88,7 +90,10 @@ class LocalNet(RegistrationModel):
         training: batch-norm mode (see above).
 
     Returns:
-        ``ddf [B, *S_fix, n]`` in voxel units; apply it with ``model.warp(moving_image, ddf)``.
+        ``ddf [B, *S_fix, n]`` float32, in voxel units; apply it with
+        ``model.warp(moving_image, ddf)``. Built under the ``mixed_bfloat16`` policy, the
+        encoder, decoder and heads compute in bfloat16 and the heads' outputs are cast to
+        float32 before they are resized and summed.
 
     Raises:
         ValueError: at construction for a bad ``ndim``, ``num_channel_initial`` or
@@ -111,6 +116,7 @@ class LocalNet(RegistrationModel):
         # Up blocks from level 3 to the finest requested level, coarse to fine.
         self.up_levels = tuple(range(_NUM_LEVELS - 2, min(self.ddf_levels) - 1, -1))
         self.up_blocks = [UpResBlock(self.ndim, c * 2**k, name=f"up_{k}") for k in self.up_levels]
+        self.checkpointing = remat_enabled()  # see labelreg.networks.remat
         self.ddf_heads = [
             conv_layer(
                 self.ndim,
@@ -139,10 +145,13 @@ class LocalNet(RegistrationModel):
         features = {_NUM_LEVELS - 1: bottom}
         x = bottom
         for level, block in zip(self.up_levels, self.up_blocks, strict=True):
-            x = block(x, skips[level], training=training)
+            x = checkpointed(block, self.checkpointing, training=training)(x, skips[level])
             features[level] = x
+        # Each head's output is cast to float32 before it is resized and summed: under mixed
+        # precision the heads compute in bfloat16 (8 significant bits), and summing up to five
+        # levels of displacements in bfloat16 would add one rounding of ~0.4% per level.
         summands = [
-            resize_like(head(features[level]), fixed)
+            resize_like(as_float32(head(features[level])), fixed)
             for level, head in zip(self.ddf_levels, self.ddf_heads, strict=True)
         ]
         return {"ddf": tf.add_n(summands)}

@@ -39,6 +39,13 @@ def remat_enabled() -> bool:
     return bool(getattr(_STATE, "enabled", False))
 
 
-def checkpointed(call: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
-    """``call`` wrapped by :func:`keras.remat` when ``enabled``, else ``call`` itself."""
-    return keras.remat(call) if enabled else call
+def checkpointed(call: Callable[..., Any], enabled: bool, **kwargs: Any) -> Callable[..., Any]:
+    """``args -> call(*args, **kwargs)``, wrapped by :func:`keras.remat` when ``enabled``.
+
+    The keyword arguments (e.g. ``training``) are bound here because a recomputed function
+    takes tensors as positional arguments only (TensorFlow's ``custom_gradient`` in graphs)."""
+
+    def run(*args: Any) -> Any:
+        return call(*args, **kwargs)
+
+    return keras.remat(run) if enabled else run

@@ -11,6 +11,7 @@ from labelreg import ops
 from labelreg._tf import tf
 from labelreg.networks.layers import (
     RegistrationModel,
+    as_float32,
     batch_norm,
     check_ndim,
     check_positive_int,
@@ -20,6 +21,7 @@ from labelreg.networks.layers import (
     resize_like,
     with_channels,
 )
+from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = ["UNetBackbone", "UNet"]
 
@@ -140,6 +142,7 @@ class UNetBackbone(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.checkpointing = remat_enabled()  # see labelreg.networks.remat
         self.ndim = check_ndim(ndim)
         self.num_channel_initial = check_positive_int(num_channel_initial, "num_channel_initial")
         self.depth = check_positive_int(depth, "depth")
@@ -220,12 +223,13 @@ class UNetBackbone(keras.Model):
         if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
         self._check_rank(tuple(x.shape))
-        features = [self.encoder_blocks[0](x, training=training)]
+        remat = self.checkpointing
+        features = [checkpointed(self.encoder_blocks[0], remat, training=training)(x)]
         for down, block in zip(self.downsamplers, self.encoder_blocks[1:], strict=True):
             h = down(features[-1])
             if not self.pooling:
                 h = tf.nn.leaky_relu(h, alpha=_LEAKY_SLOPE)
-            features.append(block(h, training=training))
+            features.append(checkpointed(block, remat, training=training)(h))
         return features
 
     def call(self, image: Any, training: bool | None = None) -> tf.Tensor:
@@ -234,7 +238,7 @@ class UNetBackbone(keras.Model):
         for level, block in zip(range(self.depth - 1, -1, -1), self.decoder_blocks, strict=True):
             skip = features[level]
             x = tf.concat([resize_like(x, skip), skip], axis=-1)
-            x = block(x, training=training)
+            x = checkpointed(block, self.checkpointing, training=training)(x)
         return self.head(x)
 
     def get_config(self) -> dict[str, Any]:
@@ -280,7 +284,8 @@ class UNet(RegistrationModel):
         training: batch-norm mode.
 
     Returns:
-        ``[B, *S_fix, out_channels]``.
+        ``[B, *S_fix, out_channels]`` float32 (under ``mixed_bfloat16`` the backbone computes in
+        bfloat16 and its output is cast to float32 before any integration).
 
     Raises:
         ValueError: for bad arguments; at call for a wrong rank, mismatched batches or NaN/Inf
@@ -324,7 +329,9 @@ class UNet(RegistrationModel):
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         """``{"ddf": [B, *S_fix, out_channels]}`` (and ``"velocity"`` in diffeomorphic mode)."""
         moving, fixed = self._pair(inputs)
-        out = self.backbone(pair_input(moving, fixed), training=training)
+        # float32 before any integration: scaling and squaring composes the field with itself
+        # repeatedly, and bfloat16 roundings would compound over the steps.
+        out = as_float32(self.backbone(pair_input(moving, fixed), training=training))
         if not self.integration_steps:
             return {"ddf": out}
         return {"ddf": ops.integrate_svf(out, steps=self.integration_steps), "velocity": out}
