@@ -489,3 +489,18 @@ class PairedDataset:
     def spacing(self, role: str, case: int) -> tuple[float, ...]:
         """Voxel size of ``role``'s file for case ``case``."""
         return self.reader(role).spacing(self._order[role][case])
+
+    def fixed_spacings(self, voxel_spacing: Sequence[float] = ()) -> np.ndarray:
+        """``[N, n]`` float32 voxel sizes (mm) of the fixed images, from their headers, or
+        ``voxel_spacing`` (``[Data] voxel_spacing``) for every case when it is given.
+
+        Raises:
+            DataError: ``voxel_spacing`` has a length other than the images' rank.
+        """
+        if voxel_spacing:
+            if len(voxel_spacing) != self.ndim:
+                raise DataError(f"[Data] voxel_spacing has {len(voxel_spacing)} entries but "
+                                f"the images are {self.ndim}-D.")
+            return np.tile(np.asarray(voxel_spacing, np.float32), (self.num_cases, 1))
+        return np.asarray([self.spacing("fixed_image", i) for i in range(self.num_cases)],
+                          np.float32)

@@ -1,0 +1,434 @@
+"""k-fold cross-validation of a registration config: train on k-1 folds, evaluate the held-out one.
+
+``python -m labelreg.crossval config.ini [--folds 5] [--seed 0] [--set ...] [--dir DIR]``:
+
+1. The training cases of the config (``[Data] dir_*``), and the validation cases when
+   ``[Data] dir_valid_*`` are set with labels, are pooled by case name and shuffled with
+   ``--seed`` (NumPy's ``default_rng``), then cut into ``--folds`` folds of near-equal size
+   (``numpy.array_split``). Every case is validated in exactly one fold.
+2. Fold ``k`` (1-based) gets ``DIR/fold<k>/train/`` and ``DIR/fold<k>/valid/``, each with the
+   four folders ``moving_images``, ``fixed_images``, ``moving_labels``, ``fixed_labels`` of
+   symbolic links to the original files (copies where links cannot be made).
+3. The config is trained with those folders as ``[Data] dir_*`` / ``dir_valid_*`` and the run
+   folder ``DIR/fold<k>/run`` (``--set`` overrides apply to every fold), through the one trainer
+   (:func:`labelreg.engine.train`), so validation at checkpoints reports the held-out fold.
+4. The latest checkpoint of the fold is evaluated on its held-out cases with
+   :func:`labelreg.evaluation.evaluate` (gland Dice and landmark TRE beside the identity;
+   ``DIR/fold<k>/evaluation.csv``).
+
+``DIR/crossval.csv`` has one row per fold and a last ``pooled`` row (:data:`CROSSVAL_COLUMNS`):
+the validated cases, the median gland Dice and median TRE (mm) over them, identity and
+registered, the counted and lost landmarks, and the training wall time in seconds (summed over
+the runs of the command that trained the fold). The pooled row takes the medians over all
+validated cases of all folds; ``DIR/crossval_cases.csv`` holds those cases' evaluation rows.
+
+Rerunning the command resumes: a fold whose run already reached ``[Train] total_iterations`` is
+not trained again (the trainer says "nothing to do"), a fold interrupted part-way resumes from its
+latest checkpoint, and the evaluation of every fold is redone (it is cheap). ``DIR/folds.json``
+records the split; a rerun whose split differs (another seed, fold count or set of cases) stops
+with an error rather than mixing runs of two splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from labelreg.data.nifti import PairedDataset
+from labelreg.errors import ConfigError, DataError, LabelregError
+from labelreg.evaluation import (
+    CaseResult,
+    EvaluationTable,
+    evaluate,
+    write_text_atomic,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from labelreg.config import Config
+
+__all__ = ["CROSSVAL_COLUMNS", "FOLDERS", "FoldResult", "CrossValidation", "pool_cases",
+           "make_folds", "cross_validate", "main"]
+
+#: ``(role, folder name)`` of the four folders of a fold's ``train/`` and ``valid/``.
+FOLDERS = (("moving_image", "moving_images"), ("fixed_image", "fixed_images"),
+           ("moving_label", "moving_labels"), ("fixed_label", "fixed_labels"))
+
+#: Columns of ``crossval.csv``.
+CROSSVAL_COLUMNS = ("fold", "cases", "dice_identity", "dice", "tre_mm_identity", "tre_mm",
+                    "landmarks", "lost", "lost_identity", "train_seconds")
+
+
+@dataclass
+class FoldResult:
+    """One fold: its held-out cases, their evaluation, and its training."""
+
+    fold: int  # 1-based
+    cases: list[str]
+    table: EvaluationTable
+    train_seconds: float  # wall time of train() over the runs that trained steps
+    last_step: int
+
+    def row(self) -> dict[str, Any]:
+        """This fold's row of ``crossval.csv``."""
+        return _summary_row(str(self.fold), self.table, self.train_seconds)
+
+
+def _summary_row(label: str, table: EvaluationTable, seconds: float) -> dict[str, Any]:
+    s = table.summary()
+    return {"fold": label, "cases": int(s["cases"]), "dice_identity": s["dice_identity_median"],
+            "dice": s["dice_median"], "tre_mm_identity": s["tre_mm_identity_median"],
+            "tre_mm": s["tre_mm_median"], "landmarks": int(s["landmarks"]),
+            "lost": int(s["lost"]), "lost_identity": int(s["lost_identity"]),
+            "train_seconds": float(seconds)}
+
+
+@dataclass
+class CrossValidation:
+    """What :func:`cross_validate` produced."""
+
+    directory: Path
+    folds: list[FoldResult] = field(default_factory=list)
+
+    @property
+    def pooled(self) -> EvaluationTable:
+        """Every validated case of every fold, in fold order."""
+        rows: list[CaseResult] = [row for fold in self.folds for row in fold.table.rows]
+        return EvaluationTable(rows)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of ``crossval.csv``: one per fold, then ``pooled``."""
+        total = sum(fold.train_seconds for fold in self.folds)
+        return [fold.row() for fold in self.folds] + [_summary_row("pooled", self.pooled, total)]
+
+    def format(self) -> str:
+        """The printed table (medians over each fold's validated cases, then pooled)."""
+        header = (f"{'fold':<7} {'cases':>5}  {'Dice id':>8}  {'Dice':>8}  {'TRE id mm':>9}  "
+                  f"{'TRE mm':>9}  {'landmarks':>9}  {'lost':>4}  {'train s':>8}")
+        lines = [header, "-" * len(header)]
+
+        def text(value: float, digits: int) -> str:
+            return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+        for i, row in enumerate(self.rows()):
+            if i == len(self.folds):
+                lines.append("-" * len(header))
+            lines.append(
+                f"{row['fold']:<7} {row['cases']:>5}  {text(row['dice_identity'], 3):>8}  "
+                f"{text(row['dice'], 3):>8}  {text(row['tre_mm_identity'], 2):>9}  "
+                f"{text(row['tre_mm'], 2):>9}  {row['landmarks']:>9}  {row['lost']:>4}  "
+                f"{row['train_seconds']:>8.1f}")
+        return "\n".join(lines)
+
+    def write(self) -> Path:
+        """Write ``crossval.csv`` and ``crossval_cases.csv`` in :attr:`directory`; returns the
+        first."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(CROSSVAL_COLUMNS))
+        writer.writeheader()
+        for row in self.rows():
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
+                                 f"{v:.6g}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+        self.pooled.write_csv(self.directory / "crossval_cases.csv")
+        return write_text_atomic(self.directory / "crossval.csv", buffer.getvalue())
+
+
+# -- the split -----------------------------------------------------------------------------------
+
+
+def pool_cases(cfg: Config) -> dict[str, dict[str, Path]]:
+    """The files of every case to cross-validate, ``{case: {role: file}}``, in name order.
+
+    The training folders of ``[Data]``, plus the validation folders when they are set with
+    labels.
+
+    Raises:
+        ConfigError: the config has no training labels.
+        DataError: unreadable folders, or a case name in both the training and the validation
+            folders.
+    """
+    data = cfg["Data"]
+    if data.get("dir_moving_label") is None:
+        raise ConfigError(f"{cfg.path}: [Data] dir_moving_label and dir_fixed_label are not "
+                          "set; cross-validation evaluates gland Dice and landmark TRE, which "
+                          "need labels.")
+    sets = [("", "training")]
+    if data.get("dir_valid_moving_image") is not None and \
+            data.get("dir_valid_moving_label") is not None:
+        sets.append(("valid_", "validation"))
+    files: dict[str, dict[str, Path]] = {}
+    for prefix, what in sets:
+        paired = PairedDataset(*(data[f"dir_{prefix}{role}"] for role, _ in FOLDERS))
+        for i, name in enumerate(paired.names):
+            if name in files:
+                raise DataError(
+                    f"case {name!r} is in both the training folder {data['dir_moving_image']} "
+                    f"and the {what} folder {data[f'dir_{prefix}moving_image']}; cases are "
+                    "pooled by name, so names must be unique.")
+            files[name] = {role: paired.file(role, i) for role, _ in FOLDERS}
+    return dict(sorted(files.items()))
+
+
+def make_folds(names: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
+    """Shuffle ``names`` with ``seed`` and cut them into ``folds`` near-equal folds (each sorted).
+
+    Raises:
+        ConfigError: ``folds`` < 2 or more than the number of names.
+    """
+    names = sorted(names)
+    if int(folds) < 2:
+        raise ConfigError(f"--folds {folds}: expected at least 2 folds.")
+    if int(folds) > len(names):
+        raise ConfigError(f"--folds {folds}: there are only {len(names)} cases to split; expected "
+                          f"2..{len(names)} folds.")
+    order = np.random.default_rng(int(seed)).permutation(len(names))
+    return [sorted(names[i] for i in part) for part in np.array_split(order, int(folds))]
+
+
+def _check_split(directory: Path, folds: list[list[str]], seed: int) -> None:
+    """Record the split in ``folds.json``, or check that it is the one recorded there."""
+    path = directory / "folds.json"
+    record = {"folds": len(folds), "seed": int(seed), "valid": folds}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: unreadable ({err}); remove it or pass another --dir.") \
+                from err
+        if old.get("valid") != folds:
+            raise ConfigError(
+                f"{directory}: holds a cross-validation of another split (--folds "
+                f"{old.get('folds')}, --seed {old.get('seed')}, or other cases); its runs would "
+                "be mixed with this one's. Pass another --dir, or remove that folder.")
+        return
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def _place(source: Path, target: Path) -> None:
+    """``target`` becomes a link to ``source`` (a copy where links cannot be made)."""
+    if target.is_symlink() and Path(os.readlink(target)) == source:
+        return
+    if target.exists() or target.is_symlink():
+        if target.is_symlink() or not target.is_file():
+            target.unlink()
+        elif target.stat().st_size == source.stat().st_size:
+            return  # a copy made by an earlier run
+        else:
+            target.unlink()
+    try:
+        target.symlink_to(source)
+    except OSError:  # e.g. a file system or platform without symbolic links
+        shutil.copy2(source, target)
+
+
+def make_fold_folders(fold_dir: Path, train: Sequence[str], valid: Sequence[str],
+                      files: dict[str, dict[str, Path]]) -> dict[str, dict[str, Path]]:
+    """Fill ``fold_dir/train`` and ``fold_dir/valid`` (see the module docstring), removing any
+    entry an earlier run left that is not part of this fold.
+
+    Returns:
+        ``{"train": {role: folder}, "valid": {role: folder}}``.
+    """
+    out: dict[str, dict[str, Path]] = {}
+    for part, cases in (("train", train), ("valid", valid)):
+        out[part] = {}
+        for role, name in FOLDERS:
+            folder = fold_dir / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            wanted = {files[case][role].name: files[case][role].absolute() for case in cases}
+            for entry in folder.iterdir():
+                if entry.name not in wanted:
+                    entry.unlink()
+            for file_name, source in wanted.items():
+                _place(source, folder / file_name)
+            out[part][role] = folder
+    return out
+
+
+def fold_overrides(cfg: Config, folders: dict[str, dict[str, Path]], run_dir: Path) -> list[str]:
+    """The ``Section.key=value`` settings that point a config at one fold's folders and run."""
+    overrides = []
+    for role, _ in FOLDERS:
+        overrides.append(f"Data.dir_{role}={folders['train'][role]}")
+        overrides.append(f"Data.dir_valid_{role}={folders['valid'][role]}")
+    checkpoint = Path(cfg["Train"]["file_model_save"]).name
+    overrides += [f"Train.dir_run={run_dir}", f"Train.file_model_save={run_dir / checkpoint}",
+                  f"Train.dir_tensorboard={run_dir / 'tensorboard'}"]
+    if "demo_data" in cfg["Data"]:
+        overrides.append("Data.demo_data=")  # the fold's folders already hold the data
+    if cfg.has_section("Inference"):
+        overrides += [f"Inference.file_model_saved={run_dir / checkpoint}",
+                      f"Inference.dir_save={run_dir / 'inference'}"]
+    return overrides
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _evaluate_fold(cfg: Config, run_dir: Path, valid: dict[str, Path]) -> EvaluationTable:
+    """The held-out cases of a fold registered by the latest checkpoint of its run."""
+    from labelreg.infer import load_trained_model
+    from labelreg.networks.apply import network_ddf
+
+    paired = PairedDataset(*(valid[role] for role, _ in FOLDERS))
+    model, meta, _ = load_trained_model(run_dir)
+    inference = cfg["Inference"] if "Inference" in cfg else {}
+    return evaluate(network_ddf(model), paired,
+                    spacing=paired.fixed_spacings(tuple(cfg["Data"].get("voxel_spacing", ()))),
+                    normalise=bool(meta.get("normalise", True)),
+                    batch_size=int(cfg["Train"]["minibatch_size"]),
+                    label_interpolation=inference.get("label_interpolation", "linear"))
+
+
+def cross_validate(
+    config: str | os.PathLike,
+    folds: int = 5,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    directory: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> CrossValidation:
+    """Run (or resume) a k-fold cross-validation of an INI config; see the module docstring.
+
+    Args:
+        config: the INI file.
+        folds: number of folds, 2..number of pooled cases.
+        seed: seed of the shuffle that assigns cases to folds.
+        overrides: ``Section.key=value`` settings applied to every fold.
+        directory: the cross-validation folder (default ``<[Train] dir_run>/crossval``).
+        log: where progress lines go (the trainer's lines carry a ``[fold k/K]`` prefix).
+
+    Returns:
+        The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written.
+
+    Raises:
+        ConfigError: a bad config or override, fewer than 2 or more folds than cases, a fold
+            left with fewer training cases than ``[Train] minibatch_size``, or a ``directory``
+            that holds another split.
+        DataError: unreadable data or an unwritable folder.
+        KeyboardInterrupt: training was interrupted (its last step is saved; rerun to resume).
+    """
+    from labelreg.methods.registry import load_config
+
+    if not Path(config).is_file():
+        raise ConfigError(f"{config}: config file not found.")
+    _, cfg = load_config(config, overrides)
+    if "dir_valid_moving_image" not in (cfg["Data"] if "Data" in cfg else {}):
+        raise ConfigError(f"{config}: cross-validation needs a method trained on NIfTI folders "
+                          "([Data] dir_* with labels).")
+    if cfg["Data"].get("demo_data") is not None:
+        from labelreg.data.demo import generate_demo_data
+
+        generate_demo_data(cfg["Data"]["demo_data"])
+    files = pool_cases(cfg)
+    split = make_folds(list(files), folds, seed)
+    batch = int(cfg["Train"]["minibatch_size"])
+    smallest = len(files) - max(len(part) for part in split)
+    if smallest < batch:
+        raise ConfigError(f"{cfg.path}: [Train] minibatch_size = {batch}, but with {len(split)} "
+                          f"folds of {len(files)} cases a fold trains on only {smallest}; use "
+                          "fewer folds or a smaller minibatch_size.")
+    directory = Path(directory if directory is not None else
+                     Path(cfg["Train"]["dir_run"]) / "crossval").absolute()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{directory}: cannot create the cross-validation folder ({err}).") \
+            from err
+    _check_split(directory, split, seed)
+    log(f"{len(split)}-fold cross-validation of {len(files)} cases (seed {seed}) in {directory}")
+
+    from labelreg.engine import train
+
+    result = CrossValidation(directory)
+    for k, valid in enumerate(split, start=1):
+        fold_dir = directory / f"fold{k}"
+        training = [name for name in files if name not in set(valid)]
+        folders = make_fold_folders(fold_dir, training, valid, files)
+        run_dir = fold_dir / "run"
+        _, fold_cfg = load_config(config, [*overrides, *fold_overrides(cfg, folders, run_dir)])
+        prefix = f"[fold {k}/{len(split)}] "
+        log(f"{prefix}training on {len(training)} cases, validating on {len(valid)}: "
+            f"{', '.join(valid)}")
+        record_path = fold_dir / "fold.json"
+        record = _read_json(record_path)
+        tic = time.perf_counter()
+        trained = train(fold_cfg, log=lambda line, p=prefix: log(p + line))
+        seconds = float(record.get("train_seconds", 0.0))
+        if trained.last_step > trained.first_step:
+            seconds += time.perf_counter() - tic
+        write_text_atomic(record_path, json.dumps(
+            {"valid": valid, "train_seconds": seconds, "last_step": trained.last_step},
+            indent=2) + "\n")
+        if trained.interrupted:
+            log(f"{prefix}interrupted at step {trained.last_step}; rerun the same command to "
+                "resume")
+            raise KeyboardInterrupt
+        table = _evaluate_fold(fold_cfg, run_dir, folders["valid"])
+        table.write_csv(fold_dir / "evaluation.csv")
+        fold = FoldResult(k, list(valid), table, seconds, trained.last_step)
+        row = fold.row()
+        log(f"{prefix}gland Dice {row['dice_identity']:.3f} -> {row['dice']:.3f}, TRE "
+            f"{row['tre_mm_identity']:.2f} -> {row['tre_mm']:.2f} mm (medians), "
+            f"{row['lost']} of {row['landmarks']} landmarks lost")
+        result.folds.append(fold)
+    try:
+        result.write()
+    except OSError as err:
+        raise DataError(f"{directory}: cannot write crossval.csv ({err}).") from err
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m labelreg.crossval``; returns the exit code (0 done, 2 a configuration or data
+    error, 130 interrupted: rerun to resume)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m labelreg.crossval",
+        description="k-fold cross-validation: train on k-1 folds, evaluate gland Dice and "
+                    "landmark TRE on the held-out fold.")
+    parser.add_argument("config", help="the INI file")
+    parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shuffle assigning cases to folds (default 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one setting of every fold (repeatable)")
+    parser.add_argument("--dir", dest="directory", default=None,
+                        help="cross-validation folder (default: <dir_run>/crossval)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        result = cross_validate(args.config, args.folds, args.seed, args.overrides,
+                                args.directory)
+    except (LabelregError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(result.format())
+    print(f"wrote {result.directory / 'crossval.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""labelreg.crossval: a 2-fold run on 4 tiny cases, its table, its folders, and a rerun that
+resumes instead of retraining."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from labelreg.crossval import CROSSVAL_COLUMNS, cross_validate, main, make_folds
+from labelreg.errors import ConfigError
+from tests.test_pipeline_e2e import write_config, write_dataset
+
+
+def _read(path):
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_make_folds_is_a_seeded_partition():
+    names = [f"case{i}" for i in range(7)]
+    folds = make_folds(names, 3, seed=4)
+    assert sorted(n for fold in folds for n in fold) == names
+    assert sorted(len(fold) for fold in folds) == [2, 2, 3]
+    assert make_folds(names, 3, seed=4) == folds and make_folds(names, 3, seed=5) != folds
+    with pytest.raises(ConfigError, match="at least 2"):
+        make_folds(names, 1)
+    with pytest.raises(ConfigError, match="only 7 cases"):
+        make_folds(names, 8)
+
+
+def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=4)
+    # GlobalNet (an affine network): the quickest network to trace, twice, on 2 cores.
+    ini = write_config(tmp_path / "cv.ini", data, Network={"network_type": "global"},
+                       Loss={"similarity_scales": "[0]"},
+                       Train={"total_iterations": "2", "freq_model_save": "2"})
+    directory = tmp_path / "cv"
+    lines: list[str] = []
+    result = cross_validate(ini, folds=2, seed=0, directory=directory, log=lines.append)
+    assert sum("training labelreg" in line for line in lines) == 2  # each fold trained
+
+    rows = _read(directory / "crossval.csv")
+    assert [r["fold"] for r in rows] == ["1", "2", "pooled"]
+    assert tuple(rows[0]) == CROSSVAL_COLUMNS
+    assert [int(r["cases"]) for r in rows] == [2, 2, 4]
+    assert all(float(r["train_seconds"]) > 0 for r in rows)
+    validated = [r["case"] for r in _read(directory / "crossval_cases.csv") if r["row"] == "case"]
+    assert sorted(validated) == ["case00", "case01", "case02", "case03"]  # each exactly once
+    for k, fold in enumerate(result.folds, start=1):
+        fold_dir = directory / f"fold{k}"
+        held_out = {p.name.removesuffix(".nii.gz") for p in
+                    (fold_dir / "valid" / "fixed_labels").iterdir()}
+        trained_on = {p.name.removesuffix(".nii.gz") for p in
+                      (fold_dir / "train" / "moving_images").iterdir()}
+        assert held_out == set(fold.cases) and not held_out & trained_on
+        assert len(held_out | trained_on) == 4
+        assert (fold_dir / "valid" / "fixed_labels" / f"{fold.cases[0]}.nii.gz").is_symlink()
+        assert (fold_dir / "run" / "checkpoints").is_dir()
+        assert [r["case"] for r in _read(fold_dir / "evaluation.csv") if r["row"] == "case"] \
+            == fold.cases
+    assert json.loads((directory / "folds.json").read_text())["valid"] == \
+        [fold.cases for fold in result.folds]
+
+    # The rerun, through the command: both folds are already trained; evaluation is redone.
+    assert main([str(ini), "--folds", "2", "--dir", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already trained to step 2 of 2; nothing to do") == 2
+    assert "training labelreg" not in out and "pooled" in out
+    again = _read(directory / "crossval.csv")
+    for before, after in zip(rows, again, strict=True):
+        assert after["train_seconds"] == before["train_seconds"]  # nothing retrained
+        assert float(after["dice"]) == pytest.approx(float(before["dice"]), abs=1e-4)
+
+    # Another split in the same folder would mix runs: refused before any training.
+    assert main([str(ini), "--folds", "3", "--dir", str(directory)]) == 2
+    assert "another split" in capsys.readouterr().err
+    assert main([str(ini), "--folds", "5", "--dir", str(tmp_path / "other")]) == 2
+    assert "only 4 cases" in capsys.readouterr().err
