@@ -49,6 +49,7 @@ shifted = (np.linalg.norm(grid - 0.1, axis=-1) < 0.5).astype(np.float32)[None, .
 batch = {{"moving_image": tf.constant(shifted + 0.1 * rng.random(ball.shape, np.float32)),
          "fixed_image": tf.constant(ball + 0.1 * rng.random(ball.shape, np.float32)),
          "moving_label": tf.constant(shifted), "fixed_label": tf.constant(ball)}}
+model([batch["moving_image"], batch["fixed_image"]])  # create the weights
 dice = get_label_loss("dice", scales=(0, 1, 2, 4, 8, 16))
 bending = get_regulariser("bending")
 

@@ -498,6 +498,9 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
         output: the CSV; ``None``: ``<dir_run>/evaluation_<split>.csv``.
         log: where progress goes.
 
+    The network computes in ``[Inference] precision`` (``--set Inference.precision=bfloat16``
+    evaluates a bfloat16 deployment of the same weights).
+
     Returns:
         ``(table, csv path)``.
 
@@ -512,13 +515,19 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
 
     from labelreg.infer import load_trained_model
     from labelreg.networks.apply import network_ddf
+    from labelreg.networks.precision import with_precision
 
     model, meta, prefix = load_trained_model(checkpoint)
     if getattr(model, "ndim", paired.ndim) != paired.ndim:
         raise DataError(f"{folders['fixed_image']}: {paired.ndim}-D images, but the model in "
                         f"{prefix} is {model.ndim}-D.")
-    log(f"evaluating {paired.num_cases} pair(s) of the {split} split with {prefix}")
     inference = cfg["Inference"] if "Inference" in cfg else {}
+    # The arithmetic inference would use ([Inference] precision), so its Dice is what a
+    # bfloat16 deployment gets.
+    precision = inference.get("precision", "float32")
+    model = with_precision(model, precision)
+    log(f"evaluating {paired.num_cases} pair(s) of the {split} split with {prefix} "
+        f"({precision})")
     table = evaluate(
         network_ddf(model), paired,
         spacing=paired.fixed_spacings(tuple(cfg["Data"].get("voxel_spacing", ()))),

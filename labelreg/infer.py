@@ -47,7 +47,7 @@ import numpy as np
 
 from labelreg import metrics, ops
 from labelreg.config import Config
-from labelreg.data.nifti import _spatial_and_labels, case_name, is_nifti
+from labelreg.data.nifti import case_name, is_nifti, spatial_and_labels
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
@@ -296,7 +296,7 @@ class _TestPairs:
                                     f"{err}); expected a valid .nii or .nii.gz file.")
             return
         try:
-            self._shapes[path] = _spatial_and_labels(image.shape)
+            self._shapes[path] = spatial_and_labels(image.shape)
         except ValueError:
             self._problems[path] = (f"{path}: expected a 2-D, 3-D or 4-D (labels on the 4th axis) "
                                     f"NIfTI image; received shape {tuple(image.shape)}.")

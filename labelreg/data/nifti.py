@@ -24,7 +24,8 @@ import numpy as np
 
 from labelreg.errors import DataError
 
-__all__ = ["NIFTI_SUFFIXES", "NiftiReader", "PairedDataset", "case_name", "is_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "NiftiReader", "PairedDataset", "case_name", "is_nifti",
+           "spatial_and_labels"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -43,7 +44,7 @@ def case_name(name: str) -> str:
     return name
 
 
-def _spatial_and_labels(shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
+def spatial_and_labels(shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
     """Split a NIfTI shape into the spatial shape and the label count (``None`` if unusable)."""
     shape = tuple(int(s) for s in shape)
     # NIfTI pads unused trailing axes with 1; anything beyond the 4th must be such padding.
@@ -124,7 +125,7 @@ class NiftiReader:
         self.num_labels: list[int] = []
         for path, image in zip(kept, self._images, strict=True):
             try:
-                spatial, count = _spatial_and_labels(image.shape)
+                spatial, count = spatial_and_labels(image.shape)
             except ValueError:
                 raise DataError(
                     f"{path}: expected a 2-D, 3-D or 4-D (labels on the 4th axis) NIfTI image; "
