@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,16 +212,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="a CoMIR INI file (with a [CoMIR] section)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from labelreg.logs import get_logger, log_line, parse_args
+
+    args = parse_args(parser, argv)
     from comir_tf.config import load
     from labelreg.errors import LabelregError
 
     try:
-        evaluate(load(args.config, args.overrides))
+        summary = evaluate(load(args.config, args.overrides), log=log_line)
     except (LabelregError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # evaluate() logs its summary table with the progress lines; --quiet hides those but not
+    # the result.
+    if not get_logger().isEnabledFor(logging.INFO):
+        print(format_summary(summary))
     return 0
 
 

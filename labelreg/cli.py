@@ -16,17 +16,22 @@ Exit codes:
   work (an unwritable output folder included), with one message naming the file, section and
   key at fault;
 - 130: training interrupted (Ctrl-C) after saving a checkpoint.
+
+Output: progress lines go through the ``labelreg`` logger to stdout; ``-q/--quiet`` hides them
+(warnings, the final result lines and errors remain), ``-v/--verbose`` adds debug lines and
+TensorFlow's C++ start-up logs (see :mod:`labelreg.logs`). ``note:`` and ``error:`` lines go to
+stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from labelreg.errors import LabelregError, PartialFailure
+from labelreg.logs import get_logger, log_line, parse_args
 
 __all__ = ["train_main", "infer_main"]
 
@@ -50,25 +55,31 @@ def _fail(err: BaseException) -> int:
 
 
 def _load(config: str, overrides: Sequence[str]):
-    """The method and its validated config, without TensorFlow; deprecation notes to stderr."""
+    """The method and its validated config, without TensorFlow; deprecation notes to stderr.
+
+    The method's progress lines go through the ``labelreg`` logger (see :mod:`labelreg.logs`).
+    """
     from labelreg.methods.registry import get_method, load_config
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not Path(config).is_file():
         raise LabelregError(f"{config}: config file not found.")
     name, cfg = load_config(config, overrides)
     for note in cfg.notes:
         print(f"note: {note}", file=sys.stderr)
-    return get_method(name)(cfg), cfg
+    get_logger().debug(f"method {name}, config {cfg.path}")
+    return get_method(name)(cfg, log=log_line), cfg
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``training.py``; returns the process exit code."""
-    parser = _parser("training.py", "Train a registration method from an INI config.")
+    parser = _parser("training.py",
+                     "Train any configured registration method: the one the INI file names "
+                     "in [Method] name (labelreg by default; also comir, image_driven, "
+                     "learnsim, deepsim_features).")
     parser.add_argument("--fresh", action="store_true",
                         help="start from step 0 even if the run folder has checkpoints (they are "
                              "moved aside, not deleted)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         method, _ = _load(args.config, args.overrides)
         from labelreg.engine import train
@@ -115,7 +126,7 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
                              "bfloat16 convolutions are about 1.6x faster on CPUs with AVX-512 "
                              "BF16, the DDF and the warp stay float32; for inference itself set "
                              "[Inference] precision")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         method, _ = _load(args.config, args.overrides)
         if args.export:

@@ -415,11 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override one setting of every fold (repeatable)")
     parser.add_argument("--dir", dest="directory", default=None,
                         help="cross-validation folder (default: <dir_run>/crossval)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from labelreg.logs import log_line, parse_args
+
+    args = parse_args(parser, argv)
     try:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
-                                args.directory)
+                                args.directory, log=log_line)
     except (LabelregError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -560,11 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the [Data] dir_valid_* folders (default) or the [Inference] ones")
     parser.add_argument("--output", default=None,
                         help="the per-case CSV (default: <dir_run>/evaluation_<split>.csv)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from labelreg.logs import log_line, parse_args
+
+    args = parse_args(parser, argv)
     try:
         cfg = _load_config(args.config, args.overrides)
-        table, output = run_evaluation(cfg, args.split, args.checkpoint, args.output)
+        table, output = run_evaluation(cfg, args.split, args.checkpoint, args.output,
+                                       log=log_line)
     except LabelregError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -96,6 +96,15 @@ def build_scope(train_cfg: dict) -> Iterator[None]:
         yield
 
 
+def _prefixed(log: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    """``log`` with every line starting with ``prefix`` (a worker's lines under multi_worker)."""
+
+    def write(line: str) -> None:
+        log(prefix + line)
+
+    return write
+
+
 def _checkpoint_name(method: Method) -> str:
     name = Path(method.cfg["Train"]["file_model_save"]).name
     return name or method.checkpoint_name
@@ -208,9 +217,7 @@ def train(target: Method | Config, fresh: bool = False,
     strategy = choose_strategy(train_cfg["strategy"])
     chief = is_chief(strategy)
     if not chief:
-        worker, base_log = task_label(strategy), log
-        log = lambda line: base_log(f"[{worker}] {line}")  # noqa: E731
-        method.log = log
+        log = method.log = _prefixed(log, f"[{task_label(strategy)}] ")
     batch_size = int(train_cfg["minibatch_size"])
     check_global_batch(strategy, batch_size)
     method.prepare_data()  # bad data fail here, before a run folder exists
