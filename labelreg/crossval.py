@@ -53,8 +53,8 @@ from labelreg.evaluation import (
     CaseResult,
     EvaluationTable,
     evaluate,
-    write_text_atomic,
 )
+from labelreg.files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from labelreg.config import Config
@@ -143,7 +143,7 @@ class CrossValidation:
                                  f"{v:.6g}" if isinstance(v, float) else v)
                              for k, v in row.items()})
         self.pooled.write_csv(self.directory / "crossval_cases.csv")
-        return write_text_atomic(self.directory / "crossval.csv", buffer.getvalue())
+        return atomic_write_text(self.directory / "crossval.csv", buffer.getvalue())
 
 
 # -- the split -----------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _check_split(directory: Path, folds: list[list[str]], seed: int) -> None:
                 f"{old.get('folds')}, --seed {old.get('seed')}, or other cases); its runs would "
                 "be mixed with this one's. Pass another --dir, or remove that folder.")
         return
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _place(source: Path, target: Path) -> None:
@@ -377,7 +377,7 @@ def cross_validate(
         seconds = float(record.get("train_seconds", 0.0))
         if trained.last_step > trained.first_step:
             seconds += time.perf_counter() - tic
-        write_text_atomic(record_path, json.dumps(
+        atomic_write_text(record_path, json.dumps(
             {"valid": valid, "train_seconds": seconds, "last_step": trained.last_step},
             indent=2) + "\n")
         if trained.interrupted:

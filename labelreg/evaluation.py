@@ -47,7 +47,6 @@ import io
 import math
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ import numpy as np
 
 from labelreg.data.nifti import PairedDataset
 from labelreg.errors import ConfigError, DataError, LabelregError
+from labelreg.files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; TensorFlow loads when evaluation runs
     from labelreg.config import Config
@@ -250,7 +250,7 @@ class EvaluationTable:
         writer.writeheader()
         for row in self.csv_rows():
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
-        return write_text_atomic(path, buffer.getvalue())
+        return atomic_write_text(path, buffer.getvalue())
 
     def format(self, title: str = "case") -> str:
         """The printed table: one line per case, then median / q1 / q3 over cases, the TRE over
@@ -289,21 +289,6 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "" if not math.isfinite(value) else f"{value:.6g}"
     return value
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a hidden temporary file beside it and ``os.replace``,
-    so that a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with open(partial, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from labelreg.data.nifti import case_name, is_nifti, spatial_and_labels
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
+from labelreg.files import atomic_write_text
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.precision import with_precision
 from labelreg.visualise import overlay_figure
@@ -432,19 +433,6 @@ def _hidden_sibling(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` through a hidden temporary file in its folder and one rename."""
-    # Not tempfile.mkstemp: its files are private (0600) and the result should get the umask's
-    # permissions like any other output.
-    partial = _hidden_sibling(path, "partial")
-    try:
-        with open(partial, "x", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _read_metrics_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of a per-case ``metrics.csv``: ``case`` text, ``label_index`` int, floats."""
     with path.open(newline="", encoding="utf-8") as stream:
@@ -463,7 +451,7 @@ def _write_failed_csv(dir_save: Path, failed: Sequence[FailedPair]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(FAILED_COLUMNS)
     writer.writerows(failed)
-    _write_text_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 # -- inference -----------------------------------------------------------------------------------
@@ -705,7 +693,7 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]],
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _write_text_atomic(Path(path), buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 def _write_overlay(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray,
                    fixed_shape: tuple[int, ...], fixed_label: np.ndarray | None,
                    moving_label: np.ndarray | None, warped_label: np.ndarray | None,

@@ -22,6 +22,7 @@ import keras
 
 from labelreg._tf import tf
 from labelreg.errors import DataError
+from labelreg.files import atomic_write_text
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
@@ -76,22 +77,6 @@ def prepare_run_dir(run_dir: str | os.PathLike, fresh: bool, log: Callable[[str]
             shutil.move(str(folder), str(aside))
             log(f"starting fresh: previous {subdir} moved to {aside}")
     return run_dir
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see
-    a half-written file and an interrupted write leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def model_variables(model: keras.Model) -> dict[str, Any]:
