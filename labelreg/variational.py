@@ -35,19 +35,11 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.ops.checks import check_ddf, check_image
+from labelreg.ops.checks import check_ddf, check_image, check_number
 from labelreg.ops.integrate import integrate_svf
 from labelreg.ops.sobolev import sobolev_smooth
 
 __all__ = ["SVFPosterior", "velocity_regulariser", "transformation"]
-
-
-def _check_number(value: Any, name: str, positive: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    bound = "> 0" if positive else ">= 0"
-    if not ok or not np.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {bound}; received {name}={value!r}.")
-    return float(value)
 
 
 def _describe(shape: Sequence[Any]) -> str:
@@ -108,7 +100,7 @@ class SVFPosterior(tf.Module):
                 f"n equal to the number of spatial axes; received shape={shape!r}."
             )
         self.shape = tuple(int(d) for d in shape)
-        self.sigma_init = _check_number(sigma_init, "sigma_init", positive=True)
+        self.sigma_init = check_number(sigma_init, "sigma_init", 0, exclusive_minimum=True)
         ok = isinstance(u_init, (int, float, np.integer, np.floating)) and not isinstance(
             u_init, bool
         )
@@ -213,7 +205,7 @@ def velocity_regulariser(v: Any, weight: Any) -> tf.Tensor:
     """
     v = check_image(v, "v")
     if not tf.is_tensor(weight):
-        weight = _check_number(weight, "weight")
+        weight = check_number(weight, "weight", 0)
     total = 0.0
     for axis in range(1, v.shape.rank - 1):
         lead = (slice(None),) * axis

@@ -24,6 +24,7 @@ import numpy as np
 from labelreg._tf import tf
 from labelreg.losses.label import check_pair
 from labelreg.ops import separable_filter
+from labelreg.ops.checks import check_number
 
 __all__ = ["ssd", "lncc", "gncc", "nmi", "mind_ssc"]
 
@@ -46,16 +47,6 @@ def _check_int(value: Any, name: str, minimum: int, odd: bool = False) -> int:
         kind = "an odd integer" if odd else "an integer"
         raise ValueError(f"{name} must be {kind} >= {minimum}; received {name}={value!r}.")
     return int(value)
-
-
-def _check_positive(value: Any, name: str, maximum: float | None = None) -> float:
-    """A finite real number > 0 (and <= ``maximum`` if given)."""
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and value > 0 and (maximum is None or value <= maximum)
-    if not ok:
-        bound = f"in (0, {maximum}]" if maximum is not None else "a finite number > 0"
-        raise ValueError(f"{name} must be {bound}; received {name}={value!r}.")
-    return float(value)
 
 
 def ssd(fixed: Any, warped: Any) -> tf.Tensor:
@@ -240,11 +231,11 @@ def nmi(
         ValueError: for mismatched shapes or an invalid option.
     """
     bins = _check_int(bins, "bins", 2)
-    vmax = _check_positive(vmax, "vmax")
+    vmax = check_number(vmax, "vmax", 0, exclusive_minimum=True)
     if sigma is None:
         sigma = (vmax / (bins - 1)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    sigma = _check_positive(sigma, "sigma")
-    sample_fraction = _check_positive(sample_fraction, "sample_fraction", maximum=1.0)
+    sigma = check_number(sigma, "sigma", 0, exclusive_minimum=True)
+    sample_fraction = check_number(sample_fraction, "sample_fraction", 0, 1.0, exclusive_minimum=True)
     seed = _check_int(seed, "seed", 0)
     f, w = check_pair(fixed, warped, _NAMES)
 

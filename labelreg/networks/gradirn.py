@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from labelreg import ops
 from labelreg._tf import tf
@@ -42,6 +41,7 @@ from labelreg.networks.layers import (
     resize_like,
     static_spatial_shape,
 )
+from labelreg.ops.checks import check_number
 
 __all__ = [
     "GraDIRN",
@@ -62,15 +62,6 @@ _NCC_EPS = 1e-5
 # sampler does: a sample that leaves the image then has a zero gradient instead of being pulled
 # towards the zero padding.
 _STEP_FILL_MODE = "nearest"
-
-
-def _check_real(value: Any, name: str, minimum: float, strict: bool) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > minimum if strict else value >= minimum)
-    if not ok:
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be a finite number {bound}; received {name}={value!r}.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,8 +282,8 @@ class GradientStep(keras.layers.Layer):
             )
         self.similarity = similarity
         self.channels = check_positive_int(channels, "channels")
-        self.tau_init = _check_real(tau_init, "tau_init", 0.0, strict=False)
-        self.train_scale = _check_real(train_scale, "train_scale", 0.0, strict=True)
+        self.tau_init = check_number(tau_init, "tau_init", 0.0)
+        self.train_scale = check_number(train_scale, "train_scale", 0.0, exclusive_minimum=True)
         self.convs: list[keras.layers.Layer] = []
 
     def build(

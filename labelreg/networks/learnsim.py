@@ -41,19 +41,13 @@ from labelreg.networks.layers import (
     check_positive_int,
     known_channels,
 )
+from labelreg.ops.checks import check_number
 from labelreg.ops.padding import replicate_pad
 
 __all__ = ["replicate_pad", "ScaledDirac", "PerturbedOnes", "DiracConv", "SimilarityEncoder"]
 
 # Seeds of the draws of one block: kernel noise, centre taps, bias; blocks are this far apart.
 _SEED_STRIDE = 3
-
-
-def _check_number(value: Any, name: str, minimum: float = 0.0) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not np.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}; received {name}={value!r}.")
-    return float(value)
 
 
 def _check_seed(seed: Any) -> int | None:
@@ -92,7 +86,7 @@ class ScaledDirac(keras.initializers.Initializer):
     """
 
     def __init__(self, scale: float = 1e-7, seed: int | None = None) -> None:
-        self.scale = _check_number(scale, "scale")
+        self.scale = check_number(scale, "scale", 0.0)
         self.seed = _check_seed(seed)
 
     def __call__(self, shape: Sequence[int], dtype: Any = None) -> tf.Tensor:
@@ -125,7 +119,7 @@ class PerturbedOnes(keras.initializers.Initializer):
     """
 
     def __init__(self, scale: float = 1e-7, seed: int | None = None) -> None:
-        self.scale = _check_number(scale, "scale")
+        self.scale = check_number(scale, "scale", 0.0)
         self.seed = _check_seed(seed)
 
     def __call__(self, shape: Sequence[int], dtype: Any = None) -> tf.Tensor:
@@ -179,8 +173,8 @@ class DiracConv(keras.layers.Layer):
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd; received kernel_size={kernel_size!r}.")
-        self.slope = _check_number(slope, "slope")
-        self.init_scale = _check_number(init_scale, "init_scale")
+        self.slope = check_number(slope, "slope", 0.0)
+        self.init_scale = check_number(init_scale, "init_scale", 0.0)
         self.seed = _check_seed(seed)
 
     def build(self, input_shape: Sequence[int | None]) -> None:
@@ -271,8 +265,8 @@ class SimilarityEncoder(keras.Model):
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
         self.features = _check_features(features)
-        self.slope = _check_number(slope, "slope")
-        self.init_scale = _check_number(init_scale, "init_scale")
+        self.slope = check_number(slope, "slope", 0.0)
+        self.init_scale = check_number(init_scale, "init_scale", 0.0)
         self.seed = _check_seed(seed)
         self.blocks = [
             DiracConv(

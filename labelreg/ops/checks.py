@@ -12,7 +12,43 @@ import numpy as np
 
 from labelreg._tf import tf
 
-__all__ = ["check_image", "check_ddf", "check_finite", "spatial_rank"]
+__all__ = ["check_image", "check_ddf", "check_finite", "check_number", "spatial_rank"]
+
+
+def check_number(
+    value: Any,
+    name: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+) -> float:
+    """A finite real scalar argument (not a bool) within the given bounds, as ``float``.
+
+    Raises:
+        ValueError: naming ``name``, the bound and the value received, e.g. ``tau must be a
+            finite number >= 0.0; received tau=-1`` or ``p must be in (0, 1.0]; received
+            p=2``. The bounds are printed as given.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and bool(np.isfinite(value))
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value < maximum if exclusive_maximum else value <= maximum
+    if not ok:
+        if minimum is not None and maximum is not None:
+            bound = (f"in {'(' if exclusive_minimum else '['}{minimum}, "
+                     f"{maximum}{')' if exclusive_maximum else ']'}")
+        elif minimum is not None:
+            bound = f"a finite number {'>' if exclusive_minimum else '>='} {minimum}"
+        elif maximum is not None:
+            bound = f"a finite number {'<' if exclusive_maximum else '<='} {maximum}"
+        else:
+            bound = "a finite number"
+        raise ValueError(f"{name} must be {bound}; received {name}={value!r}.")
+    return float(value)
 
 
 def _describe(shape: Any) -> str:

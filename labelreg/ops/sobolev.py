@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.ops.checks import check_image
+from labelreg.ops.checks import check_image, check_number
 from labelreg.ops.filters import separable_filter
 from labelreg.ops.padding import replicate_pad
 
@@ -69,9 +69,7 @@ def sobolev_kernel_1d(size: int = 7, smoothness: int = 3, lam: float = 0.5) -> n
             f"size must be 2 * smoothness + 1 = {2 * smoothness + 1}; received size={size}, "
             f"smoothness={smoothness}."
         )
-    ok = isinstance(lam, (int, float, np.integer, np.floating)) and not isinstance(lam, bool)
-    if not ok or not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0; received lam={lam!r}.")
+    lam = check_number(lam, "lam", 0)
     laplacian = (
         np.diag(np.full(size, -2.0))
         + np.diag(np.ones(size - 1), 1)
