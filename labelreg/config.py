@@ -880,6 +880,11 @@ def _build_labelreg_schema() -> Schema:
                 "float", 0.1, "Largest inward move of a corner of [-1, 1]^n in the random affine.",
                 min=0.0, max=0.5,
             ),
+            "translation": Key(
+                "float", 0.0, "Largest random shift (voxels, per axis) added to the random affine "
+                "of each image, drawn independently for moving and fixed; 0 = label-reg's "
+                "augmentation.", min=0.0, max=64.0,
+            ),
             "voxel_spacing": Key(
                 "float_list", (), "Voxel size in mm per axis; empty = read from the NIfTI header.",
                 min=0.0,
@@ -901,6 +906,12 @@ def _build_labelreg_schema() -> Schema:
             "ddf_levels": Key(
                 "int_list", (0, 1, 2, 3, 4), "Resolution levels summed into the DDF (0 = full).",
                 min=0, max=4,
+            ),
+            "moving_input": Key(
+                "str", "resize", "How the network sees a moving image of another shape: resize "
+                "(stretched to the fixed shape, label-reg) or identity (placed on the fixed grid "
+                "as the zero DDF warps it, so the offset between the two input channels is the "
+                "displacement to predict).", choices=("resize", "identity"),
             ),
         },
         "Loss": {

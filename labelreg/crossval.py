@@ -21,6 +21,8 @@ the validated cases, the median gland Dice and median TRE (mm) over them, identi
 registered, the counted and lost landmarks, and the training wall time in seconds (summed over
 the runs of the command that trained the fold). The pooled row takes the medians over all
 validated cases of all folds; ``DIR/crossval_cases.csv`` holds those cases' evaluation rows.
+``DIR/crossval_curves.png`` draws every fold's validation Dice and TRE against the step
+(:mod:`labelreg.curves`; skipped with a note when matplotlib is not installed).
 
 Rerunning the command resumes: a fold whose run already reached ``[Train] total_iterations`` is
 not trained again (the trainer says "nothing to do"), a fold interrupted part-way resumes from its
@@ -396,7 +398,24 @@ def cross_validate(
         result.write()
     except OSError as err:
         raise DataError(f"{directory}: cannot write crossval.csv ({err}).") from err
+    _plot_folds(directory, result, log)
     return result
+
+
+def _plot_folds(directory: Path, result: CrossValidation, log: Callable[[str], None]) -> None:
+    """``DIR/crossval_curves.png``: every fold's validation curve, when matplotlib is there."""
+    from labelreg.curves import plot_learning_curves
+
+    runs = {f"fold {fold.fold}": directory / f"fold{fold.fold}" / "run" for fold in result.folds}
+    pooled = result.rows()[-1]
+    hlines = [("dice", pooled["dice_identity"], "identity (pooled median)"),
+              ("tre_mm", pooled["tre_mm_identity"], "identity (pooled median)")]
+    try:
+        path = plot_learning_curves(runs, directory / "crossval_curves.png", hlines=hlines)
+    except LabelregError as err:  # no matplotlib, or runs trained without validation
+        log(f"no learning-curve picture: {err}")
+        return
+    log(f"wrote {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

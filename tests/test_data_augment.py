@@ -122,3 +122,31 @@ def test_augment_batch_is_reproducible_in_a_tf_function():
 def test_apply_affine_rejects_mismatched_label():
     with pytest.raises(ValueError, match="share their spatial shape"):
         apply_affine(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 5, 1)), ops.identity_affine(1, 2))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_translation_adds_independent_bounded_shifts(ndim):
+    moving_shape, fixed_shape = SHAPES[ndim]
+    count = 64
+    batch = {"moving_image": np.zeros((count, *moving_shape, 1), np.float32),
+             "fixed_image": np.zeros((count, *fixed_shape, 1), np.float32)}
+    plain = augment_batch(batch, 0.1, step_seed(3, 9))
+    shifted = augment_batch(batch, 0.1, step_seed(3, 9), translation=5.0)
+    for role in ("moving_affine", "fixed_affine"):
+        a, b = plain[role].numpy(), shifted[role].numpy()
+        # The affine part is the same draw; only the translation column changes.
+        np.testing.assert_allclose(b[..., :ndim], a[..., :ndim], atol=1e-7)
+        shift = b[..., ndim] - a[..., ndim]
+        assert np.all(np.abs(shift) <= 5.0) and np.abs(shift).max() > 4.0
+        # Uniform in [-5, 5]: mean about 0 and standard deviation about 10 / sqrt(12).
+        assert abs(shift.mean()) < 0.6 and abs(shift.std() - 10 / np.sqrt(12)) < 0.4
+    moving_shift = shifted["moving_affine"].numpy()[..., ndim] - plain["moving_affine"].numpy()[..., ndim]
+    fixed_shift = shifted["fixed_affine"].numpy()[..., ndim] - plain["fixed_affine"].numpy()[..., ndim]
+    assert abs(np.corrcoef(moving_shift.ravel(), fixed_shift.ravel())[0, 1]) < 0.2
+    # A pure shift moves the image by whole voxels exactly (scipy's shift as the reference).
+    image = smooth_volume(fixed_shape, 1)[None, ..., None]
+    theta = np.concatenate([np.eye(ndim), np.full((ndim, 1), 2.0)], axis=1)[None]
+    out, _ = apply_affine(image, None, theta.astype(np.float32))
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in fixed_shape], indexing="ij"))
+    expected = map_coordinates(image[0, ..., 0], grid + 2.0, order=1, mode="grid-constant")
+    np.testing.assert_allclose(out.numpy()[0, ..., 0], expected, atol=1e-5)

@@ -175,6 +175,26 @@ def test_eval_batches_single_label_and_errors(tmp_path):
         next(make_eval_batches(paired, batch_size=0))
 
 
+@pytest.mark.parametrize("labels", [True, False])
+def test_eval_batches_from_a_cache_read_no_file_and_match(tmp_path, monkeypatch, labels):
+    from labelreg.data.pipeline import CaseCache
+
+    paired = paired_from(make_pairs(tmp_path, num_cases=3, num_labels=(2, 3, 1)), labels=labels)
+    from_files = list(make_eval_batches(paired, batch_size=4))
+    cache = CaseCache(paired)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a file was read although the cases are cached")
+
+    monkeypatch.setattr(paired, "read", no_read)
+    from_cache = list(make_eval_batches(paired, batch_size=4, cache=cache))
+    assert len(from_cache) == len(from_files)
+    for a, b in zip(from_files, from_cache, strict=True):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def slow_items(delay):
     for i in itertools.count():
         time.sleep(delay)

@@ -268,7 +268,7 @@ def test_composite_is_true_composition(rng, ndim):
     n = ndim
     theta = np.concatenate([np.eye(n) * 0.97, np.full((n, 1), 0.6)], axis=1)
     theta[0, 1] = 0.03
-    net.regressor.dense.bias.assign(theta.reshape(-1).astype(np.float32))
+    net.regressor.dense.bias.assign(net.regressor.bias_for_theta(theta))
     perturb_heads(net.local_net, rng)
     # The local field is linear in its head's weights: scale it to about 1.5 voxels at most.
     head = net.local_net.ddf_heads[0]
@@ -471,3 +471,69 @@ def test_register_network():
         from labelreg.networks.registry import NETWORKS
 
         NETWORKS.remove("tiny-local-for-test")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_affine_head_parametrisation_round_trips_and_is_centred(rng, ndim):
+    shape = (14, 15, 13)[:ndim]
+    net = GlobalNet(ndim=ndim, fixed_shape=shape, num_channel_initial=4)
+    pair = [rng.random((1, *shape, 1), dtype=np.float32)] * 2
+    net(pair)
+    head = net.regressor
+    n = ndim
+    theta = np.concatenate([np.eye(n) + 0.05 * rng.standard_normal((n, n)),
+                            rng.uniform(-3, 3, (n, 1))], axis=1)
+    head.dense.bias.assign(head.bias_for_theta(theta))
+    np.testing.assert_allclose(net.theta(pair).numpy()[0], theta, atol=1e-5)
+    # A change of the diagonal output alone scales about the grid centre: the centre voxel
+    # does not move, and a unit output moves the last voxel by h / sqrt(F) voxels.
+    head.dense.bias.assign(np.zeros(n * (n + 1), np.float32))
+    raw = np.zeros((n, n + 1), np.float32)
+    raw[0, 0] = 1.0
+    head.dense.bias.assign(raw.reshape(-1))
+    got = net.theta(pair).numpy()[0]
+    centre = (np.array(shape) - 1) / 2
+    features = head._num_features(shape)
+    np.testing.assert_allclose(got[:, :n] @ centre + got[:, n], centre, atol=1e-5)
+    np.testing.assert_allclose(got[0, 0] - 1.0, 1.0 / np.sqrt(features), rtol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_identity_moving_input_is_the_zero_ddf_warp(rng, ndim):
+    from labelreg.networks.layers import identity_placed, pair_input
+
+    fixed_shape = (9, 12, 7)[:ndim]
+    # One axis longer, one shorter, one equal: a crop, a zero pad and a pass-through.
+    moving_shape = (13, 8, 7)[:ndim]
+    moving = rng.random((2, *moving_shape, 1), dtype=np.float32)
+    fixed = rng.random((2, *fixed_shape, 1), dtype=np.float32)
+    placed = identity_placed(tf.constant(moving), tf.constant(fixed)).numpy()
+    expected = ops.warp(moving, np.zeros((2, *fixed_shape, ndim), np.float32)).numpy()
+    np.testing.assert_array_equal(placed, expected)
+    both = pair_input(tf.constant(moving), tf.constant(fixed), "identity").numpy()
+    np.testing.assert_array_equal(both[..., 1], fixed[..., 0])
+    with pytest.raises(ValueError, match="moving_input"):
+        pair_input(tf.constant(moving), tf.constant(fixed), "crop")
+
+
+@pytest.mark.parametrize("name", ["local", "global", "composite", "unet"])
+def test_moving_input_reaches_every_network_and_round_trips(rng, name):
+    fixed_shape, moving_shape = (16, 16), (20, 12)
+    moving = rng.random((1, *moving_shape, 1), dtype=np.float32)
+    fixed = rng.random((1, *fixed_shape, 1), dtype=np.float32)
+    net = build_network(name, 2, fixed_shape=fixed_shape, num_channel_initial=2,
+                        moving_input="identity")
+    assert net.moving_input == "identity"
+    net([moving, fixed])
+    clone = type(net).from_config(net.get_config())
+    assert clone.moving_input == "identity"
+    # The input differs from the resized one, so a network with non-zero outputs sees it.
+    resized = build_network(name, 2, fixed_shape=fixed_shape, num_channel_initial=2)
+    assert resized.moving_input == "resize"
+    with pytest.raises(ValueError, match="moving_input"):
+        build_network(name, 2, fixed_shape=fixed_shape, moving_input="stretch")
+
+
+def test_gradirn_refuses_identity_moving_input():
+    with pytest.raises(ValueError, match="GraDIRN descends on the moving image resized"):
+        build_network("gradirn", 2, moving_input="identity")

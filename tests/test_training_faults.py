@@ -200,6 +200,29 @@ def test_keep_best_survives_a_resume(tmp_path):
     longer = _toy_config(tmp_path, total_iterations=6, validation="[0.8]", keep_best="dice")
     result = train(Faulty(longer, log=print))  # resumes at 4; its one check scores 0.8
     assert result.best["step"] == 2 and result.best["value"] == 0.9
+    # validation.csv holds every validated checkpoint of both commands, for learning curves.
+    from labelreg.curves import read_history
+
+    history = read_history(tmp_path / "run")
+    assert history["step"] == [2.0, 4.0, 6.0]
+    assert history["dice"] == [0.9, 0.7, 0.8]
+
+
+def test_validation_history_drops_rows_after_the_resumed_checkpoint(tmp_path):
+    from labelreg.engine.trainer import ValidationHistory
+
+    lines: list[str] = []
+    first = ValidationHistory(tmp_path, 0, lines.append)
+    for step, dice in ((2, 0.5), (4, 0.6), (6, 0.7)):
+        first.add(step, {"dice": dice, "tre_mm": 10.0 - step})
+    # A run killed after validating step 6 but resumed from the step-4 checkpoint.
+    again = ValidationHistory(tmp_path, 4, lines.append)
+    again.add(6, {"dice": 0.65, "tre_mm": 3.5})
+    text = (tmp_path / "validation.csv").read_text()
+    assert text.splitlines() == ["step,dice,tre_mm", "2,0.5,8.0", "4,0.6,6.0", "6,0.65,3.5"]
+    (tmp_path / "validation.csv").write_bytes(b"\x00\xff garbage")
+    ValidationHistory(tmp_path, 4, lines.append)
+    assert any("validation.csv is unreadable" in line for line in lines)
 
 
 def test_keep_best_without_validation_is_a_config_error(tmp_path):

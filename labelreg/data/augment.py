@@ -54,8 +54,22 @@ def apply_affine(image: Any, label: Any | None, theta: Any) -> tuple[tf.Tensor, 
     return both[..., :channels], both[..., channels:]
 
 
+def _draw(count: Any, ndim: int, scale: float, translation: float, seed: Any) -> tf.Tensor:
+    """``count`` random affines: label-reg's corner draw, plus a uniform shift in
+    ``[-translation, translation]`` voxels per axis (from a stream of its own, so the affine
+    part is the same whatever ``translation`` is)."""
+    theta = random_affine(count, ndim, scale, seed=seed)
+    if translation <= 0.0:
+        return theta
+    shift_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)
+    shift = tf.random.stateless_uniform(tf.stack([tf.cast(count, tf.int32), ndim]), shift_seed,
+                                        -translation, translation)
+    return tf.concat([theta[..., :ndim], theta[..., ndim:] + shift[..., None]], axis=-1)
+
+
 def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
-                  sample_index: Any = None, num_samples: int | None = None) -> dict[str, Any]:
+                  sample_index: Any = None, num_samples: int | None = None,
+                  translation: float = 0.0) -> dict[str, Any]:
     """Augment a training batch with independent random affines for moving and fixed.
 
     Args:
@@ -70,6 +84,10 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
             augmentation does not depend on how the global batch was split. ``None``: the
             batch is the global batch.
         num_samples: size of the global batch (with ``sample_index``).
+        translation: ``[Data] translation``: each image's transform also shifts it by up to this
+            many voxels per axis (uniform, independent for moving and fixed), so the network
+            sees pairs whose relative position varies more than in the training cases; 0 gives
+            label-reg's augmentation exactly.
 
     Returns:
         A new dict with the four volumes resampled, plus ``moving_affine`` and ``fixed_affine``
@@ -81,14 +99,14 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
     if sample_index is None:
         batch_size = tf.shape(moving)[0]
-        theta_moving = random_affine(batch_size, ndim, scale, seed=seeds[0])
-        theta_fixed = random_affine(batch_size, ndim, scale, seed=seeds[1])
+        theta_moving = _draw(batch_size, ndim, scale, translation, seeds[0])
+        theta_fixed = _draw(batch_size, ndim, scale, translation, seeds[1])
     else:
         if num_samples is None:
             raise ValueError("augment_batch: sample_index needs num_samples (the global batch).")
-        theta_moving = tf.gather(random_affine(num_samples, ndim, scale, seed=seeds[0]),
+        theta_moving = tf.gather(_draw(num_samples, ndim, scale, translation, seeds[0]),
                                  sample_index)
-        theta_fixed = tf.gather(random_affine(num_samples, ndim, scale, seed=seeds[1]),
+        theta_fixed = tf.gather(_draw(num_samples, ndim, scale, translation, seeds[1]),
                                 sample_index)
     out = dict(batch)
     out["moving_image"], moving_label = apply_affine(moving, batch.get("moving_label"), theta_moving)

@@ -263,6 +263,7 @@ def make_eval_batches(
     batch_size: int,
     normalise: bool = True,
     label_index: int | None = None,
+    cache: CaseCache | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every case, and every label of every case, in order, in batches.
 
@@ -275,6 +276,8 @@ def make_eval_batches(
         batch_size: items per batch; the last batch may be smaller.
         normalise: min-max normalise each image to [0, 1].
         label_index: only this label of each case (e.g. 0, the gland), or ``None`` for all.
+        cache: ``paired`` already in memory (a :class:`CaseCache` of it, whose own
+            normalisation then applies): nothing is read from disk.
 
     Yields:
         Dicts of NumPy arrays like :func:`make_train_dataset`'s elements (without ``step``),
@@ -287,21 +290,33 @@ def make_eval_batches(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}.")
 
+    def images(case: int) -> tuple[np.ndarray, np.ndarray]:
+        if cache is not None:
+            return cache.moving_images[case], cache.fixed_images[case]
+        moving = paired.read("moving_image", case)[..., 0]
+        fixed = paired.read("fixed_image", case)[..., 0]
+        if normalise:
+            return normalise_intensity(moving), normalise_intensity(fixed)
+        return moving, fixed
+
+    def labels(case: int) -> tuple[np.ndarray, np.ndarray]:
+        if cache is not None:
+            return cache.moving_labels[case], cache.fixed_labels[case]
+        moving_labels = paired.read("moving_label", case)
+        fixed_labels = paired.read("fixed_label", case)
+        _check_label_range(moving_labels, paired.file("moving_label", case))
+        _check_label_range(fixed_labels, paired.file("fixed_label", case))
+        return moving_labels, fixed_labels
+
     def items() -> Iterator[dict[str, Any]]:
         for case in range(paired.num_cases):
-            moving = paired.read("moving_image", case)[..., 0]
-            fixed = paired.read("fixed_image", case)[..., 0]
-            if normalise:
-                moving, fixed = normalise_intensity(moving), normalise_intensity(fixed)
+            moving, fixed = images(case)
             item = {"moving_image": moving, "fixed_image": fixed, "case_index": case,
                     "case_name": paired.names[case]}
             if not paired.has_labels:
                 yield {**item, "label_index": 0}
                 continue
-            moving_labels = paired.read("moving_label", case)
-            fixed_labels = paired.read("fixed_label", case)
-            _check_label_range(moving_labels, paired.file("moving_label", case))
-            _check_label_range(fixed_labels, paired.file("fixed_label", case))
+            moving_labels, fixed_labels = labels(case)
             count = paired.num_labels[case]
             if label_index is not None and not 0 <= label_index < count:
                 raise DataError(

@@ -14,6 +14,8 @@ the method (:class:`labelreg.methods.base.Method`).
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import shutil
@@ -170,6 +172,42 @@ class BestCheckpoint:
         self.log(f"best {self.key} so far ({value:.4f}): kept {path}")
 
 
+#: The validation history of a run, one row per validated checkpoint.
+VALIDATION_CSV = "validation.csv"
+
+
+class ValidationHistory:
+    """``<run>/validation.csv``: ``step`` and every validation figure, one row per checkpoint.
+
+    A resumed run keeps the rows up to the step it resumes from (rows written after that
+    checkpoint by an interrupted run are dropped, as their steps are trained again). The file
+    is rewritten whole, atomically, at each validation; it feeds learning curves
+    (``python -m labelreg.curves``).
+    """
+
+    def __init__(self, run_dir: Path, first_step: int, log: Callable[[str], None]) -> None:
+        self.path = run_dir / VALIDATION_CSV
+        self.rows: list[dict[str, str]] = []
+        if self.path.exists():
+            try:
+                with self.path.open(newline="", encoding="utf-8") as f:
+                    self.rows = [row for row in csv.DictReader(f)
+                                 if int(row["step"]) <= first_step]
+            except (ValueError, KeyError, TypeError, OSError, csv.Error):
+                log(f"warning: {self.path} is unreadable; the validation history starts over")
+                self.rows = []
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        """Append the figures of ``step`` and rewrite the file."""
+        self.rows.append({"step": str(step), **{k: repr(float(v)) for k, v in values.items()}})
+        columns = ["step"] + sorted({k for row in self.rows for k in row if k != "step"})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, text.getvalue())
+
+
 def as_method(target: Method | Config, log: Callable[[str], None] | None = None) -> Method:
     """The method of a validated config (its ``[Method] name``), or ``target`` itself."""
     if isinstance(target, Config):
@@ -264,6 +302,7 @@ def train(target: Method | Config, fresh: bool = False,
         best = BestCheckpoint(train_cfg["keep_best"], checkpoint, run_dir,
                               _checkpoint_name(method), log)
         result.best = best.record
+    validation_log = ValidationHistory(run_dir, first_step, log) if chief else None
     if first_step >= total:
         log(f"already trained to step {first_step} of {total}; nothing to do")
         return result
@@ -311,6 +350,7 @@ def train(target: Method | Config, fresh: bool = False,
                 log(f"validation at step {step}: "
                     + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
                 writer.scalars(step, values, prefix="validation")
+                validation_log.add(step, values)
             if best is not None:
                 best.offer(step, values)
                 result.best = best.record

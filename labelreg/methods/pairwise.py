@@ -110,7 +110,8 @@ class PairwiseMethod(Method):
             # the transforms of their positions in it, as on one device.
             batch = augment_batch(batch, float(data["affine_scale"]), seed,
                                   sample_index=batch.get("sample_index"),
-                                  num_samples=int(self.cfg["Train"]["minibatch_size"]))
+                                  num_samples=int(self.cfg["Train"]["minibatch_size"]),
+                                  translation=float(data["translation"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
     # -- model ----------------------------------------------------------------------------------
@@ -206,9 +207,11 @@ class PairwiseMethod(Method):
         batch_size = int(self.cfg["Train"]["minibatch_size"])
 
         def batches():
+            # The training cases are already in memory (prepare_data): no file is read again.
             for i, batch in enumerate(make_eval_batches(self.paired, batch_size,
                                                         normalise=self.normalise,
-                                                        label_index=label_index)):
+                                                        label_index=label_index,
+                                                        cache=getattr(self, "cache", None))):
                 if i == RECALIBRATION_BATCHES:
                     return
                 yield [batch["moving_image"], batch["fixed_image"]]
@@ -249,7 +252,8 @@ class PairwiseMethod(Method):
         """The first case's gland (label 0), middle slice: fixed | moving | warped."""
         paired = self.paired
         batch = next(make_eval_batches(paired, 1, normalise=self.normalise,
-                                       label_index=0 if paired.has_labels else None))
+                                       label_index=0 if paired.has_labels else None,
+                                       cache=getattr(self, "cache", None)))
         out = register_pair(self.ddf_function(), batch["moving_image"], batch["fixed_image"],
                             batch.get("moving_label"))
         fixed_shape = paired.fixed_shape

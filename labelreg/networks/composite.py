@@ -14,7 +14,6 @@ from labelreg.networks.layers import (
     AffineRegressor,
     RegistrationModel,
     check_positive_int,
-    pair_input,
     pair_shapes,
     with_channels,
 )
@@ -115,7 +114,7 @@ class CompositeNet(RegistrationModel):
         shape = check_fixed_shape(self, fixed, self.fixed_shape)
         if self.fixed_shape is None:  # forward() called before build()
             self.fixed_shape = shape
-        theta = self.regressor(pair_input(moving, fixed), training=training)
+        theta = self.regressor(self.network_input(moving, fixed), training=training)
         ddf_global = ops.affine_to_ddf(theta, shape)
         warped = ops.warp(moving, ddf_global)
         ddf_local = self.local_net([warped, fixed], training=training)
@@ -127,7 +126,7 @@ class CompositeNet(RegistrationModel):
         """The affine stage's transform ``[B, n, n+1]``."""
         moving, fixed = self._pair(inputs)
         check_fixed_shape(self, fixed, self.fixed_shape)
-        return self.regressor(pair_input(moving, fixed), training=training)
+        return self.regressor(self.network_input(moving, fixed), training=training)
 
     def get_config(self) -> dict[str, Any]:
         return {

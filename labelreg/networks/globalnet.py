@@ -14,7 +14,6 @@ from labelreg.networks.layers import (
     RegistrationModel,
     check_positive_int,
     check_spatial_shape,
-    pair_input,
     pair_shapes,
 )
 
@@ -77,10 +76,12 @@ class GlobalNet(RegistrationModel):
     """label-reg's GlobalNet: an encoder and a dense layer predicting an affine transform.
 
     The encoder is LocalNet's (four ``DownResBlock`` s with a 7^n first kernel and a bottom
-    ``ConvBlock``, channels ``c .. 16c``); its bottom features are flattened and a dense layer
-    with a zero kernel and the identity as bias gives ``theta [B, n, n+1]`` (row-major
-    ``[A | t]``). Its DDF is ``labelreg.ops.affine_to_ddf(theta, S_fix)``. At initialisation
-    ``theta`` is exactly the identity and the DDF exactly zero.
+    ``ConvBlock``, channels ``c .. 16c``); its bottom features are flattened and a zero-initialised
+    dense layer gives ``theta [B, n, n+1]`` (row-major ``[A | t]``) through a centred,
+    normalised parametrisation (:class:`~labelreg.networks.layers.AffineRegressor`) that keeps
+    it trainable at LocalNet's learning rates. Its DDF is
+    ``labelreg.ops.affine_to_ddf(theta, S_fix)``. At initialisation ``theta`` is exactly the
+    identity and the DDF exactly zero.
 
     The grid of ``theta``: it maps a fixed-image voxel index ``x`` (homogeneous, origin at voxel
     0, ``ij`` order) to the voxel index ``A x + t`` of the MOVING image at which the moving image
@@ -94,7 +95,9 @@ class GlobalNet(RegistrationModel):
     GlobalNet serves one fixed shape. Give it as ``fixed_shape`` or let the first call set it;
     ``get_config`` records it, so ``from_config`` and ``.keras`` files rebuild the same layer.
 
-    Deviations from label-reg: batch norm runs in inference mode when ``training`` is false or
+    Deviations from label-reg: the dense layer's outputs are an affine about the grid centre
+    in half extents, scaled by ``1/sqrt(F)`` (label-reg's acted on voxel indices directly and
+    needed ``lr = 1e-5``); batch norm runs in inference mode when ``training`` is false or
     ``None`` (label-reg always used batch statistics, so a pair's transform depended on the rest
     of its batch); resizing uses half-pixel centres; 2-D and multi-channel images work.
 
@@ -148,14 +151,14 @@ class GlobalNet(RegistrationModel):
         shape = check_fixed_shape(self, fixed, self.fixed_shape)
         if self.fixed_shape is None:  # forward() called before build()
             self.fixed_shape = shape
-        theta = self.regressor(pair_input(moving, fixed), training=training)
+        theta = self.regressor(self.network_input(moving, fixed), training=training)
         return {"ddf": ops.affine_to_ddf(theta, shape), "theta": theta}
 
     def theta(self, inputs: Any, training: bool | None = False) -> tf.Tensor:
         """The affine transform ``[B, n, n+1]`` of a pair (see the class docstring for its grid)."""
         moving, fixed = self._pair(inputs)
         check_fixed_shape(self, fixed, self.fixed_shape)
-        return self.regressor(pair_input(moving, fixed), training=training)
+        return self.regressor(self.network_input(moving, fixed), training=training)
 
     def get_config(self) -> dict[str, Any]:
         return {

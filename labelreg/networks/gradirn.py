@@ -428,6 +428,10 @@ class GraDIRN(RegistrationModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
+        if self.moving_input != "resize":
+            raise ValueError("GraDIRN descends on the moving image resized to the fixed grid; "
+                             f"moving_input={self.moving_input!r} is not supported (use "
+                             "'resize').")
         self.num_levels = check_positive_int(num_levels, "num_levels")
         self.num_repeat = check_positive_int(num_repeat, "num_repeat")
         # steps[l] serves pyramid level l (0 = full resolution); each step checks the arguments.

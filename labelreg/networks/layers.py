@@ -278,16 +278,58 @@ def as_float32(x: Any) -> tf.Tensor:
     return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 
 
-def pair_input(moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
-    """The network input: moving resized to the fixed shape, concatenated with fixed.
+#: How a moving image of another shape is brought onto the fixed grid for the network input.
+MOVING_INPUTS = ("resize", "identity")
+
+
+def identity_placed(moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
+    """The moving image where the identity transform puts it on the fixed grid.
+
+    ``out[x] = moving[x]`` for every fixed-grid voxel ``x`` (zero beyond the moving grid): what
+    ``labelreg.ops.warp(moving, zero DDF)`` gives, computed as a crop or zero pad at the far
+    end of each axis.
+
+    Args:
+        moving: ``[B, *S_mov, C]``.
+        fixed: ``[B, *S_fix, C']`` with a static ``S_fix``.
+
+    Returns:
+        ``[B, *S_fix, C]``.
+    """
+    target = static_spatial_shape(fixed, "the fixed image")
+    source = static_spatial_shape(moving, "the moving image")
+    if source == target:
+        return moving
+    crop = [slice(None)] + [slice(0, min(s, t)) for s, t in zip(source, target, strict=True)]
+    out = moving[tuple(crop + [slice(None)])]
+    pads = [[0, 0]] + [[0, max(t - s, 0)] for s, t in zip(source, target, strict=True)] + [[0, 0]]
+    return tf.pad(out, pads) if any(p[1] for p in pads) else out
+
+
+def check_moving_input(value: Any) -> str:
+    """``value`` if it is one of :data:`MOVING_INPUTS`, else a ``ValueError``."""
+    if value not in MOVING_INPUTS:
+        raise ValueError(f"moving_input must be one of {MOVING_INPUTS}; received "
+                         f"moving_input={value!r}.")
+    return str(value)
+
+
+def pair_input(moving: tf.Tensor, fixed: tf.Tensor, moving_input: str = "resize") -> tf.Tensor:
+    """The network input: moving on the fixed grid, concatenated with fixed.
 
     Args:
         moving: ``[B, *S_mov, C_m]``.
         fixed: ``[B, *S_fix, C_f]`` with a static ``S_fix``.
+        moving_input: ``"resize"`` (label-reg: the whole moving image stretched to ``S_fix``)
+            or ``"identity"`` (:func:`identity_placed`: the moving image as the zero DDF warps
+            it, so that an anatomical offset between the two channels is the displacement
+            the network has to output, whatever the two shapes are).
 
     Returns:
         ``[B, *S_fix, C_m + C_f]``.
     """
+    if check_moving_input(moving_input) == "identity":
+        return tf.concat([identity_placed(moving, fixed), fixed], axis=-1)
     return tf.concat([resize_like(moving, fixed), fixed], axis=-1)
 
 
@@ -702,20 +744,39 @@ class Encoder(keras.layers.Layer):
         }
 
 
-def identity_theta_flat(ndim: int) -> np.ndarray:
-    """Row-major ``[I | 0]``, the ``n * (n + 1)`` initial bias of the affine head."""
-    return np.concatenate([np.eye(ndim), np.zeros((ndim, 1))], axis=1).reshape(-1)
+def _centred_frame(spatial_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``c = (S - 1) / 2`` and half extent ``h = S / 2`` (voxels) of a grid."""
+    shape = np.asarray(spatial_shape, np.float64)
+    return (shape - 1.0) / 2.0, shape / 2.0
 
 
 @keras.saving.register_keras_serializable(package="labelreg")
 class AffineRegressor(keras.layers.Layer):
     """GlobalNet's encoder and affine head: network input -> ``theta [B, n, n+1]``.
 
-    The encoder's bottom features are flattened and a dense layer with a ZERO kernel and the
-    identity as bias (row-major ``[A | t]``, as label-reg; DeepReg used a Glorot kernel) gives
-    ``theta``, so the regressor starts at the exact identity. The dense layer's size depends on
-    the bottom grid, ``ceil(S / 16)``, so the input's spatial shape must be static and the
-    same at every call.
+    The encoder's bottom features ``f`` (``F`` of them, flattened) go through a dense layer with
+    a ZERO kernel and a zero bias, as label-reg's starts at the exact identity. Its ``n(n+1)``
+    outputs ``r`` are read as an affine in *centred, normalised* coordinates
+    ``u = (x - c) / h`` of the input grid ``S`` (``c = (S-1)/2``, ``h = S/2``)::
+
+        [M | tau] = r / sqrt(F)          (row-major n x (n+1))
+        u' = (I + M) u + tau
+        theta = [A | t],  A = I + H M H^-1,  t = H tau - (A - I) c      (H = diag(h))
+
+    so ``theta`` still maps voxel indices of the fixed grid (origin at voxel 0) to voxel
+    indices of the moving image, as label-reg's.
+
+    Why not label-reg's plain ``theta = W f + b``: every feature is a ReLU output (>= 0), so the
+    gradients of all the weights of one output share a sign and one Adam step moves that output
+    by about ``lr * sum(f)``, i.e. ``lr * F / 2`` (``F`` = 9216 for c=16 at 47x63x44). In voxel
+    coordinates a matrix entry is multiplied by positions up to ``S``, so at ``lr = 3e-4`` one
+    step could move the far corner by tens of voxels, and the network diverged; label-reg
+    trained at ``lr = 1e-5``. Scaling by ``1 / sqrt(F)`` and measuring the matrix in half
+    extents makes one step move any part of the field by about ``lr * sqrt(F) * mean(f) * h``
+    (a fraction of a voxel at ``lr = 3e-4``), the same for the translation and the matrix.
+
+    The dense layer's size depends on the bottom grid, ``ceil(S / 16)``, so the input's spatial
+    shape must be static and the same at every call.
 
     Args:
         ndim: 2 or 3.
@@ -742,12 +803,10 @@ class AffineRegressor(keras.layers.Layer):
         # would be off by up to 0.06 voxel. The layer is one small matmul, so float32 costs
         # nothing measurable; its bfloat16 input features are cast to float32 on entry.
         self.dense = keras.layers.Dense(
-            n * (n + 1),
-            kernel_initializer="zeros",
-            bias_initializer=keras.initializers.Constant(identity_theta_flat(n).tolist()),
-            dtype="float32",
-            name="affine",
+            n * (n + 1), kernel_initializer="zeros", bias_initializer="zeros",
+            dtype="float32", name="affine",
         )
+        self._grid: tuple[int, ...] | None = None
 
     def _num_features(self, spatial_shape: Sequence[int | None]) -> int:
         if any(s is None for s in spatial_shape):
@@ -760,12 +819,53 @@ class AffineRegressor(keras.layers.Layer):
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         self.encoder.build(tuple(input_shape))
-        self.dense.build((input_shape[0], self._num_features(tuple(input_shape)[1:-1])))
+        spatial = tuple(input_shape)[1:-1]
+        self.dense.build((input_shape[0], self._num_features(spatial)))
+        self._grid = tuple(int(s) for s in spatial)
+
+    def _to_theta(self, raw: tf.Tensor, spatial_shape: Sequence[int]) -> tf.Tensor:
+        """Dense outputs ``[B, n(n+1)]`` -> ``theta [B, n, n+1]`` (see the class docstring)."""
+        n = self.ndim
+        centre, half = _centred_frame(spatial_shape)
+        scale = 1.0 / math.sqrt(self._num_features(spatial_shape))
+        r = tf.reshape(raw * scale, [-1, n, n + 1])
+        m, tau = r[..., :n], r[..., n]
+        h = tf.constant(half, tf.float32)
+        # H M H^-1: row i scaled by h_i, column j divided by h_j.
+        delta = m * h[:, None] / h[None, :]
+        t = tau * h - tf.linalg.matvec(delta, tf.constant(centre, tf.float32))
+        return tf.concat([tf.eye(n, dtype=tf.float32) + delta, t[..., None]], axis=-1)
+
+    def bias_for_theta(self, theta: Any) -> np.ndarray:
+        """The dense bias that makes ``theta`` the output of a zero-kernel head.
+
+        The inverse of the head's parametrisation, to start the regressor at a known transform
+        (and in tests). The layer must be built (the grid sets ``c``, ``h`` and ``F``).
+
+        Args:
+            theta: ``[n, n+1]`` row-major ``[A | t]`` in the voxel convention of ``theta``.
+
+        Returns:
+            float32 ``[n (n+1)]``.
+        """
+        if self._grid is None:
+            raise ValueError(f"{self.name} must be built before bias_for_theta().")
+        n = self.ndim
+        theta = np.asarray(theta, np.float64)
+        if theta.shape != (n, n + 1):
+            raise ValueError(f"theta must have shape ({n}, {n + 1}); received {theta.shape}.")
+        centre, half = _centred_frame(self._grid)
+        delta = theta[:, :n] - np.eye(n)
+        m = delta / half[:, None] * half[None, :]
+        tau = (theta[:, n] + delta @ centre) / half
+        raw = np.concatenate([m, tau[:, None]], axis=1).reshape(-1)
+        return (raw * math.sqrt(self._num_features(self._grid))).astype(np.float32)
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         bottom, _ = self.encoder(x, training=training)
-        flat = tf.reshape(bottom, [-1, self._num_features(tuple(x.shape[1:-1]))])
-        return tf.reshape(self.dense(flat), [-1, self.ndim, self.ndim + 1])
+        spatial = tuple(x.shape[1:-1])
+        flat = tf.reshape(bottom, [-1, self._num_features(spatial)])
+        return self._to_theta(self.dense(flat), spatial)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -787,8 +887,10 @@ class RegistrationModel(keras.Model):
     returns that DDF. The DDF ``[B, *S_fix, n]`` is in voxel units and is used as
     ``labelreg.ops.warp(moving_image, ddf)``: the moving image is sampled, in its own voxel
     indices, at ``x + ddf[x]`` for each fixed-grid voxel ``x`` (label-reg's convention). When
-    the two shapes differ, the moving image is resized to the fixed shape only to form the
-    network's input.
+    the two shapes differ, the moving image is brought onto the fixed grid only to form the
+    network's input: resized to the fixed shape (``moving_input="resize"``, label-reg's and
+    the default), or placed by the identity transform (``"identity"``, see
+    :func:`pair_input`).
 
     Precision: the networks' layers follow the Keras dtype policy in force when the network
     is created (see :mod:`labelreg.networks.precision`). Under ``mixed_bfloat16`` the
@@ -799,19 +901,25 @@ class RegistrationModel(keras.Model):
 
     Args:
         ndim: 2 or 3.
+        moving_input: ``"resize"`` or ``"identity"`` (see above).
         **kwargs: ``name``, ``trainable``, ``dtype``, passed to ``keras.Model``.
     """
 
     #: Whether every DDF the network predicts is affine (then it needs no smoothness term).
     affine_only = False
 
-    def __init__(self, ndim: int = 3, **kwargs: Any) -> None:
+    def __init__(self, ndim: int = 3, moving_input: str = "resize", **kwargs: Any) -> None:
         # Keras would otherwise cast the float32 images to the compute dtype (bfloat16 under
         # mixed precision) before forward() sees them, quantising the moving image that the
         # composite network warps and the fixed shape's resize reads.
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
+        self.moving_input = check_moving_input(moving_input)
+
+    def network_input(self, moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
+        """:func:`pair_input` with this network's ``moving_input``."""
+        return pair_input(moving, fixed, self.moving_input)
 
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         """All outputs of the network as a dict (``"ddf"`` and, for some networks, more).
@@ -865,4 +973,4 @@ class RegistrationModel(keras.Model):
         return with_channels(fixed, channels)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "ndim": self.ndim}
+        return {**super().get_config(), "ndim": self.ndim, "moving_input": self.moving_input}

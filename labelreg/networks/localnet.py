@@ -16,7 +16,6 @@ from labelreg.networks.layers import (
     as_float32,
     check_positive_int,
     conv_layer,
-    pair_input,
     resize_like,
 )
 from labelreg.networks.remat import checkpointed, remat_enabled
@@ -141,7 +140,7 @@ class LocalNet(RegistrationModel):
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         """The DDF as ``{"ddf": [B, *S_fix, n]}``."""
         moving, fixed = self._pair(inputs)
-        bottom, skips = self.encoder(pair_input(moving, fixed), training=training)
+        bottom, skips = self.encoder(self.network_input(moving, fixed), training=training)
         features = {_NUM_LEVELS - 1: bottom}
         x = bottom
         for level, block in zip(self.up_levels, self.up_blocks, strict=True):

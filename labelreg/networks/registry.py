@@ -78,7 +78,8 @@ def build_network(
     if fixed_shape is not None:
         fixed_shape = check_spatial_shape(fixed_shape, ndim, "fixed_shape")
     params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p in params if p not in ("self", "kwargs", "ndim", "fixed_shape")]
+    accepted = [p for p in _constructor_arguments(cls)
+                if p not in ("self", "kwargs", "ndim", "fixed_shape")]
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
         raise ConfigError(
@@ -88,3 +89,21 @@ def build_network(
     if "fixed_shape" in params:
         kwargs["fixed_shape"] = fixed_shape
     return cls(ndim=ndim, **kwargs)
+
+
+def _constructor_arguments(cls: type) -> list[str]:
+    """Named constructor arguments of ``cls``, and of its labelreg bases while a constructor
+    forwards ``**kwargs`` (e.g. ``moving_input`` of every registration network's base)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names += [p.name for p in params.values()
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names]
+        forwards = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if not forwards or not klass.__module__.startswith("labelreg"):
+            break
+        if klass.__name__ == "RegistrationModel":
+            break
+    return names

@@ -17,7 +17,6 @@ from labelreg.networks.layers import (
     check_positive_int,
     conv_layer,
     known_channels,
-    pair_input,
     resize_like,
     with_channels,
 )
@@ -331,7 +330,7 @@ class UNet(RegistrationModel):
         moving, fixed = self._pair(inputs)
         # float32 before any integration: scaling and squaring composes the field with itself
         # repeatedly, and bfloat16 roundings would compound over the steps.
-        out = as_float32(self.backbone(pair_input(moving, fixed), training=training))
+        out = as_float32(self.backbone(self.network_input(moving, fixed), training=training))
         if not self.integration_steps:
             return {"ddf": out}
         return {"ddf": ops.integrate_svf(out, steps=self.integration_steps), "velocity": out}

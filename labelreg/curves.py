@@ -1,0 +1,194 @@
+"""Learning curves: the validation figures of training runs against the step, as a PNG.
+
+Every run validated during training has ``<run>/validation.csv`` (written by the trainer at
+each checkpoint: ``step`` and the figures of the method's ``validate()``, e.g. ``dice``, the
+median gland Dice, and ``tre_mm``, the median landmark TRE). This module draws one panel per
+figure with one line per run, e.g. the folds of a cross-validation::
+
+    python -m labelreg.curves runs/mrus --output docs/images/mrus_curve.png
+    python -m labelreg.curves runs/crossval/fold*/run --output curves.png \\
+        --hline dice=0.505:identity --hline tre_mm=18.98:identity
+
+Needs matplotlib (``pip install .[plot]``); no TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from labelreg.errors import ConfigError, DataError, LabelregError
+from labelreg.files import atomic_write_bytes
+
+__all__ = ["FIGURE_TITLES", "read_history", "plot_learning_curves", "main"]
+
+#: Panel titles of the figures that label-driven validation reports.
+FIGURE_TITLES = {
+    "dice": "gland Dice (median over validation cases)",
+    "tre_mm": "landmark TRE, mm (median over validation cases)",
+    "dice_mean": "Dice (mean over all labels)",
+    "centroid_distance_mm": "centroid distance, mm (mean over all labels)",
+}
+
+
+def read_history(run: str | os.PathLike) -> dict[str, list[float]]:
+    """The validation history of a run.
+
+    Args:
+        run: a run folder holding ``validation.csv``, or the CSV itself.
+
+    Returns:
+        ``{"step": [...], figure: [...]}``, one entry per validated checkpoint, sorted by step;
+        an empty cell is NaN.
+
+    Raises:
+        DataError: the file is missing, unreadable or has no ``step`` column or no row.
+    """
+    path = Path(run)
+    if path.is_dir() or path.suffix != ".csv":
+        path = path / "validation.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: no validation history (a run validated during training "
+                        "writes validation.csv; set [Data] dir_valid_* and [Train] validate).")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        rows.sort(key=lambda row: int(row["step"]))
+        columns = list(rows[0]) if rows else []
+        history = {name: [_number(row.get(name, "")) for row in rows] for name in columns}
+    except (KeyError, ValueError, TypeError, csv.Error, OSError) as err:
+        raise DataError(f"{path}: not a validation history (expected a CSV with a 'step' "
+                        f"column and numbers): {err}") from err
+    if not rows or "step" not in history:
+        raise DataError(f"{path}: the validation history has no rows.")
+    return history
+
+
+def _number(text: str | None) -> float:
+    return float(text) if text not in (None, "") else math.nan
+
+
+def plot_learning_curves(
+    runs: Mapping[str, str | os.PathLike],
+    output: str | os.PathLike,
+    figures: Sequence[str] = ("dice", "tre_mm"),
+    hlines: Sequence[tuple[str, float, str]] = (),
+    title: str | None = None,
+) -> Path:
+    """Draw ``figures`` against the training step for every run, one panel per figure.
+
+    Args:
+        runs: legend label -> run folder (or ``validation.csv``).
+        output: the PNG to write (atomically).
+        figures: columns of the histories to draw; a figure no run has is skipped.
+        hlines: ``(figure, value, label)`` horizontal reference lines (e.g. the identity).
+        title: the figure's title.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ConfigError: matplotlib is not installed, or no run has any of ``figures``.
+        DataError: a run's history is missing or unreadable.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError("learning curves need matplotlib: pip install '.[plot]'") from err
+    histories = {label: read_history(run) for label, run in runs.items()}
+    shown = [name for name in figures
+             if any(name in h and any(math.isfinite(v) for v in h[name])
+                    for h in histories.values())]
+    if not shown:
+        raise ConfigError(f"none of the figures {list(figures)} is in the histories of "
+                          f"{', '.join(str(r) for r in runs.values())}.")
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 3.8), squeeze=False)
+    for axis, name in zip(axes[0], shown, strict=True):
+        for label, history in histories.items():
+            if name in history:
+                axis.plot(history["step"], history[name], marker="o", markersize=3, label=label)
+        for figure, value, label in hlines:
+            if figure == name and math.isfinite(value):
+                axis.axhline(value, linestyle="--", color="grey", linewidth=1)
+                axis.annotate(label, (0.01, value), xycoords=("axes fraction", "data"),
+                              va="bottom", fontsize=8, color="grey")
+        axis.set_title(FIGURE_TITLES.get(name, name), fontsize=10)
+        axis.set_xlabel("training step")
+        axis.grid(alpha=0.3)
+    if len(histories) > 1:
+        axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(output, buffer.getvalue())
+
+
+def _parse_hline(text: str) -> tuple[str, float, str]:
+    """``FIGURE=VALUE[:LABEL]`` -> ``(figure, value, label)``."""
+    head, _, label = text.partition(":")
+    figure, sep, value = head.partition("=")
+    try:
+        if not sep or not figure:
+            raise ValueError(text)
+        return figure.strip(), float(value), label.strip()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected FIGURE=VALUE[:LABEL], e.g. dice=0.505:identity; received {text!r}"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m labelreg.curves``; returns the exit code (0 done, 2 a missing history or
+    matplotlib, with the message on stderr)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m labelreg.curves",
+        description="Validation figures of training runs against the step, as a PNG.")
+    parser.add_argument("runs", nargs="+", help="run folders (or their validation.csv)")
+    parser.add_argument("--output", required=True, help="the PNG to write")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="legend labels, one per run (default: the folder names)")
+    parser.add_argument("--figures", nargs="+", default=["dice", "tre_mm"],
+                        help="columns of validation.csv to draw (default: dice tre_mm)")
+    parser.add_argument("--hline", action="append", default=[], type=_parse_hline,
+                        metavar="FIGURE=VALUE[:LABEL]",
+                        help="a horizontal reference line, e.g. dice=0.505:identity "
+                             "(repeatable)")
+    parser.add_argument("--title", default=None, help="the figure's title")
+    from labelreg.logs import parse_args
+
+    args = parse_args(parser, argv)
+    labels = args.labels or [_run_label(run) for run in args.runs]
+    if len(labels) != len(args.runs):
+        parser.error(f"--labels needs one label per run ({len(args.runs)}); "
+                     f"received {len(labels)}.")
+    try:
+        output = plot_learning_curves(dict(zip(labels, args.runs, strict=True)), args.output,
+                                      args.figures, args.hline, args.title)
+    except LabelregError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {output}")
+    return 0
+
+
+def _run_label(run: str) -> str:
+    path = Path(run)
+    path = path.parent if path.suffix == ".csv" else path
+    # A cross-validation fold's run is <output>/fold<k>/run: name it by its fold.
+    return path.parent.name if path.name == "run" else path.name
+
+
+if __name__ == "__main__":
+    sys.exit(main())

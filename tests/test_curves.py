@@ -1,0 +1,77 @@
+"""Learning curves drawn from runs' validation.csv (``python -m labelreg.curves``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelreg.curves import main, plot_learning_curves, read_history
+from labelreg.errors import ConfigError, DataError
+
+
+def _run(folder, rows, header="step,dice,tre_mm"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "validation.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_read_history_sorts_by_step_and_reads_empty_cells_as_nan(tmp_path):
+    run = _run(tmp_path / "run", ["200,0.7,", "100,0.6,15.5"])
+    history = read_history(run)
+    assert history["step"] == [100.0, 200.0]
+    assert history["dice"] == [0.6, 0.7]
+    assert history["tre_mm"][0] == 15.5 and math.isnan(history["tre_mm"][1])
+    assert read_history(run / "validation.csv") == history
+
+
+def test_read_history_names_the_missing_or_broken_file(tmp_path):
+    with pytest.raises(DataError, match=r"nothing[/\\]validation\.csv: no validation history"):
+        read_history(tmp_path / "nothing")
+    broken = _run(tmp_path / "broken", ["a,b,c"])
+    with pytest.raises(DataError, match=r"broken[/\\]validation\.csv: not a validation history"):
+        read_history(broken)
+    empty = _run(tmp_path / "empty", [])
+    with pytest.raises(DataError, match="has no rows"):
+        read_history(empty)
+
+
+def test_plot_draws_one_panel_per_figure_with_every_run(tmp_path):
+    one = _run(tmp_path / "fold1" / "run", ["50,0.6,16", "100,0.7,14"])
+    two = _run(tmp_path / "fold2" / "run", ["50,0.5,18", "100,0.75,12"])
+    out = plot_learning_curves({"fold 1": one, "fold 2": two}, tmp_path / "curves.png",
+                               hlines=[("dice", 0.5, "identity"), ("tre_mm", math.nan, "x")])
+    with Image.open(out) as image:
+        width, height = image.size
+        pixels = np.asarray(image.convert("RGB"))
+    # Two 5.2 x 3.8 inch panels at 110 dpi.
+    assert (width, height) == (round(2 * 5.2 * 110), round(3.8 * 110))
+    # Matplotlib's first two line colours (blue and orange) are both drawn.
+    blue = np.all(np.abs(pixels.astype(int) - (31, 119, 180)) < 30, axis=-1)
+    orange = np.all(np.abs(pixels.astype(int) - (255, 127, 14)) < 30, axis=-1)
+    assert blue.sum() > 50 and orange.sum() > 50
+    # A figure no run has is skipped; asking only for such figures is an error.
+    single = plot_learning_curves({"a": one}, tmp_path / "one.png", figures=("dice", "nope"))
+    with Image.open(single) as image:
+        assert image.size[0] == round(5.2 * 110)
+    with pytest.raises(ConfigError, match=r"none of the figures \['nope'\]"):
+        plot_learning_curves({"a": one}, tmp_path / "none.png", figures=("nope",))
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_command_writes_the_png_and_reports_errors(tmp_path, capsys):
+    run = _run(tmp_path / "mrus", ["100,0.7,15", "200,0.72,14"])
+    out = tmp_path / "curve.png"
+    assert main([str(run), "--output", str(out), "--hline", "dice=0.5:identity",
+                 "--title", "mrus"]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing"), "--output", str(out)]) == 2
+    assert "no validation history" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(run), "--output", str(out), "--hline", "dice:0.5"])
+    assert "expected FIGURE=VALUE[:LABEL]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(run), "--output", str(out), "--labels", "a", "b"])
+    assert "one label per run" in capsys.readouterr().err
