@@ -923,6 +923,11 @@ def _build_labelreg_schema() -> Schema:
                 "Gaussian sigmas (voxels) of the multi-scale label loss; 0 = unsmoothed.",
                 min=0,
             ),
+            "centroid_weight": Key(
+                "float", 0.0, "Weight per mm of the soft centroid distance between the sampled "
+                "fixed label and the warped moving label, added to the label loss (0 = "
+                "label-reg's objective).", min=0.0,
+            ),
             "regulariser_type": Key(
                 "str", "bending", "Deformation regulariser.", choices=regularisers
             ),

@@ -202,3 +202,51 @@ def test_registry_label_losses():
         losses.get_label_loss("generalised-dice")
     with pytest.raises(ValueError, match="scales must be"):
         losses.get_label_loss("dice", scales=(-1,))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_centroid_distance_loss_is_the_soft_centroid_distance(ndim):
+    from labelreg.losses.label import centroid_distance_loss
+
+    rng = np.random.default_rng(5)
+    shape = (9, 10, 8)[:ndim]
+    t = np.zeros((2, *shape, 1), np.float32)
+    p = np.zeros_like(t)
+    # Sample 0: binary boxes, so the loss equals the thresholded metric (in mm).
+    t[(0, *[slice(1, 4)] * ndim, 0)] = 1.0
+    p[(0, *[slice(4, 8)] * ndim, 0)] = 1.0
+    # Sample 1: soft labels; the reference is NumPy's weighted mean of the indices.
+    t[1, ..., 0] = rng.random(shape)
+    p[1, ..., 0] = rng.random(shape) ** 3
+    spacing = np.array([[1.5, 0.5, 2.0][:ndim]] * 2, np.float32)
+    got = centroid_distance_loss(t, p, spacing=spacing).numpy()
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+
+    def centroid(mask):
+        return (mask[..., None] * grid).reshape(-1, ndim).sum(0) / mask.sum()
+
+    expected = [np.linalg.norm((centroid(t[b, ..., 0]) - centroid(p[b, ..., 0])) * spacing[b])
+                for b in range(2)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[0], metrics.centroid_distance(t, p, spacing=spacing)[0],
+                               rtol=1e-5)
+
+
+def test_centroid_distance_loss_gradient_and_empty_labels():
+    from labelreg.losses.label import centroid_distance_loss
+
+    rng = np.random.default_rng(2)
+    t = tf.constant(rng.random((1, 6, 7, 5, 1)), tf.float32)
+    p = tf.constant(rng.random((1, 6, 7, 5, 1)), tf.float32)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda q: centroid_distance_loss(t, q), [tf.cast(p, tf.float64)[..., :] * 1.0])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
+    # An empty warped label (moved out of the grid) gives 0 and a zero, finite gradient.
+    empty = tf.zeros_like(p)
+    with tf.GradientTape() as tape:
+        tape.watch(empty)
+        value = centroid_distance_loss(t, empty)
+    grad = tape.gradient(value, empty).numpy()
+    assert value.numpy()[0] == 0.0 and np.all(np.isfinite(grad)) and not grad.any()
+    with pytest.raises(ValueError, match="one label per sample"):
+        centroid_distance_loss(np.ones((1, 4, 4, 2), np.float32), np.ones((1, 4, 4, 2), np.float32))

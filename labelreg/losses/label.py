@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.ops import check_finite, check_image, gaussian_filter
+from labelreg.ops import check_finite, check_image, gaussian_filter, reference_grid
 
 __all__ = [
     "dice_loss",
@@ -22,6 +22,7 @@ __all__ = [
     "mean_squared_loss",
     "multi_scale_loss",
     "multi_scale_dice_loss",
+    "centroid_distance_loss",
     "check_pair",
     "check_scales",
     "DEFAULT_SCALES",
@@ -123,6 +124,47 @@ def mean_squared_loss(y_true: Any, y_pred: Any) -> tf.Tensor:
     """
     t, p = check_pair(y_true, y_pred)
     return _mean(tf.square(t - p))
+
+
+def centroid_distance_loss(y_true: Any, y_pred: Any, spacing: Any = None) -> tf.Tensor:
+    """Distance between the soft centroids of two labels, differentiable in both.
+
+    The soft centroid of a label ``p`` is ``sum_x p(x) x / sum_x p(x)`` over the voxel indices
+    ``x`` (no threshold, unlike :func:`labelreg.metrics.centroid_distance`, which it equals for
+    binary masks); the index difference is scaled by ``spacing`` before the Euclidean norm.
+    The landmark TRE of label-reg's evaluation is this distance for binarised labels, so the
+    loss aims at it directly, and unlike an overlap score it keeps a gradient of constant size
+    (one per unit of displacement) however far apart two small labels are.
+
+    Args:
+        y_true, y_pred: ``[B, *S, 1]`` labels in [0, 1].
+        spacing: ``None`` (voxels), or ``[B, n]`` / ``n`` voxel sizes in mm.
+
+    Returns:
+        float32 ``[B]``, in mm with ``spacing`` else in voxels. A sample whose label is empty
+        (e.g. a warped landmark moved out of the grid) gives 0 there and no gradient, rather
+        than NaN.
+    """
+    t, p = check_pair(y_true, y_pred)
+    if t.shape[-1] != 1:
+        raise ValueError(f"centroid_distance_loss compares one label per sample; received "
+                         f"{t.shape[-1]} channels.")
+    n = t.shape.rank - 2
+    grid = reference_grid(tf.shape(t)[1:-1])  # [*S, n]
+    axes = list(range(1, n + 1))
+    mass_t = tf.reduce_sum(t, axes)  # [B, 1]
+    mass_p = tf.reduce_sum(p, axes)
+    present = tf.logical_and(mass_t > _EPS, mass_p > _EPS)  # [B, 1]
+    # Where a label is empty its centroid is replaced by 0 before dividing, so neither the
+    # value nor the gradient is NaN.
+    centre_t = tf.reduce_sum(t * grid, axes) / tf.where(present, mass_t, 1.0)
+    centre_p = tf.reduce_sum(p * grid, axes) / tf.where(present, mass_p, 1.0)
+    sizes = tf.ones([1, n]) if spacing is None else \
+        tf.reshape(tf.cast(spacing, tf.float32), [-1, n])
+    diff = tf.where(present, (centre_t - centre_p) * sizes, 0.0)
+    # sqrt(x + 1e-12) - 1e-6: a finite gradient at a zero distance, and the exact distance
+    # (to float32 precision) elsewhere.
+    return tf.sqrt(tf.reduce_sum(tf.square(diff), -1) + 1e-12) - 1e-6
 
 
 # The single-scale losses under their INI names (the registry and multi_scale_loss share it).

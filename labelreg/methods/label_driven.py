@@ -33,6 +33,7 @@ class LabelDriven(PairwiseMethod):
         self.label_loss = get_label_loss(loss["similarity_type"],
                                          scales=tuple(loss["similarity_scales"]))
         self.label_weight = 1.0
+        self.centroid_weight = float(loss["centroid_weight"])
         # An affine field has no bending energy, so label-reg adds no regulariser to GlobalNet.
         affine_only = getattr(models["model"], "affine_only", False)
         self.regulariser_weight = 0.0 if affine_only else float(loss["regulariser_weight"])

@@ -25,6 +25,7 @@ from labelreg.data.pipeline import CaseCache
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError, PartialFailure
+from labelreg.losses.label import centroid_distance_loss
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network
@@ -41,6 +42,7 @@ class PairwiseMethod(Method):
     The objective is a weighted sum, per sample,
 
         label_weight * label_loss(fixed label, warped moving label)
+            + centroid_weight * centroid distance (mm) of those labels
             + image_weight * image_loss(fixed image, warped moving image)
             + regulariser_weight * regulariser(ddf)
 
@@ -50,6 +52,7 @@ class PairwiseMethod(Method):
 
     label_loss: Callable[..., tf.Tensor] | None = None
     label_weight: float = 0.0
+    centroid_weight: float = 0.0
     image_loss: Callable[..., tf.Tensor] | None = None
     image_weight: float = 0.0
     regulariser: Callable[..., tf.Tensor] | None = None
@@ -180,6 +183,11 @@ class PairwiseMethod(Method):
                 label = self.label_loss(batch["fixed_label"], warped_label)
                 terms["label_loss"] = label
                 total += self.label_weight * label
+            if self.centroid_weight > 0 and warped_label.shape[-1] == 1:
+                centroid = centroid_distance_loss(batch["fixed_label"], warped_label,
+                                                  spacing=batch["spacing"])
+                terms["centroid_loss_mm"] = centroid
+                total += self.centroid_weight * centroid
             if warped_label.shape[-1] == 1:
                 terms["dice"] = metrics.dice(batch["fixed_label"], warped_label)
                 terms["centroid_distance_mm"] = metrics.centroid_distance(
