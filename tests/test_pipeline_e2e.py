@@ -200,6 +200,12 @@ def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
     result = train(config.load(ini), log=lambda line: None)
     assert result.last_step == 1
     assert 0.0 <= result.last_values["dice"] <= 1.0 and np.isfinite(result.last_values["loss"])
+    # The gland's Dice and the landmarks' distance, each over the pairs that sampled it (NaN
+    # when no pair of the step did); together they cover both pairs.
+    gland, tre = result.last_values["dice_gland"], result.last_values["tre_mm"]
+    assert np.isfinite(gland) or np.isfinite(tre)
+    assert not np.isfinite(gland) or 0.0 <= gland <= 1.0
+    assert not np.isfinite(tre) or tre >= 0.0
 
 
 # ---- bad input: a clear error naming the culprit, exit code 2, and nothing written ----------

@@ -192,6 +192,14 @@ class PairwiseMethod(Method):
                 terms["dice"] = metrics.dice(batch["fixed_label"], warped_label)
                 terms["centroid_distance_mm"] = metrics.centroid_distance(
                     batch["fixed_label"], warped_label, spacing=batch["spacing"])
+                if "label_index" in batch:
+                    # The same figures as validation: the gland's Dice (label 0) and the
+                    # landmarks' centroid distance (labels 1..), each over the pairs that
+                    # sampled it (NaN elsewhere; the logged means skip NaN).
+                    gland = tf.equal(batch["label_index"], 0)
+                    nan = tf.fill(tf.shape(terms["dice"]), float("nan"))
+                    terms["dice_gland"] = tf.where(gland, terms["dice"], nan)
+                    terms["tre_mm"] = tf.where(gland, nan, terms["centroid_distance_mm"])
             else:  # one-hot classes: the mean of the per-class Dice
                 terms["dice"] = tf.reduce_mean(
                     metrics.dice_per_class(batch["fixed_label"], warped_label), axis=-1)
