@@ -7,8 +7,8 @@ align. Sub-modules are imported on first use, so ``import comir_tf`` stays cheap
 Public names (see ``docs/comir.md``):
 
 - ``Tiramisu``: the FC-DenseNet (``comir_tf.tiramisu``);
-- ``info_nce_loss``, ``similarity_matrix``, ``activation_decay``, ``comir_loss_terms``,
-  ``CRITICS`` (``comir_tf.contrastive``);
+- ``info_nce_loss``, ``similarity_matrix``, ``retrieval_metrics``, ``contrastive_terms``,
+  ``activation_decay``, ``comir_loss_terms``, ``CRITICS`` (``comir_tf.contrastive``);
 - ``rot90`` (``comir_tf.equivariance``);
 - ``generate``, ``write_comir`` (``comir_tf.generate``);
 - ``register_rigid``, ``register_sift``, ``RigidTransform``, ``rigid_matrix``, ``warp_rigid``,
@@ -29,6 +29,8 @@ _NAMES = {
     "Tiramisu": "tiramisu",
     "info_nce_loss": "contrastive",
     "similarity_matrix": "contrastive",
+    "retrieval_metrics": "contrastive",
+    "contrastive_terms": "contrastive",
     "activation_decay": "contrastive",
     "comir_loss_terms": "contrastive",
     "CRITICS": "contrastive",

@@ -218,8 +218,9 @@ def update_docs(path: str | os.PathLike) -> str:
     return replace_generated_block(path, block, _BEGIN, _END).read_text(encoding="utf-8")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    for target in sys.argv[1:]:
-        update_docs(target)
+    from labelreg.config import docs_command
+
+    sys.exit(docs_command(sys.argv[1:], update_docs, "comir_tf.config"))

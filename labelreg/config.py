@@ -1077,12 +1077,20 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     return cfg
 
 
-def _main(argv: Sequence[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m labelreg.config DOCS_MD   (rewrites the generated config reference)")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    print(update_docs(argv[0]))
+def docs_command(argv: Sequence[str], update: Any, module: str) -> int:
+    """``python -m <module> DOCS_MD``: rewrite the generated reference block of one file with
+    ``update(path)``; ``-h``/``--help`` or another argument count prints the usage instead
+    (an option is never taken for a file name)."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(f"usage: python -m {module} DOCS_MD   (rewrites the generated reference block)")
+        return 0 if list(argv) in (["-h"], ["--help"]) else 2
+    update(argv[0])
+    print(f"updated {argv[0]}")
     return 0
+
+
+def _main(argv: Sequence[str]) -> int:
+    return docs_command(argv, update_docs, "labelreg.config")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from comir_tf.contrastive import CRITICS, activation_decay, info_nce_loss, similarity_matrix
+from comir_tf.contrastive import (
+    CRITICS,
+    activation_decay,
+    comir_loss_terms,
+    contrastive_terms,
+    info_nce_loss,
+    retrieval_metrics,
+    similarity_matrix,
+)
 
 
 def _critic_ref(x: np.ndarray, y: np.ndarray, critic: str) -> float:
@@ -131,3 +139,105 @@ def test_bad_arguments_raise():
         info_nce_loss(a, np.zeros((2, 4, 4, 2), np.float32))
     with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
         info_nce_loss(a[..., 0], a[..., 0])
+
+
+# Retrieval measures. Six one-pixel points a = [0, 5, 6], b = [1, 9, 6.5] with the mse critic
+# and tau = 1, so S[i, k] = -(p_i - p_k)**2. Per anchor (positive's squared distance, hardest
+# negative's, margin = hardest - positive):
+#   a0: 1    vs a1 25      ->  24     retrieved
+#   a1: 16   vs a2 1       -> -15     missed (its own modality's a2 is nearer)
+#   a2: 0.25 vs a1 1       ->  0.75   retrieved
+#   b0: 1    vs a1 16      ->  15     retrieved
+#   b1: 16   vs b2 6.25    -> -9.75   missed (its own modality's b2 is nearer)
+#   b2: 0.25 vs a1 2.25    ->  2      retrieved
+# top-1 accuracy 4/6, mean margin 17/6. The 12 negative pairs' squared distances sum to 338
+# and the 3 positives' to 17.25, so the relative positive MSE is (17.25 / 3) / (338 / 12).
+_A = np.array([0.0, 5.0, 6.0], np.float32)
+_B = np.array([1.0, 9.0, 6.5], np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (4, 5, 1), (4, 5, 3)])
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_retrieval_metrics_match_a_hand_computed_case(shape, tau):
+    # Constant maps of any size and channel count have the one-pixel mse.
+    a = np.broadcast_to(_A[:, None, None, None], (3, *shape)).astype(np.float32)
+    b = np.broadcast_to(_B[:, None, None, None], (3, *shape)).astype(np.float32)
+    values = {k: float(v) for k, v in retrieval_metrics(a, b, "mse", tau).items()}
+    assert values["top1_accuracy"] == pytest.approx(4 / 6)
+    assert values["logit_margin"] == pytest.approx(17 / 6 / tau, rel=1e-5)
+    assert values["relative_positive_mse"] == pytest.approx(69 / 338, rel=1e-5)
+    # Swapping the modalities changes no anchor's neighbours.
+    swapped = {k: float(v) for k, v in retrieval_metrics(b, a, "mse", tau).items()}
+    assert swapped == pytest.approx(values, rel=1e-6)
+
+
+@pytest.mark.parametrize("critic", CRITICS)
+def test_retrieval_metrics_match_a_loop_reference(critic):
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
+    b = (a + 0.8 * rng.normal(size=a.shape)).astype(np.float32)
+    tau = 0.7
+    _, sim = _info_nce_ref(a, b, critic, tau)
+    margins = []
+    for i in range(6):
+        positive = (i + 3) % 6
+        margins.append(sim[i, positive] - max(sim[i, k] for k in range(6)
+                                              if k not in (i, positive)))
+    values = retrieval_metrics(a, b, critic, tau)
+    assert float(values["top1_accuracy"]) == pytest.approx(np.mean(np.array(margins) > 0))
+    assert float(values["logit_margin"]) == pytest.approx(np.mean(margins), rel=1e-4, abs=1e-5)
+
+
+def test_info_nce_is_bounded_by_the_margins():
+    """The loss is at least softplus(-margin) (Jensen over anchors), and it vanishes once the
+    margin is large: what the printed 0.0000 of a separable batch means."""
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(8, 6, 6, 1)).astype(np.float32)
+    for noise, scale in ((1.0, 1.0), (0.3, 1.0), (0.3, 4.0)):
+        b = a + noise * rng.normal(size=a.shape).astype(np.float32)
+        terms = contrastive_terms(scale * a, scale * b)
+        margin, nce = float(terms["logit_margin"]), float(terms["info_nce"])
+        assert nce >= math.log1p(math.exp(-margin)) - 1e-6
+    # The last case is fully separated with a large margin: the loss is far below 1e-4.
+    assert float(terms["top1_accuracy"]) == 1.0 and margin > 15.0 and nce < 1e-4
+
+
+def test_relative_positive_mse_ignores_the_scale_and_positive_mse_does_not():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+    b = (a + 0.5 * rng.normal(size=a.shape)).astype(np.float32)
+    small, large = contrastive_terms(a, b), contrastive_terms(3.0 * a, 3.0 * b)
+    assert float(large["positive_mse"]) == pytest.approx(9.0 * float(small["positive_mse"]),
+                                                         rel=1e-5)
+    assert float(large["relative_positive_mse"]) == pytest.approx(
+        float(small["relative_positive_mse"]), rel=1e-4)
+    # The mse critic's logits grow with the square of the scale, and so does the margin.
+    assert float(large["logit_margin"]) == pytest.approx(9.0 * float(small["logit_margin"]),
+                                                         rel=1e-4)
+
+
+def test_metrics_carry_no_gradient_and_the_loss_is_unchanged():
+    rng = np.random.default_rng(8)
+    a = tf.Variable(rng.normal(size=(3, 4, 4, 1)).astype(np.float32))
+    b = tf.constant(rng.normal(size=(3, 4, 4, 1)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        terms = contrastive_terms(a, b, "mse", 0.5)
+    for key in ("top1_accuracy", "logit_margin", "relative_positive_mse"):
+        assert tape.gradient(terms[key], a) is None
+    assert float(terms["info_nce"]) == pytest.approx(float(info_nce_loss(a, b, "mse", 0.5)))
+
+
+def test_comir_loss_terms_log_the_retrieval_measures():
+    # Identity "networks": the terms are those of the inputs themselves.
+    def identity(x, training=False):
+        return x
+
+    a = np.broadcast_to(_A[:, None, None, None], (3, 4, 4, 1)).astype(np.float32)
+    b = np.broadcast_to(_B[:, None, None, None], (3, 4, 4, 1)).astype(np.float32)
+    batch = {"a": a, "b": b, "k_a": tf.constant([1, 2, 3]), "k_b": tf.constant([0, 3, 1])}
+    terms = comir_loss_terms(identity, identity, batch, tau=1.0)
+    assert list(terms) == ["loss", "info_nce", "decay", "positive_mse", "relative_positive_mse",
+                           "top1_accuracy", "logit_margin"]
+    assert float(terms["top1_accuracy"]) == pytest.approx(4 / 6)
+    assert float(terms["logit_margin"]) == pytest.approx(17 / 6, rel=1e-5)
+    assert float(terms["positive_mse"]) == pytest.approx(17.25 / 3)

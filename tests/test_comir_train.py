@@ -93,7 +93,10 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(trained):
     assert description["models"]["model_a"]["config"]["in_channels"] == 1
     assert description["models"]["model_b"]["config"]["in_channels"] == 3
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert set(result.validation) == {"positive_mse", "info_nce"}
+    assert set(result.validation) == {"positive_mse", "info_nce", "relative_positive_mse",
+                                      "top1_accuracy", "logit_margin"}
+    assert 0.0 <= result.validation["top1_accuracy"] <= 1.0
+    assert {"top1_accuracy", "logit_margin"} <= set(result.last_values)
 
 
 def test_restore_loads_every_weight(trained):

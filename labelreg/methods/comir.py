@@ -19,7 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from comir_tf.contrastive import comir_loss_terms, info_nce_loss
+from comir_tf.contrastive import comir_loss_terms, contrastive_terms
 from comir_tf.data import centre_crops, ensure_data, make_patch_dataset, read_pairs
 from comir_tf.generate import comir_margin, encoder_signature, generate, write_comir
 from comir_tf.tiramisu import Tiramisu
@@ -78,8 +78,10 @@ def make_train_step(
     experiments and benchmarks).
 
     Returns:
-        ``step(batch) -> {"loss", "info_nce", "decay", "positive_mse", "grad_norm_a",
-        "grad_norm_b"}`` (scalars; ``grad_norm_*`` are the norms before clipping).
+        ``step(batch) -> {"loss", "info_nce", "decay", "positive_mse",
+        "relative_positive_mse", "top1_accuracy", "logit_margin", "grad_norm_a",
+        "grad_norm_b"}`` (scalars; ``grad_norm_*`` are the norms before clipping; the
+        others as in :func:`comir_tf.contrastive.comir_loss_terms`).
     """
     def loss(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return comir_loss_terms(model_a, model_b, batch, critic=critic, tau=tau,
@@ -148,17 +150,21 @@ class CoMIR(Method):
                                 l2_decay=c["l2_decay"], equivariance=c["equivariance"])
 
     def validate(self) -> dict[str, float]:
-        """The positive pairs' CoMIR distance and the InfoNCE loss on centre crops of the test
-        pairs, in inference mode."""
+        """On centre crops of the first ``minibatch_size`` test pairs, in inference mode: the
+        positive pairs' CoMIR distance and, with at least two pairs, the InfoNCE loss and the
+        retrieval measures (``relative_positive_mse``, ``top1_accuracy``, ``logit_margin``;
+        see :func:`comir_tf.contrastive.retrieval_metrics`)."""
         if self.valid_batch is None:
             return {}
         c = self.cfg["CoMIR"]
         z_a = self.models["model_a"](self.valid_batch[0], training=False)
         z_b = self.models["model_b"](self.valid_batch[1], training=False)
-        values = {"positive_mse": float(tf.reduce_mean(tf.square(z_a - z_b)))}
-        if len(self.valid_batch[0]) >= 2:
-            values["info_nce"] = float(info_nce_loss(z_a, z_b, c["critic"], c["tau"]))
-        return values
+        if len(self.valid_batch[0]) < 2:  # no negatives
+            return {"positive_mse": float(tf.reduce_mean(tf.square(z_a - z_b)))}
+        terms = contrastive_terms(z_a, z_b, c["critic"], c["tau"])
+        keys = ("positive_mse", "info_nce", "relative_positive_mse", "top1_accuracy",
+                "logit_margin")
+        return {key: float(terms[key]) for key in keys}
 
     def pictures(self) -> dict[str, np.ndarray]:
         if self.valid_batch is None or not self.cfg["Train"]["validate"]:

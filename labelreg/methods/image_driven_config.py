@@ -224,5 +224,6 @@ def update_docs(path: str | os.PathLike) -> None:
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    for target in sys.argv[1:]:
-        update_docs(target)
+    from labelreg.config import docs_command
+
+    sys.exit(docs_command(sys.argv[1:], update_docs, "labelreg.methods.image_driven_config"))
