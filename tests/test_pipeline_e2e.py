@@ -208,6 +208,24 @@ def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
     assert not np.isfinite(tre) or tre >= 0.0
 
 
+def test_centroid_term_and_shift_augmentation_train_on_the_shared_real_data(tmp_path,
+                                                                            mrus_sample_dir):
+    data = Path(mrus_sample_dir)
+    ini = write_config(tmp_path / "real.ini", data,
+                       Train={"total_iterations": "1", "minibatch_size": "2"},
+                       Loss={"centroid_weight": "0.05"},
+                       Data={"translation": "3"},
+                       Network={"moving_input": "identity"})
+    result = train(config.load(ini), log=lambda line: None)
+    values = result.last_values
+    # The centroid term is logged and, at the first step (zero field), equals the label
+    # distance the monitoring metric measures on the same augmented pair.
+    assert np.isfinite(values["centroid_loss_mm"])
+    assert values["centroid_loss_mm"] == pytest.approx(values["centroid_distance_mm"], rel=0.05)
+    assert values["loss"] == pytest.approx(values["label_loss"] + 0.05 * values["centroid_loss_mm"]
+                                           + 0.5 * values.get("regulariser", 0.0), rel=1e-4)
+
+
 # ---- bad input: a clear error naming the culprit, exit code 2, and nothing written ----------
 
 
