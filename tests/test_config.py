@@ -116,12 +116,14 @@ EXPECTED_DEFAULTS = {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,
         "dir_fixed_label": None, "dir_valid_moving_image": None, "dir_valid_fixed_image": None,
         "dir_valid_moving_label": None, "dir_valid_fixed_label": None, "normalise": True,
-        "augmentation": True, "affine_scale": 0.1, "voxel_spacing": (), "demo_data": None,
+        "augmentation": True, "affine_scale": 0.1, "translation": 0.0, "voxel_spacing": (),
+        "demo_data": None,
     },
-    "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4)},
+    "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),
+                "moving_input": "resize"},
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
-        "regulariser_type": "bending", "regulariser_weight": 0.5, "image_loss_type": "none",
+        "centroid_weight": 0.0, "regulariser_type": "bending", "regulariser_weight": 0.5, "image_loss_type": "none",
         "image_loss_weight": 0.0,
     },
     "Train": {

@@ -70,8 +70,12 @@ def float32_network(name: str, ndim: int) -> keras.Model:
     rng = np.random.default_rng(7)
     for weight in model.weights:
         # LocalNet's and UNet's heads and the affine kernel start at zero.
-        if any(key in weight.path for key in ("ddf_", "head", "affine/kernel")):
+        if any(key in weight.path for key in ("ddf_", "head")):
             weight.assign(rng.normal(0.0, 0.05, weight.shape).astype(np.float32))
+        elif "affine/kernel" in weight.path:
+            # The affine head divides its outputs by sqrt(fan-in): a larger draw gives a
+            # transform of a few voxels.
+            weight.assign(rng.normal(0.0, 0.3, weight.shape).astype(np.float32))
     return model
 
 
