@@ -104,6 +104,4 @@ def _constructor_arguments(cls: type) -> list[str]:
         forwards = any(p.kind is p.VAR_KEYWORD for p in params.values())
         if not forwards or not klass.__module__.startswith("labelreg"):
             break
-        if klass.__name__ == "RegistrationModel":
-            break
     return names
