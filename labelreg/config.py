@@ -701,7 +701,12 @@ def method_section(name: str) -> dict[str, Key]:
 _TRAIN_DOCS = {
     "total_iterations": "Number of training steps.",
     "minibatch_size": "Training samples (image pairs) per step.",
-    "learning_rate": "Learning rate of the optimiser (> 0).",
+    "learning_rate": "Learning rate of the optimiser (> 0); the peak rate under a schedule.",
+    "lr_schedule": "How the learning rate changes with the step: constant, or cosine (decays "
+                   "from learning_rate after the warm-up to 0 at total_iterations, Keras's "
+                   "CosineDecay).",
+    "warmup_steps": "Steps over which the learning rate rises linearly from 0 to learning_rate "
+                    "before the schedule; 0 = none. Must be below total_iterations.",
     "optimizer": "Optimiser of every trained network (one optimiser per network).",
     "momentum": "Momentum of the sgd optimiser (unused by adam).",
     "weight_decay": "Weight decay added to the gradients after clipping, g + wd * w (PyTorch's "
@@ -751,6 +756,9 @@ def train_section(**defaults: Any) -> dict[str, Key]:
         "total_iterations": Key("int", 100000, _TRAIN_DOCS["total_iterations"], min=1),
         "minibatch_size": Key("int", 2, _TRAIN_DOCS["minibatch_size"], min=1),
         "learning_rate": Key("float", 1e-5, _TRAIN_DOCS["learning_rate"], min=0.0),
+        "lr_schedule": Key("str", "constant", _TRAIN_DOCS["lr_schedule"],
+                           choices=("constant", "cosine")),
+        "warmup_steps": Key("int", 0, _TRAIN_DOCS["warmup_steps"], min=0),
         "optimizer": Key("str", "adam", _TRAIN_DOCS["optimizer"], choices=("adam", "sgd")),
         "momentum": Key("float", 0.9, _TRAIN_DOCS["momentum"], min=0.0, max=1.0),
         "weight_decay": Key("float", 0.0, _TRAIN_DOCS["weight_decay"], min=0.0),
@@ -827,6 +835,9 @@ def check_train(cfg: Config) -> None:
     """Checks of ``[Train]`` that every method shares."""
     if cfg["Train"]["learning_rate"] <= 0:
         raise fail(cfg, "Train", "learning_rate", "expected a number > 0.")
+    if cfg["Train"]["warmup_steps"] >= cfg["Train"]["total_iterations"]:
+        raise fail(cfg, "Train", "warmup_steps", "expected fewer steps than [Train] "
+                   f"total_iterations ({cfg['Train']['total_iterations']}).")
     if cfg["Train"]["keep_best"] != "none" and not cfg["Train"]["validate"]:
         raise fail(cfg, "Train", "keep_best", "needs [Train] validate = true (the best "
                    "checkpoint is chosen on the validation figures).")

@@ -132,7 +132,8 @@ EXPECTED_DEFAULTS = {
         "max_checkpoints_to_keep": 3, "optimizer": "adam", "momentum": 0.9,
         "weight_decay": 0.0, "clip_norm": 0.0, "deterministic": False, "validate": True,
         "max_nonfinite_steps": 10, "strategy": "default", "precision": "float32",
-        "gradient_checkpointing": False, "keep_best": "none",
+        "gradient_checkpointing": False, "keep_best": "none", "lr_schedule": "constant",
+        "warmup_steps": 0,
     },
     "Inference": {
         "dir_moving_image": None, "dir_fixed_image": None, "dir_moving_label": None,

@@ -4,10 +4,11 @@ The step takes the gradient of the method's ``loss`` with respect to every train
 variables in one backward pass. When the loss or a gradient is NaN or inf it changes nothing
 (neither weights nor optimiser state) and says so (``nonfinite``); otherwise, per model, it
 clips the gradients to a global norm (``[Train] clip_norm``), adds weight decay ``g + wd * w``
-(``[Train] weight_decay``, PyTorch's SGD convention) and applies that model's own optimiser. Per-sample terms ``[B]`` are averaged
-over the global batch (``tf.nn.compute_average_loss``, correct under ``tf.distribute``); a
-scalar loss is divided by the number of replicas so that the summed replica gradients equal
-the single-device gradient.
+(``[Train] weight_decay``, PyTorch's SGD convention) and applies that model's own optimiser,
+whose learning rate may follow a schedule (``[Train] lr_schedule``, ``warmup_steps``).
+Per-sample terms ``[B]`` are averaged over the global batch (``tf.nn.compute_average_loss``,
+correct under ``tf.distribute``); a scalar loss is divided by the number of replicas so that
+the summed replica gradients equal the single-device gradient.
 """
 
 from __future__ import annotations
@@ -19,14 +20,52 @@ import keras
 
 from labelreg._tf import tf
 
-__all__ = ["make_optimizer", "optimizer_key", "nan_mean", "make_train_step"]
+__all__ = [
+    "learning_rate_schedule",
+    "make_optimizer",
+    "optimizer_key",
+    "nan_mean",
+    "make_train_step",
+]
 
 Batch = dict[str, tf.Tensor]
+#: A learning rate: a number, or a function of the optimiser's step.
+Rate = float | keras.optimizers.schedules.LearningRateSchedule
 
 
-def make_optimizer(kind: str, learning_rate: float, momentum: float = 0.9
+def learning_rate_schedule(learning_rate: float, schedule: str = "constant",
+                           warmup_steps: int = 0, total_steps: int | None = None
+                           ) -> Rate:
+    """The learning rate as a function of the optimiser's step (``[Train] lr_schedule``,
+    ``warmup_steps``), or the plain number when it is constant.
+
+    ``constant`` with a warm-up rises linearly from 0 to ``learning_rate`` over
+    ``warmup_steps`` and then stays there; ``cosine`` does the same warm-up, then follows a
+    half cosine from ``learning_rate`` down to 0 at ``total_steps``. The step is the
+    optimiser's ``iterations``, which checkpoints keep, so a resumed run continues the schedule.
+    """
+    schedules = keras.optimizers.schedules
+    if schedule == "constant":
+        if warmup_steps <= 0:
+            return learning_rate
+        # Polynomial decay from 0 "down" to the rate, power 1: a linear ramp, then constant.
+        return schedules.PolynomialDecay(0.0, warmup_steps, end_learning_rate=learning_rate,
+                                         power=1.0)
+    if schedule == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"a cosine schedule needs total_steps > warmup_steps; received "
+                             f"total_steps={total_steps}, warmup_steps={warmup_steps}.")
+        if warmup_steps <= 0:
+            return schedules.CosineDecay(learning_rate, total_steps)
+        return schedules.CosineDecay(0.0, total_steps - warmup_steps,
+                                     warmup_target=learning_rate, warmup_steps=warmup_steps)
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; received {schedule!r}.")
+
+
+def make_optimizer(kind: str, learning_rate: Rate, momentum: float = 0.9
                    ) -> keras.optimizers.Optimizer:
-    """``adam`` or ``sgd`` (with momentum), as ``[Train] optimizer`` names them."""
+    """``adam`` or ``sgd`` (with momentum), as ``[Train] optimizer`` names them; the learning
+    rate may be a schedule (:func:`learning_rate_schedule`)."""
     if kind == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
     if kind == "sgd":

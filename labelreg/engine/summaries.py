@@ -19,7 +19,9 @@ def format_line(step: int, total: int, values: Mapping[str, float], rate: float,
     parts = [f"step {step}/{total}" + (f" (mean of {steps} steps)" if steps > 1 else "")]
     for name, value in values.items():
         unit = " mm" if name.endswith("distance_mm") else ""
-        parts.append(f"{name} {value:.4f}{unit}")
+        # Learning rates are small numbers that four decimals would round to 0.
+        text = f"{value:.3g}" if name.startswith("learning_rate") else f"{value:.4f}"
+        parts.append(f"{name} {text}{unit}")
     parts.append(f"{rate:.2f} steps/s")
     return "  ".join(parts)
 

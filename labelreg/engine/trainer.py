@@ -47,7 +47,12 @@ from labelreg.engine.distribute import (
     make_strategy,
     task_label,
 )
-from labelreg.engine.step import make_optimizer, make_train_step, optimizer_key
+from labelreg.engine.step import (
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+    optimizer_key,
+)
 from labelreg.engine.summaries import SummaryWriter, format_line
 from labelreg.methods.base import Method
 
@@ -268,8 +273,11 @@ def train(target: Method | Config, fresh: bool = False,
         optimizers = {}
         rates = method.learning_rates()
         for key in method.trained_models():
-            optimizer = make_optimizer(train_cfg["optimizer"],
-                                       float(rates.get(key, train_cfg["learning_rate"])),
+            rate = learning_rate_schedule(float(rates.get(key, train_cfg["learning_rate"])),
+                                          train_cfg["lr_schedule"],
+                                          int(train_cfg["warmup_steps"]),
+                                          int(train_cfg["total_iterations"]))
+            optimizer = make_optimizer(train_cfg["optimizer"], rate,
                                        float(train_cfg["momentum"]))
             optimizer.build(method.models[key].trainable_variables)
             optimizers[key] = optimizer
@@ -364,6 +372,14 @@ def train(target: Method | Config, fresh: bool = False,
         indices = [int(i) for part in parts for i in tf.reshape(part, [-1]).numpy()]
         return ", ".join(method.case_names(indices))
 
+    scheduled = train_cfg["lr_schedule"] != "constant" or int(train_cfg["warmup_steps"]) > 0
+
+    def current_rates() -> dict[str, float]:
+        # The rate the schedule gives at the optimiser's step (the next update's rate).
+        return {("learning_rate" if len(optimizers) == 1 else f"learning_rate_{key}"):
+                float(keras.ops.convert_to_numpy(opt.learning_rate))
+                for key, opt in optimizers.items()}
+
     step = first_step
     tic, tic_step = time.perf_counter(), step
     iterator = iter(dist_dataset)
@@ -410,6 +426,8 @@ def train(target: Method | Config, fresh: bool = False,
                     )
                 if skipped_in_interval:
                     host["skipped_steps"] = float(skipped_in_interval)
+                if scheduled:
+                    host.update(current_rates())
                 rate = (step - tic_step) / max(time.perf_counter() - tic, 1e-9)
                 tic, tic_step = time.perf_counter(), step
                 log(format_line(step, total, host, rate, steps=len(pending)))
