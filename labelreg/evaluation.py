@@ -312,22 +312,12 @@ def _read_batches(paired: PairedDataset, batch_size: int, normalise: bool,
                   cache: CaseCache | None) -> Iterator[tuple[list[int], dict[str, list[np.ndarray]]]]:
     """Cases in order, ``batch_size`` at a time: ``(case indices, {role: arrays})`` with images
     ``[*S]`` and labels ``[*S, L]`` (float32), read from ``cache`` or file by file."""
-    from labelreg.data.pipeline import _check_label_range, normalise_intensity
-
-    def load(role: str, case: int) -> np.ndarray:
-        if cache is not None:
-            if role.endswith("image"):
-                return getattr(cache, f"{role}s")[case]
-            return getattr(cache, f"{role}s")[case].astype(np.float32)
-        data = paired.read(role, case)
-        if role.endswith("image"):
-            return normalise_intensity(data[..., 0]) if normalise else data[..., 0]
-        _check_label_range(data, paired.file(role, case))
-        return data
+    from labelreg.data.pipeline import read_case
 
     for start in range(0, paired.num_cases, batch_size):
         cases = list(range(start, min(start + batch_size, paired.num_cases)))
-        yield cases, {role: [load(role, case) for case in cases] for role in _ROLES}
+        yield cases, {role: [read_case(paired, role, case, normalise, cache) for case in cases]
+                      for role in _ROLES}
 
 
 def _label_results(fixed: np.ndarray, warped: np.ndarray, identity: np.ndarray,

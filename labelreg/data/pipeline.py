@@ -30,6 +30,7 @@ from labelreg.errors import DataError
 
 __all__ = [
     "normalise_intensity",
+    "read_case",
     "CaseCache",
     "make_train_dataset",
     "make_eval_batches",
@@ -111,6 +112,34 @@ def _compact_label(label: np.ndarray) -> np.ndarray:
     return label.astype(np.float32)
 
 
+def read_case(paired: PairedDataset, role: str, case: int, normalise: bool = True,
+              cache: CaseCache | None = None) -> np.ndarray:
+    """One volume of one case, as training, validation and evaluation all read it.
+
+    Args:
+        paired: the dataset.
+        role: ``moving_image``, ``fixed_image``, ``moving_label`` or ``fixed_label``.
+        case: index of the case.
+        normalise: min-max normalise an image to [0, 1] (only when read from file).
+        cache: ``paired`` already in memory (a :class:`CaseCache` of it, whose own
+            normalisation then applies): nothing is read from disk.
+
+    Returns:
+        An image ``[*S]`` or the labels ``[*S, L]``, float32.
+
+    Raises:
+        DataError: the file is unreadable, holds NaN/Inf, or a label lies outside [0, 1].
+    """
+    if cache is not None:
+        array = getattr(cache, f"{role}s")[case]
+        return array if role.endswith("image") else np.asarray(array, np.float32)
+    data = paired.read(role, case)  # [*S, L]
+    if role.endswith("image"):
+        return normalise_intensity(data[..., 0]) if normalise else data[..., 0]
+    _check_label_range(data, paired.file(role, case))
+    return data
+
+
 class CaseCache:
     """Every image and label of a :class:`PairedDataset`, read once into memory.
 
@@ -151,12 +180,8 @@ class CaseCache:
             else None
 
     def _load(self, role: str, case: int) -> np.ndarray:
-        data = self.paired.read(role, case)  # [*S, L]
-        if role.endswith("image"):
-            volume = data[..., 0]
-            return normalise_intensity(volume) if self.normalise else volume
-        _check_label_range(data, self.paired.file(role, case))
-        return _compact_label(data)
+        array = read_case(self.paired, role, case, self.normalise)
+        return array if role.endswith("image") else _compact_label(array)
 
     @property
     def num_cases(self) -> int:
@@ -290,33 +315,18 @@ def make_eval_batches(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1; received batch_size={batch_size}.")
 
-    def images(case: int) -> tuple[np.ndarray, np.ndarray]:
-        if cache is not None:
-            return cache.moving_images[case], cache.fixed_images[case]
-        moving = paired.read("moving_image", case)[..., 0]
-        fixed = paired.read("fixed_image", case)[..., 0]
-        if normalise:
-            return normalise_intensity(moving), normalise_intensity(fixed)
-        return moving, fixed
-
-    def labels(case: int) -> tuple[np.ndarray, np.ndarray]:
-        if cache is not None:
-            return cache.moving_labels[case], cache.fixed_labels[case]
-        moving_labels = paired.read("moving_label", case)
-        fixed_labels = paired.read("fixed_label", case)
-        _check_label_range(moving_labels, paired.file("moving_label", case))
-        _check_label_range(fixed_labels, paired.file("fixed_label", case))
-        return moving_labels, fixed_labels
+    def read(role: str, case: int) -> np.ndarray:
+        return read_case(paired, role, case, normalise, cache)
 
     def items() -> Iterator[dict[str, Any]]:
         for case in range(paired.num_cases):
-            moving, fixed = images(case)
+            moving, fixed = read("moving_image", case), read("fixed_image", case)
             item = {"moving_image": moving, "fixed_image": fixed, "case_index": case,
                     "case_name": paired.names[case]}
             if not paired.has_labels:
                 yield {**item, "label_index": 0}
                 continue
-            moving_labels, fixed_labels = labels(case)
+            moving_labels, fixed_labels = read("moving_label", case), read("fixed_label", case)
             count = paired.num_labels[case]
             if label_index is not None and not 0 <= label_index < count:
                 raise DataError(

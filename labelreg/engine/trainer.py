@@ -54,6 +54,7 @@ from labelreg.engine.step import (
     optimizer_key,
 )
 from labelreg.engine.summaries import SummaryWriter, format_line
+from labelreg.errors import DataError
 from labelreg.methods.base import Method
 
 __all__ = ["TrainResult", "train", "as_method", "choose_strategy", "build_scope"]
@@ -191,25 +192,28 @@ class ValidationHistory:
     """
 
     def __init__(self, run_dir: Path, first_step: int, log: Callable[[str], None]) -> None:
+        from labelreg.curves import read_history
+
         self.path = run_dir / VALIDATION_CSV
-        self.rows: list[dict[str, str]] = []
+        self.rows: list[dict[str, float]] = []
         if self.path.exists():
             try:
-                with self.path.open(newline="", encoding="utf-8") as f:
-                    self.rows = [row for row in csv.DictReader(f)
-                                 if int(row["step"]) <= first_step]
-            except (ValueError, KeyError, TypeError, OSError, csv.Error):
+                history = read_history(self.path)
+            except DataError:
                 log(f"warning: {self.path} is unreadable; the validation history starts over")
-                self.rows = []
+            else:
+                self.rows = [{name: column[i] for name, column in history.items()}
+                             for i, step in enumerate(history["step"]) if step <= first_step]
 
     def add(self, step: int, values: dict[str, float]) -> None:
         """Append the figures of ``step`` and rewrite the file."""
-        self.rows.append({"step": str(step), **{k: repr(float(v)) for k, v in values.items()}})
+        self.rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
         columns = ["step"] + sorted({k for row in self.rows for k in row if k != "step"})
         text = io.StringIO()
         writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows({**{k: repr(v) for k, v in row.items()}, "step": int(row["step"])}
+                         for row in self.rows)
         atomic_write_text(self.path, text.getvalue())
 
 
