@@ -157,6 +157,13 @@ def _positive_index(m: tf.Tensor) -> tf.Tensor:
     return (tf.range(m) + m // 2) % m
 
 
+def _negative_mask(m: tf.Tensor) -> tf.Tensor:
+    """``[m, m]`` bool: ``True`` at every ``(i, k)`` with ``k != i, pos(i)`` (the negatives)."""
+    excluded = tf.logical_or(tf.eye(m, dtype=tf.bool),
+                             tf.cast(tf.one_hot(_positive_index(m), m), tf.bool))
+    return tf.logical_not(excluded)
+
+
 def _info_nce_from_similarity(sim: tf.Tensor) -> tf.Tensor:
     m = tf.shape(sim)[0]
     eye = tf.eye(m, dtype=tf.bool)
@@ -191,12 +198,9 @@ def info_nce_loss(a: Any, b: Any, critic: str = "mse", tau: float = 0.5) -> tf.T
 def _retrieval_from_similarity(sim: tf.Tensor) -> dict[str, tf.Tensor]:
     sim = tf.stop_gradient(sim)
     m = tf.shape(sim)[0]
-    positive_index = _positive_index(m)
-    positives = tf.gather(sim, positive_index, axis=1, batch_dims=1)
-    excluded = tf.logical_or(tf.eye(m, dtype=tf.bool),
-                             tf.cast(tf.one_hot(positive_index, m), tf.bool))
-    hardest = tf.reduce_max(tf.where(excluded, tf.constant(-float("inf"), sim.dtype), sim),
-                            axis=1)
+    positives = tf.gather(sim, _positive_index(m), axis=1, batch_dims=1)
+    negatives = tf.where(_negative_mask(m), sim, tf.constant(-float("inf"), sim.dtype))
+    hardest = tf.reduce_max(negatives, axis=1)
     margin = positives - hardest
     return {"top1_accuracy": tf.reduce_mean(tf.cast(margin > 0.0, sim.dtype)),
             "logit_margin": tf.reduce_mean(margin)}
@@ -205,10 +209,7 @@ def _retrieval_from_similarity(sim: tf.Tensor) -> dict[str, tf.Tensor]:
 def _relative_positive_mse(points: tf.Tensor, positive_mse: tf.Tensor) -> tf.Tensor:
     # Mean squared difference of the negative pairs, from the same Gram matrix as the mse critic.
     dist = -tf.stop_gradient(_gram_mse(points))
-    m = tf.shape(dist)[0]
-    excluded = tf.logical_or(tf.eye(m, dtype=tf.bool),
-                             tf.cast(tf.one_hot(_positive_index(m), m), tf.bool))
-    negatives = tf.boolean_mask(dist, tf.logical_not(excluded))
+    negatives = tf.boolean_mask(dist, _negative_mask(tf.shape(dist)[0]))
     return tf.stop_gradient(positive_mse) / tf.reduce_mean(negatives)
 
 

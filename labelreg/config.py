@@ -34,7 +34,7 @@ import os
 import sys
 import tempfile
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1088,7 +1088,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     return cfg
 
 
-def docs_command(argv: Sequence[str], update: Any, module: str) -> int:
+def docs_command(argv: Sequence[str], update: Callable[[str], object], module: str) -> int:
     """``python -m <module> DOCS_MD``: rewrite the generated reference block of one file with
     ``update(path)``; ``-h``/``--help`` or another argument count prints the usage instead
     (an option is never taken for a file name)."""

@@ -123,8 +123,8 @@ EXPECTED_DEFAULTS = {
                 "moving_input": "resize"},
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
-        "centroid_weight": 0.0, "regulariser_type": "bending", "regulariser_weight": 0.5, "image_loss_type": "none",
-        "image_loss_weight": 0.0,
+        "centroid_weight": 0.0, "regulariser_type": "bending", "regulariser_weight": 0.5,
+        "image_loss_type": "none", "image_loss_weight": 0.0,
     },
     "Train": {
         "total_iterations": 100000, "minibatch_size": 2, "learning_rate": 1e-5,
