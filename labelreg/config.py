@@ -918,6 +918,15 @@ def _build_labelreg_schema() -> Schema:
                 "int_list", (0, 1, 2, 3, 4), "Resolution levels summed into the DDF (0 = full).",
                 min=0, max=4,
             ),
+            "num_channel_segment": Key(
+                "int", 8, "Width of each segmentation U-Net of centroid_align (the network "
+                "that translates by the centroids of its segmentations before LocalNet).",
+                min=1,
+            ),
+            "segment_resolution": Key(
+                "float", 0.5, "Scale per axis at which centroid_align's U-Nets segment (1 = "
+                "full resolution).", min=0.05, max=1.0,
+            ),
             "moving_input": Key(
                 "str", "resize", "How the network sees a moving image of another shape: resize "
                 "(stretched to the fixed shape, label-reg) or identity (placed on the fixed grid "
@@ -938,6 +947,12 @@ def _build_labelreg_schema() -> Schema:
                 "float", 0.0, "Weight per mm of the soft centroid distance between the sampled "
                 "fixed label and the warped moving label, added to the label loss (0 = "
                 "label-reg's objective).", min=0.0,
+            ),
+            "segmentation_weight": Key(
+                "float", 0.0, "Weight of the soft Dice loss of each segmentation of "
+                "centroid_align against its image's label 0 (the gland in label-reg's data); "
+                "0 trains its segmentations through the registration loss alone. Other "
+                "networks have no segmentation: keep 0.", min=0.0,
             ),
             "regulariser_type": Key(
                 "str", "bending", "Deformation regulariser.", choices=regularisers
@@ -1029,6 +1044,14 @@ def _cross_check(cfg: Config) -> None:
         raise fail(
             cfg, "Loss", "image_loss_weight",
             "has no effect because image_loss_type = none; set an image loss type or weight 0.",
+        )
+
+    network = cfg["Network"]["network_type"]
+    if loss["segmentation_weight"] > 0 and network != "centroid_align":
+        raise fail(
+            cfg, "Loss", "segmentation_weight",
+            f"has no effect with network_type = {network}: only centroid_align segments; set "
+            "0 or network_type = centroid_align.",
         )
 
     if cfg.has_section("Data"):

@@ -75,7 +75,9 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
     Args:
         batch: a dict with ``moving_image [B, *S_mov, 1]`` and ``fixed_image [B, *S_fix, 1]``
             and optionally ``moving_label`` / ``fixed_label`` of the same shapes (as yielded by
-            :func:`labelreg.data.make_train_dataset`); other entries are passed through.
+            :func:`labelreg.data.make_train_dataset`) and ``moving_seg_label`` /
+            ``fixed_seg_label``, each resampled with its image; other entries are passed
+            through.
         scale: ``[Data] affine_scale``; 0 gives the identity.
         seed: stateless seed, int ``[2]`` (e.g. ``step_seed(seed, step)``).
         sample_index: int ``[B]``, the positions of the batch's samples in a larger global
@@ -90,7 +92,7 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
             label-reg's augmentation exactly.
 
     Returns:
-        A new dict with the four volumes resampled, plus ``moving_affine`` and ``fixed_affine``
+        A new dict with the volumes resampled, plus ``moving_affine`` and ``fixed_affine``
         (``[B, n, n+1]``) holding the transforms used.
     """
     moving = check_image(batch["moving_image"], "moving_image")
@@ -109,12 +111,17 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
         theta_fixed = tf.gather(_draw(num_samples, ndim, scale, translation, seeds[1]),
                                 sample_index)
     out = dict(batch)
-    out["moving_image"], moving_label = apply_affine(moving, batch.get("moving_label"), theta_moving)
-    out["fixed_image"], fixed_label = apply_affine(fixed, batch.get("fixed_label"), theta_fixed)
-    if moving_label is not None:
-        out["moving_label"] = moving_label
-    if fixed_label is not None:
-        out["fixed_label"] = fixed_label
+    for role, image, theta in (("moving", moving, theta_moving), ("fixed", fixed, theta_fixed)):
+        # An image's labels (the sampled one, and label 0 for a segmentation loss) are
+        # resampled in one call with the image, so all see the same sampling positions.
+        keys = [key for key in (f"{role}_label", f"{role}_seg_label") if key in batch]
+        labels = [check_image(batch[key], key) for key in keys]
+        stacked = tf.concat(labels, axis=-1) if labels else None
+        out[f"{role}_image"], warped = apply_affine(image, stacked, theta)
+        start = 0
+        for key, label in zip(keys, labels, strict=True):
+            out[key] = warped[..., start:start + label.shape[-1]]
+            start += label.shape[-1]
     out["moving_affine"] = theta_moving
     out["fixed_affine"] = theta_fixed
     return out

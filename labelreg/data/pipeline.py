@@ -188,13 +188,22 @@ class CaseCache:
         """Number of cases."""
         return self.paired.num_cases
 
-    def batch(self, cases: Iterable[int], labels: Iterable[int] | None = None) -> dict[str, Any]:
+    def batch(self, cases: Iterable[int], labels: Iterable[int] | None = None,
+              segmentation_labels: bool = False) -> dict[str, Any]:
         """Stack cases (and one label index per case) into a batch.
+
+        Args:
+            cases: case indices.
+            labels: one label index per case (``None``: label 0).
+            segmentation_labels: also give label 0 of every case, whatever ``labels`` says
+                (the target of a network's segmentations).
 
         Returns:
             A dict of float32 ``moving_image [B, *S_mov, 1]``, ``fixed_image [B, *S_fix, 1]``,
-            ``moving_label`` / ``fixed_label`` (same shapes, only with labels), and int32
-            ``case_index [B]``, ``label_index [B]`` (zeros without labels).
+            ``moving_label`` / ``fixed_label`` (same shapes, only with labels),
+            ``moving_seg_label`` / ``fixed_seg_label`` (same shapes, with labels and
+            ``segmentation_labels``), and int32 ``case_index [B]``, ``label_index [B]`` (zeros
+            without labels).
         """
         cases = np.asarray(list(cases), dtype=np.int64)
         labels = np.zeros_like(cases) if labels is None else np.asarray(list(labels), np.int64)
@@ -209,12 +218,17 @@ class CaseCache:
             out["fixed_label"] = np.stack(
                 [self.fixed_labels[c][..., j] for c, j in zip(cases, labels, strict=True)]
             ).astype(np.float32)[..., None]
+            if segmentation_labels:
+                for role, stored in (("moving", self.moving_labels), ("fixed", self.fixed_labels)):
+                    out[f"{role}_seg_label"] = np.stack(
+                        [stored[c][..., 0] for c in cases]).astype(np.float32)[..., None]
         out["case_index"] = cases.astype(np.int32)
         out["label_index"] = labels.astype(np.int32)
         return out
 
 
-def _signature(paired: PairedDataset, batch: int) -> dict[str, tf.TensorSpec]:
+def _signature(paired: PairedDataset, batch: int, segmentation_labels: bool = False
+               ) -> dict[str, tf.TensorSpec]:
     spec = {
         "moving_image": tf.TensorSpec([batch, *paired.moving_shape, 1], tf.float32),
         "fixed_image": tf.TensorSpec([batch, *paired.fixed_shape, 1], tf.float32),
@@ -222,6 +236,9 @@ def _signature(paired: PairedDataset, batch: int) -> dict[str, tf.TensorSpec]:
     if paired.has_labels:
         spec["moving_label"] = tf.TensorSpec([batch, *paired.moving_shape, 1], tf.float32)
         spec["fixed_label"] = tf.TensorSpec([batch, *paired.fixed_shape, 1], tf.float32)
+        if segmentation_labels:
+            spec["moving_seg_label"] = spec["moving_label"]
+            spec["fixed_seg_label"] = spec["fixed_label"]
     spec["case_index"] = tf.TensorSpec([batch], tf.int32)
     spec["label_index"] = tf.TensorSpec([batch], tf.int32)
     spec["step"] = tf.TensorSpec([], tf.int64)
@@ -236,6 +253,7 @@ def make_train_dataset(
     normalise: bool = True,
     num_workers: int | None = None,
     cache: CaseCache | None = None,
+    segmentation_labels: bool = False,
 ) -> tf.data.Dataset:
     """The endless training stream of label-reg's two-stage sampling.
 
@@ -253,11 +271,14 @@ def make_train_dataset(
         num_workers: threads reading the files (``None``: up to 8).
         cache: ``paired`` already read (e.g. to check the data before a run folder is made);
             ``None`` reads it here.
+        segmentation_labels: also yield ``moving_seg_label`` / ``fixed_seg_label``, label 0
+            of each pair (see :meth:`CaseCache.batch`).
 
     Returns:
         An infinite, prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
         1]``, ``fixed_image [B, *S_fix, 1]``, ``moving_label [B, *S_mov, 1]``, ``fixed_label [B,
-        *S_fix, 1]`` (the labels only when the dataset has them), int32 ``case_index [B]`` and
+        *S_fix, 1]`` (the labels only when the dataset has them; with ``segmentation_labels``
+        also ``moving_seg_label``, ``fixed_seg_label``), int32 ``case_index [B]`` and
         ``label_index [B]``, and int64 scalar ``step``. Augmentation is not applied here; apply
         :func:`labelreg.data.augment.augment_batch` in the train step.
 
@@ -273,12 +294,15 @@ def make_train_dataset(
 
     def generate() -> Iterator[dict[str, Any]]:
         for step, cases, labels in sampler.iterate(start_step):
-            batch = cache.batch(cases, labels if paired.has_labels else None)
+            batch = cache.batch(cases, labels if paired.has_labels else None,
+                                segmentation_labels=segmentation_labels)
             batch["step"] = np.int64(step)
             yield batch
 
     dataset = tf.data.Dataset.from_generator(
-        generate, output_signature=_signature(paired, sampler.minibatch_size)
+        generate,
+        output_signature=_signature(paired, sampler.minibatch_size,
+                                    segmentation_labels and paired.has_labels),
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -5,6 +5,7 @@ index and minimises
 
     multi-scale label loss(fixed label, warped moving label)
         + regulariser_weight * regulariser(ddf)
+        [+ segmentation_weight * Dice loss of the segmentations of ``centroid_align``]
         [+ image_loss_weight * image loss(fixed image, warped moving image)]
 
 with the losses taken from the loss registry by their ``[Loss]`` names. Everything else (data,
@@ -34,6 +35,7 @@ class LabelDriven(PairwiseMethod):
                                          scales=tuple(loss["similarity_scales"]))
         self.label_weight = 1.0
         self.centroid_weight = float(loss["centroid_weight"])
+        self.segmentation_weight = float(loss["segmentation_weight"])
         # An affine field has no bending energy, so label-reg adds no regulariser to GlobalNet.
         affine_only = getattr(models["model"], "affine_only", False)
         self.regulariser_weight = 0.0 if affine_only else float(loss["regulariser_weight"])

@@ -25,7 +25,7 @@ from labelreg.data.pipeline import CaseCache
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import DataError, PartialFailure
-from labelreg.losses.label import centroid_distance_loss
+from labelreg.losses.label import centroid_distance_loss, dice_loss
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network
@@ -45,6 +45,8 @@ class PairwiseMethod(Method):
             + centroid_weight * centroid distance (mm) of those labels
             + image_weight * image_loss(fixed image, warped moving image)
             + regulariser_weight * regulariser(ddf)
+            + segmentation_weight * Dice loss of the network's segmentations (a network with
+              ``segments = True``, e.g. ``centroid_align``) against label 0 of each image
 
     whose terms a subclass sets in :meth:`build` (a weight of 0 or a loss of ``None`` drops
     the term; labels, when present, are always monitored with Dice and centroid distance).
@@ -57,6 +59,7 @@ class PairwiseMethod(Method):
     image_weight: float = 0.0
     regulariser: Callable[..., tf.Tensor] | None = None
     regulariser_weight: float = 0.0
+    segmentation_weight: float = 0.0
     #: ``[Network]`` keys whose constructor argument has another name.
     network_argument_names: dict[str, str] = {}
 
@@ -103,7 +106,8 @@ class PairwiseMethod(Method):
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
                                   start_step=start_step, normalise=self.normalise,
-                                  cache=getattr(self, "cache", None))
+                                  cache=getattr(self, "cache", None),
+                                  segmentation_labels=self.segmentation_weight > 0)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         data = self.cfg["Data"]
@@ -171,12 +175,24 @@ class PairwiseMethod(Method):
     def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The loss and monitoring terms of one batch, per sample ``[B]``."""
         use_image = self.image_loss is not None and self.image_weight > 0
-        out = register_pair(self.ddf_function(training=True), batch["moving_image"],
-                            batch["fixed_image"], batch.get("moving_label"),
-                            warp_image=use_image)
-        ddf = out["ddf"]
+        ddf_fn = self.ddf_function(training=True)
         terms: dict[str, tf.Tensor] = {}
+        segmentation = None
+        if self.segmentation_weight > 0:
+            # One forward pass gives the DDF and the segmentations the extra term scores.
+            outputs = self.models["model"].forward(
+                [batch["moving_image"], batch["fixed_image"]], training=True)
+            segmentation = 0.5 * (
+                dice_loss(batch["moving_seg_label"], outputs["moving_segmentation"])
+                + dice_loss(batch["fixed_seg_label"], outputs["fixed_segmentation"]))
+            terms["segmentation_loss"] = segmentation
+            ddf_fn = lambda moving, fixed: outputs["ddf"]  # noqa: E731 - the DDF just computed
+        out = register_pair(ddf_fn, batch["moving_image"], batch["fixed_image"],
+                            batch.get("moving_label"), warp_image=use_image)
+        ddf = out["ddf"]
         total = tf.zeros(tf.shape(ddf)[:1])
+        if segmentation is not None:
+            total += self.segmentation_weight * segmentation
         if "warped_label" in out:
             warped_label = out["warped_label"]
             if self.label_loss is not None and self.label_weight > 0:

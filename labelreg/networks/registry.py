@@ -19,6 +19,7 @@ NETWORKS = Registry("network type", {
     "local": "labelreg.networks.localnet:LocalNet",
     "global": "labelreg.networks.globalnet:GlobalNet",
     "composite": "labelreg.networks.composite:CompositeNet",
+    "centroid_align": "labelreg.networks.centroid_align:CentroidAlignNet",
     "unet": "labelreg.networks.unet:UNet",
     "gradirn": "labelreg.networks.gradirn:GraDIRN",
 }, sort_names=True)

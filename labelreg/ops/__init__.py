@@ -7,7 +7,7 @@ axes, and returns a float32 ``tf.Tensor``.
 from labelreg.ops.affine import affine_to_ddf, identity_affine, random_affine, resample_affine
 from labelreg.ops.checks import check_ddf, check_finite, check_image
 from labelreg.ops.filters import gaussian_filter, gaussian_kernel1d, separable_filter
-from labelreg.ops.grid import reference_grid
+from labelreg.ops.grid import reference_grid, soft_centroid
 from labelreg.ops.integrate import compose, integrate_svf
 from labelreg.ops.jit import xla_disabled, xla_enabled
 from labelreg.ops.padding import replicate_pad
@@ -25,6 +25,7 @@ __all__ = [
     "compose",
     "integrate_svf",
     "reference_grid",
+    "soft_centroid",
     "resize",
     "gaussian_kernel1d",
     "gaussian_filter",

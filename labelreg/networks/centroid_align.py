@@ -1,0 +1,175 @@
+"""CentroidAlignNet: segment the structure in each image, align the centroids, refine with LocalNet.
+
+A registration network trained from labels has to learn two things: where the structure is in
+each image (a global offset that varies by 10 mm or more between prostate MR/TRUS cases) and how
+it deforms. LocalNet, seeing both images stacked, learns the second well and the first poorly
+from a few dozen cases: it mostly applies the average offset. This network gives the offset its
+own, easier task: one small U-Net per image segments the structure (label 0 of each case, the
+gland in label-reg's data), the soft centroids of the two segmentations give a translation, and
+a LocalNet registers the translated moving image to the fixed image. Training adds a Dice loss
+of each segmentation against its image's label 0 (``[Loss] segmentation_weight``); inference sees
+only the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from labelreg import ops
+from labelreg._tf import tf
+from labelreg.networks.layers import (
+    RegistrationModel,
+    as_float32,
+    check_positive_int,
+    pair_shapes,
+    with_channels,
+)
+from labelreg.networks.localnet import LocalNet
+from labelreg.networks.unet import UNetBackbone
+
+__all__ = ["CentroidAlignNet"]
+
+
+@keras.saving.register_keras_serializable(package="labelreg")
+class CentroidAlignNet(RegistrationModel):
+    """A translation from segmentation centroids, composed with a LocalNet.
+
+    1. ``segment_moving`` and ``segment_fixed``, two :class:`~labelreg.networks.UNetBackbone`
+       s (width ``num_channel_segment``, depth 4, batch norm, max-pooling), each read one image
+       on its own grid (resized by ``segment_resolution``) and give one logit per voxel,
+       resized back to that grid; ``p = sigmoid(logit)``.
+    2. The translation is ``t = c(p_moving) - c(p_fixed)`` (voxel units), where ``c`` is
+       :func:`labelreg.ops.soft_centroid` on each image's own grid: the constant DDF ``t``
+       carries the fixed segmentation's centroid onto the moving one's.
+    3. The moving image is warped by ``t`` onto the fixed grid and a LocalNet (width
+       ``num_channel_initial``, levels ``ddf_levels``) registers it to the fixed image:
+       ``ddf_local``.
+    4. ``ddf = ddf_local + t``, which is exactly the composition "translate, then deform" (a
+       constant field composes by addition).
+
+    LocalNet's heads start at zero, so an untrained network applies the translation alone.
+
+    Args:
+        ndim: 2 or 3 spatial axes.
+        num_channel_initial: LocalNet's width ``c``.
+        num_channel_segment: width of each segmentation U-Net.
+        segment_resolution: the U-Nets segment their image resized by this factor per axis
+            (in (0, 1]; see :meth:`segment`).
+        ddf_levels: LocalNet's output levels.
+        **kwargs: ``moving_input`` (LocalNet's input, see
+            :class:`~labelreg.networks.layers.RegistrationModel`), ``name``, ``trainable``,
+            ``dtype``.
+
+    Call arguments:
+        inputs: ``[moving_image [B, *S_mov, C_m], fixed_image [B, *S_fix, C_f]]`` (or a dict).
+        training: batch-norm mode.
+
+    Returns:
+        ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]``,
+        ``ddf_local [B, *S_fix, n]``, ``moving_segmentation [B, *S_mov, 1]`` and
+        ``fixed_segmentation [B, *S_fix, 1]`` (probabilities in [0, 1]), all float32 under
+        every dtype policy.
+
+    Raises:
+        ValueError: for a bad argument; at call as :class:`~labelreg.networks.LocalNet`.
+    """
+
+    #: The method adds a segmentation loss on the outputs ``*_segmentation``.
+    segments = True
+
+    def __init__(
+        self,
+        ndim: int = 3,
+        num_channel_initial: int = 16,
+        num_channel_segment: int = 8,
+        ddf_levels: Sequence[int] = (0, 1, 2, 3, 4),
+        segment_resolution: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(ndim=ndim, **kwargs)
+        self.num_channel_segment = check_positive_int(num_channel_segment,
+                                                      "num_channel_segment")
+        if not 0.0 < float(segment_resolution) <= 1.0:
+            raise ValueError(f"segment_resolution must be in (0, 1]; received "
+                             f"segment_resolution={segment_resolution!r}.")
+        self.segment_resolution = float(segment_resolution)
+        self.segment_moving, self.segment_fixed = (
+            UNetBackbone(self.ndim, self.num_channel_segment, depth=4, out_channels=1,
+                         use_batch_norm=True, name=f"segment_{role}")
+            for role in ("moving", "fixed"))
+        self.local_net = LocalNet(self.ndim, num_channel_initial, ddf_levels=ddf_levels,
+                                  moving_input=self.moving_input, name="local_net")
+
+    @property
+    def num_channel_initial(self) -> int:
+        return self.local_net.num_channel_initial
+
+    @property
+    def ddf_levels(self) -> tuple[int, ...]:
+        return self.local_net.ddf_levels
+
+    def build(self, input_shape: Any) -> None:
+        self._input_shape(input_shape)  # checks the pair
+        moving, fixed = pair_shapes(input_shape)
+        # LocalNet sees the translated moving image on the fixed grid.
+        for part, shape in ((self.segment_moving, self._segment_input_shape(moving)),
+                            (self.segment_fixed, self._segment_input_shape(fixed)),
+                            (self.local_net, [with_channels(fixed, moving[-1]), fixed])):
+            if not part.built:  # forward() may have run (and built the parts) first
+                part.build(shape)
+
+    def _segment_input_shape(self, shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        """The shape ``[B, *S', C]`` a segmentation U-Net reads for an image of ``shape``:
+        ``S' = round(S * segment_resolution)`` (at least 1)."""
+        spatial = tuple(shape)[1:-1]
+        if self.segment_resolution == 1.0:
+            return tuple(shape)
+        if any(s is None for s in spatial):
+            raise ValueError(f"CentroidAlignNet needs static spatial shapes to segment at "
+                             f"segment_resolution={self.segment_resolution}; received "
+                             f"{tuple(shape)}.")
+        small = tuple(max(1, round(s * self.segment_resolution)) for s in spatial)
+        return (shape[0], *small, shape[-1])
+
+    def segment(self, moving: tf.Tensor, fixed: tf.Tensor, training: bool | None = None
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The two segmentations ``p_moving [B, *S_mov, 1]``, ``p_fixed [B, *S_fix, 1]``.
+
+        Each U-Net reads its image resized (linear) by ``segment_resolution`` (half the
+        voxels per axis by default: a centroid needs no fine detail, and it costs an eighth of
+        the arithmetic in 3-D); its logits are resized back to the image's grid.
+        """
+        out = []
+        for net, image in ((self.segment_moving, moving), (self.segment_fixed, fixed)):
+            small_shape = self._segment_input_shape(tuple(image.shape))
+            small = image if small_shape == tuple(image.shape) else \
+                ops.resize(image, small_shape[1:-1])
+            # Resizing and the sigmoid run in float32: the centroid sums a whole volume.
+            logits = as_float32(net(small, training=training))
+            if small_shape != tuple(image.shape):
+                logits = ops.resize(logits, image.shape[1:-1])
+            out.append(tf.sigmoid(logits))
+        return out[0], out[1]
+
+    def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
+        """``ddf``, ``translation``, ``ddf_local`` and the two segmentations."""
+        moving, fixed = self._pair(inputs)
+        p_moving, p_fixed = self.segment(moving, fixed, training=training)
+        translation = ops.soft_centroid(p_moving) - ops.soft_centroid(p_fixed)  # [B, n]
+        field = tf.reshape(translation, [-1] + [1] * self.ndim + [self.ndim])
+        constant = tf.zeros_like(fixed[..., :1]) + field  # [B, *S_fix, n]
+        ddf_local = self.local_net([ops.warp(moving, constant), fixed], training=training)
+        return {"ddf": ddf_local + field, "translation": translation, "ddf_local": ddf_local,
+                "moving_segmentation": p_moving, "fixed_segmentation": p_fixed}
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_channel_initial": self.num_channel_initial,
+            "num_channel_segment": self.num_channel_segment,
+            "segment_resolution": self.segment_resolution,
+            "ddf_levels": list(self.ddf_levels),
+        }

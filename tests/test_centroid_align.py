@@ -1,0 +1,264 @@
+"""CentroidAlignNet and its segmentation loss: the soft centroid against scipy, the translation
+against hand-placed segmentations (2-D and 3-D), serialisation, the label-0 batches and their
+augmentation, the loss term, the config checks and a training run on the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from labelreg import config, metrics, ops
+from labelreg.data import PairedDataset
+from labelreg.data.augment import augment_batch, step_seed
+from labelreg.data.pipeline import CaseCache, make_train_dataset
+from labelreg.engine import train
+from labelreg.engine.checkpoints import load_trained_run
+from labelreg.errors import ConfigError
+from labelreg.losses.label import dice_loss
+from labelreg.methods.label_driven import LabelDriven
+from labelreg.networks import build_network
+from labelreg.networks.centroid_align import CentroidAlignNet
+from tests.test_pipeline_e2e import write_config, write_dataset
+
+SHAPES = {2: ((17, 19), (21, 20)), 3: ((13, 15, 11), (16, 14, 12))}  # (fixed, moving)
+
+
+def _ball(shape, centre, radius):
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    return (np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius).astype(np.float32)
+
+
+# ---- soft centroid ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (7, 8, 10)])
+def test_soft_centroid_equals_scipy_center_of_mass(rng, shape):
+    p = rng.random((3, *shape, 1)).astype(np.float32)
+    got = ops.soft_centroid(p, prior_mass=0.0).numpy()
+    for b in range(3):
+        np.testing.assert_allclose(got[b], ndimage.center_of_mass(p[b, ..., 0]), rtol=1e-5)
+
+
+def test_soft_centroid_prior_mass_pulls_towards_the_centre(rng):
+    shape = (9, 12, 5)
+    empty = np.zeros((1, *shape, 1), np.float32)
+    np.testing.assert_allclose(ops.soft_centroid(empty).numpy()[0], [4.0, 5.5, 2.0])
+    p = np.zeros((1, *shape, 1), np.float32)
+    p[0, 1, 2, 3] = 3.0 / 4.0  # mass 3/4 at (1, 2, 3) and the prior's 1 at the centre
+    expected = (0.75 * np.array([1, 2, 3]) + np.array([4.0, 5.5, 2.0])) / 1.75
+    np.testing.assert_allclose(ops.soft_centroid(p).numpy()[0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[B, \*S, 1\]"):
+        ops.soft_centroid(np.zeros((1, 4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="prior_mass"):
+        ops.soft_centroid(empty, prior_mass=-1.0)
+
+
+def test_soft_centroid_gradient_matches_finite_differences(rng):
+    p = tf.constant(rng.random((1, 5, 6, 1)), tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x: ops.soft_centroid(x, prior_mass=0.5), [p])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
+
+
+# ---- the network -----------------------------------------------------------------------------
+
+
+def _net(ndim, **kwargs):
+    return CentroidAlignNet(ndim=ndim, num_channel_initial=2, num_channel_segment=2, **kwargs)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_untrained_network_applies_the_centroid_translation_of_its_segmentations(rng, ndim):
+    fixed_shape, moving_shape = SHAPES[ndim]
+    moving = rng.random((2, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((2, *fixed_shape, 1)).astype(np.float32)
+    net = _net(ndim)
+    out = net.forward([moving, fixed])
+    assert out["ddf"].shape == (2, *fixed_shape, ndim)
+    assert out["moving_segmentation"].shape == (2, *moving_shape, 1)
+    assert out["fixed_segmentation"].shape == (2, *fixed_shape, 1)
+    # LocalNet's heads start at zero: the DDF is the translation at every voxel.
+    np.testing.assert_array_equal(out["ddf_local"].numpy(), 0.0)
+    p_moving, p_fixed = out["moving_segmentation"].numpy(), out["fixed_segmentation"].numpy()
+    for b in range(2):
+        expected = (_centroid_with_prior(p_moving[b, ..., 0])
+                    - _centroid_with_prior(p_fixed[b, ..., 0]))
+        np.testing.assert_allclose(out["translation"].numpy()[b], expected, atol=1e-4)
+        np.testing.assert_allclose(out["ddf"].numpy()[b].reshape(-1, ndim),
+                                   np.broadcast_to(expected, (np.prod(fixed_shape), ndim)),
+                                   atol=1e-4)
+    np.testing.assert_array_equal(net([moving, fixed]).numpy(), out["ddf"].numpy())
+
+
+def _centroid_with_prior(p: np.ndarray) -> np.ndarray:
+    """NumPy reference of ``soft_centroid(prior_mass=1)``."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in p.shape], indexing="ij"), -1)
+    centre = (np.array(p.shape) - 1) / 2
+    return ((p[..., None] * grid).sum(tuple(range(p.ndim))) + centre) / (p.sum() + 1.0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_perfect_segmentations_align_the_structure(ndim):
+    """With segmentations equal to the true masks the DDF carries the moving ball onto the
+    fixed one: the translation follows the warp's convention (moving index = x + ddf)."""
+    fixed_shape, moving_shape = SHAPES[ndim]
+    fixed_ball = _ball(fixed_shape, (5,) * ndim, 3.0)[None, ..., None]
+    moving_ball = _ball(moving_shape, (9, 8, 7)[:ndim], 3.0)[None, ..., None]
+    net = _net(ndim)
+    net([moving_ball, fixed_ball])
+    # Logits of +-30 make the sigmoid the masks themselves (to 1e-13).
+    net.segment = lambda moving, fixed, training=None: (
+        tf.sigmoid(60.0 * (moving - 0.5)), tf.sigmoid(60.0 * (fixed - 0.5)))
+    out = net.forward([moving_ball, fixed_ball])
+    mass = fixed_ball.sum()  # both balls lie inside their grids: equal masses
+    expected = (mass * (np.array((9, 8, 7)[:ndim]) - 5)
+                + _centre(moving_shape) - _centre(fixed_shape)) / (mass + 1.0)
+    np.testing.assert_allclose(out["translation"].numpy()[0], expected, atol=1e-4)
+    warped = ops.warp(moving_ball, out["ddf"])
+    assert metrics.dice(fixed_ball, warped).numpy()[0] > 0.95
+    assert metrics.dice(fixed_ball, ops.warp(moving_ball, tf.zeros_like(out["ddf"]))).numpy()[0] \
+        < 0.2
+
+
+def _centre(shape):
+    return (np.array(shape) - 1) / 2
+
+
+def test_serialises_and_is_built_by_name(rng):
+    fixed_shape, moving_shape = SHAPES[3]
+    moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
+    net = build_network("centroid_align", 3, fixed_shape=fixed_shape, num_channel_initial=2,
+                        num_channel_segment=3, ddf_levels=[0, 2])
+    assert isinstance(net, CentroidAlignNet) and net.segments
+    assert net.ddf_levels == (0, 2) and net.num_channel_segment == 3
+    ddf = net([moving, fixed])
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(net))
+    clone([moving, fixed])
+    clone.set_weights(net.get_weights())
+    np.testing.assert_allclose(clone([moving, fixed]).numpy(), ddf.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="num_channel_segment"):
+        CentroidAlignNet(3, num_channel_segment=0)
+    with pytest.raises(ValueError, match="segment_resolution"):
+        CentroidAlignNet(3, segment_resolution=1.5)
+
+
+@pytest.mark.parametrize(("resolution", "moving_grid", "fixed_grid"),
+                         [(0.5, (8, 7, 6), (6, 8, 6)), (1.0, (16, 14, 12), (13, 15, 11))])
+def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
+    fixed_shape, moving_shape = SHAPES[3]
+    moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
+    net = _net(3, segment_resolution=resolution)
+    out = net.forward([moving, fixed])
+    assert net._segment_input_shape((1, *moving_shape, 1))[1:-1] == moving_grid
+    assert net._segment_input_shape((1, *fixed_shape, 1))[1:-1] == fixed_grid
+    # The U-Net reads the resized image; its logits come back on the image's grid.
+    logits = net.segment_moving(ops.resize(moving, moving_grid))
+    expected = tf.sigmoid(ops.resize(logits, moving_shape))
+    np.testing.assert_allclose(out["moving_segmentation"].numpy(), expected.numpy(), atol=1e-6)
+    assert out["fixed_segmentation"].shape == (1, *fixed_shape, 1)
+
+
+# ---- data: label 0 beside the sampled label, augmented with it ------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _paired(root: Path) -> PairedDataset:
+    return PairedDataset(*(root / d for d in ("moving_images", "fixed_images", "moving_labels",
+                                               "fixed_labels")))
+
+
+def test_batches_carry_label_0_whatever_label_was_sampled(dataset):
+    paired = _paired(dataset)
+    cache = CaseCache(paired)
+    batch = cache.batch([0, 1, 2], [1, 0, 1], segmentation_labels=True)
+    for role in ("moving", "fixed"):
+        labels = cache.moving_labels if role == "moving" else cache.fixed_labels
+        for k, case in enumerate([0, 1, 2]):
+            np.testing.assert_array_equal(batch[f"{role}_seg_label"][k, ..., 0],
+                                          labels[case][..., 0])
+    assert "moving_seg_label" not in cache.batch([0], [1])
+    element = next(iter(make_train_dataset(paired, 2, seed=0, segmentation_labels=True)))
+    assert element["moving_seg_label"].shape == element["moving_label"].shape
+    assert element["fixed_seg_label"].shape == element["fixed_label"].shape
+
+
+def test_augmentation_moves_label_0_with_its_image(dataset):
+    cache = CaseCache(_paired(dataset))
+    # Label index 0 is sampled, so the sampled label and label 0 are the same volume and
+    # must come out of the augmentation identical, and equal to the run without label 0.
+    batch = cache.batch([0, 3], [0, 0], segmentation_labels=True)
+    seed = step_seed(5, 2)
+    out = augment_batch(batch, 0.2, seed, translation=2.0)
+    plain = augment_batch({k: v for k, v in batch.items() if "seg" not in k}, 0.2, seed,
+                          translation=2.0)
+    for role in ("moving", "fixed"):
+        np.testing.assert_array_equal(out[f"{role}_seg_label"].numpy(),
+                                      out[f"{role}_label"].numpy())
+        np.testing.assert_array_equal(out[f"{role}_label"].numpy(),
+                                      plain[f"{role}_label"].numpy())
+        np.testing.assert_array_equal(out[f"{role}_image"].numpy(),
+                                      plain[f"{role}_image"].numpy())
+    assert not np.array_equal(out["moving_label"].numpy(), batch["moving_label"])
+
+
+# ---- config and training ---------------------------------------------------------------------
+
+
+def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
+    ini = write_config(tmp_path / "a.ini", dataset, Loss={"segmentation_weight": "1"})
+    with pytest.raises(ConfigError, match=r"\[Loss\] segmentation_weight = '1.0'.*network_type "
+                                          r"= local.*centroid_align"):
+        config.load(ini)
+    with pytest.raises(ConfigError, match=r"segmentation_weight"):
+        config.load(write_config(tmp_path / "b.ini", dataset,
+                                 Loss={"segmentation_weight": "-1"}))
+
+
+def test_training_adds_the_segmentation_dice_and_infers(tmp_path, dataset):
+    ini = write_config(tmp_path / "run.ini", dataset,
+                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
+                                "num_channel_segment": "2"},
+                       Loss={"segmentation_weight": "0.5"},
+                       Train={"total_iterations": "2", "freq_model_save": "2"})
+    cfg = config.load(ini)
+    result = train(cfg, log=lambda line: None)
+    values = result.last_values
+    assert 0.0 < values["segmentation_loss"] < 1.0
+    assert values["loss"] == pytest.approx(values["label_loss"] + 0.5 * values["regulariser"]
+                                           + 0.5 * values["segmentation_loss"], rel=1e-4)
+    run = load_trained_run(tmp_path / "run")
+    assert isinstance(run.models["model"], CentroidAlignNet)
+    assert run.models["model"].num_channel_segment == 2
+    # The method's term is the mean of the two Dice losses of the network's segmentations.
+    method = LabelDriven(cfg)
+    method.prepare_data()
+    method.models = method.build()
+    batch = method.cache.batch([0, 1], [1, 1], segmentation_labels=True)
+    terms = method.loss_terms({**batch, "spacing": tf.ones([2, 3])})
+    out = method.models["model"].forward([batch["moving_image"], batch["fixed_image"]],
+                                         training=True)
+    expected = 0.5 * (dice_loss(batch["moving_seg_label"], out["moving_segmentation"])
+                      + dice_loss(batch["fixed_seg_label"], out["fixed_segmentation"]))
+    np.testing.assert_allclose(terms["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
+    assert float(expected[0]) != float(expected[1])  # per pair, not averaged over the batch
+
+
+def test_one_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
+    ini = write_config(tmp_path / "real.ini", Path(mrus_sample_dir),
+                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
+                                "num_channel_segment": "2"},
+                       Loss={"segmentation_weight": "1"},
+                       Train={"total_iterations": "1", "minibatch_size": "2"})
+    values = train(config.load(ini), log=lambda line: None).last_values
+    assert 0.0 < values["segmentation_loss"] <= 1.0 and np.isfinite(values["loss"])
