@@ -15,10 +15,11 @@ from scipy import ndimage
 from labelreg import config, metrics, ops
 from labelreg.data import PairedDataset
 from labelreg.data.augment import augment_batch, step_seed
-from labelreg.data.pipeline import CaseCache, make_train_dataset
+from labelreg.data.pipeline import CaseCache, make_train_dataset, normalise_intensity
 from labelreg.engine import train
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import ConfigError
+from labelreg.export import registration as export
 from labelreg.losses.label import dice_loss
 from labelreg.methods.label_driven import LabelDriven
 from labelreg.networks import build_network
@@ -84,15 +85,24 @@ def test_untrained_network_applies_the_centroid_translation_of_its_segmentations
     assert out["fixed_segmentation"].shape == (2, *fixed_shape, 1)
     # LocalNet's heads start at zero: the DDF is the translation at every voxel.
     np.testing.assert_array_equal(out["ddf_local"].numpy(), 0.0)
-    p_moving, p_fixed = out["moving_segmentation"].numpy(), out["fixed_segmentation"].numpy()
+    # The translation is the difference of the soft centroids of the segmentation-grid maps,
+    # carried to each image's voxel indices.
+    p_moving, p_fixed = (p.numpy() for p in net.segment(moving, fixed))
     for b in range(2):
-        expected = (_centroid_with_prior(p_moving[b, ..., 0])
-                    - _centroid_with_prior(p_fixed[b, ..., 0]))
+        expected = (_on_image(_centroid_with_prior(p_moving[b, ..., 0]), moving_shape)
+                    - _on_image(_centroid_with_prior(p_fixed[b, ..., 0]), fixed_shape))
         np.testing.assert_allclose(out["translation"].numpy()[b], expected, atol=1e-4)
         np.testing.assert_allclose(out["ddf"].numpy()[b].reshape(-1, ndim),
                                    np.broadcast_to(expected, (np.prod(fixed_shape), ndim)),
                                    atol=1e-4)
     np.testing.assert_array_equal(net([moving, fixed]).numpy(), out["ddf"].numpy())
+
+
+def _on_image(centroid: np.ndarray, image_shape) -> np.ndarray:
+    """Half-pixel mapping of a segmentation-grid index onto the image grid (the grid is half
+    the image's size, rounded)."""
+    grid = np.array([max(1, round(s * 0.5)) for s in image_shape])
+    return (centroid + 0.5) * np.array(image_shape) / grid - 0.5
 
 
 def _centroid_with_prior(p: np.ndarray) -> np.ndarray:
@@ -109,7 +119,7 @@ def test_perfect_segmentations_align_the_structure(ndim):
     fixed_shape, moving_shape = SHAPES[ndim]
     fixed_ball = _ball(fixed_shape, (5,) * ndim, 3.0)[None, ..., None]
     moving_ball = _ball(moving_shape, (9, 8, 7)[:ndim], 3.0)[None, ..., None]
-    net = _net(ndim)
+    net = _net(ndim, segment_resolution=1.0)
     net([moving_ball, fixed_ball])
     # Logits of +-30 make the sigmoid the masks themselves (to 1e-13).
     net.segment = lambda moving, fixed, training=None: (
@@ -156,13 +166,17 @@ def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
     fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
     net = _net(3, segment_resolution=resolution)
     out = net.forward([moving, fixed])
-    assert net._segment_input_shape((1, *moving_shape, 1))[1:-1] == moving_grid
-    assert net._segment_input_shape((1, *fixed_shape, 1))[1:-1] == fixed_grid
-    # The U-Net reads the resized image; its logits come back on the image's grid.
-    logits = net.segment_moving(ops.resize(moving, moving_grid))
-    expected = tf.sigmoid(ops.resize(logits, moving_shape))
-    np.testing.assert_allclose(out["moving_segmentation"].numpy(), expected.numpy(), atol=1e-6)
+    assert net.segment_grids == {"moving": moving_grid, "fixed": fixed_grid}
+    # The U-Net reads the resized image; its probabilities come back on the image's grid.
+    probability = tf.sigmoid(net.segment_moving(ops.resize(moving, moving_grid)))
+    np.testing.assert_allclose(net.segment(moving, fixed)[0].numpy(), probability.numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(out["moving_segmentation"].numpy(),
+                               ops.resize(probability, moving_shape).numpy(), atol=1e-6)
     assert out["fixed_segmentation"].shape == (1, *fixed_shape, 1)
+    # A moving image of another size is segmented on the same grid.
+    other = rng.random((1, 20, 9, 15, 1)).astype(np.float32)
+    assert net.segment(other, fixed)[0].shape == (1, *moving_grid, 1)
 
 
 # ---- data: label 0 beside the sampled label, augmented with it ------------------------------
@@ -254,6 +268,7 @@ def test_training_adds_the_segmentation_dice_and_infers(tmp_path, dataset):
     assert float(expected[0]) != float(expected[1])  # per pair, not averaged over the batch
 
 
+@pytest.mark.slow
 def test_one_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
     ini = write_config(tmp_path / "real.ini", Path(mrus_sample_dir),
                        Network={"network_type": "centroid_align", "num_channel_initial": "2",
@@ -262,3 +277,20 @@ def test_one_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
                        Train={"total_iterations": "1", "minibatch_size": "2"})
     values = train(config.load(ini), log=lambda line: None).last_values
     assert 0.0 < values["segmentation_loss"] <= 1.0 and np.isfinite(values["loss"])
+
+
+def test_exported_signature_returns_the_keras_ddf(tmp_path, rng):
+    """The SavedModel of a centroid_align network (segmentations, centroids, translation and
+    LocalNet inside the graph) returns the Keras model's DDF."""
+    fixed_shape, moving_shape = SHAPES[3]
+    net = _net(3)
+    moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
+    net([moving, fixed])
+    path = export.export_model(net, tmp_path, "ca", moving_shape=moving_shape,
+                               fixed_shape=fixed_shape, step=1)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = served(moving_image=tf.constant(moving), fixed_image=tf.constant(fixed))["ddf"]
+    expected = net([normalise_intensity(moving[0])[None], normalise_intensity(fixed[0])[None]])
+    assert np.abs(expected.numpy()).max() > 0.1  # the translation really moves voxels
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)

@@ -45,6 +45,7 @@ NETWORKS = {
     "composite": {"num_channel_initial": 4, "num_channel_initial_global": 4},
     "unet": {"num_channel_initial": 4, "depth": 2},
     "gradirn": {"channels": 4, "num_levels": 2, "num_repeat": 1},
+    "centroid_align": {"num_channel_initial": 4, "num_channel_segment": 4},
 }
 CASES = [(name, ndim) for name in NETWORKS for ndim in (2, 3)]
 

@@ -39,11 +39,12 @@ class CentroidAlignNet(RegistrationModel):
 
     1. ``segment_moving`` and ``segment_fixed``, two :class:`~labelreg.networks.UNetBackbone`
        s (width ``num_channel_segment``, depth 4, batch norm, max-pooling), each read one image
-       on its own grid (resized by ``segment_resolution``) and give one logit per voxel,
-       resized back to that grid; ``p = sigmoid(logit)``.
+       resized onto its segmentation grid (``segment_resolution`` times the training shape)
+       and give one logit per voxel there; ``p = sigmoid(logit)``.
     2. The translation is ``t = c(p_moving) - c(p_fixed)`` (voxel units), where ``c`` is
-       :func:`labelreg.ops.soft_centroid` on each image's own grid: the constant DDF ``t``
-       carries the fixed segmentation's centroid onto the moving one's.
+       :func:`labelreg.ops.soft_centroid` carried from the segmentation grid to the image's
+       own voxel indices: the constant DDF ``t`` carries the fixed segmentation's centroid
+       onto the moving one's.
     3. The moving image is warped by ``t`` onto the fixed grid and a LocalNet (width
        ``num_channel_initial``, levels ``ddf_levels``) registers it to the fixed image:
        ``ddf_local``.
@@ -69,8 +70,9 @@ class CentroidAlignNet(RegistrationModel):
 
     Returns:
         ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]``,
-        ``ddf_local [B, *S_fix, n]``, ``moving_segmentation [B, *S_mov, 1]`` and
-        ``fixed_segmentation [B, *S_fix, 1]`` (probabilities in [0, 1]), all float32 under
+        ``ddf_local [B, *S_fix, n]``, and ``moving_segmentation [B, *S_mov, 1]`` and
+        ``fixed_segmentation [B, *S_fix, 1]`` (probabilities in [0, 1], linearly resized from
+        the segmentation grids; present when the image's shape is static), all float32 under
         every dtype policy.
 
     Raises:
@@ -114,56 +116,74 @@ class CentroidAlignNet(RegistrationModel):
     def build(self, input_shape: Any) -> None:
         self._input_shape(input_shape)  # checks the pair
         moving, fixed = pair_shapes(input_shape)
+        self._set_segment_grids(moving, fixed)
         # LocalNet sees the translated moving image on the fixed grid.
-        for part, shape in ((self.segment_moving, self._segment_input_shape(moving)),
-                            (self.segment_fixed, self._segment_input_shape(fixed)),
-                            (self.local_net, [with_channels(fixed, moving[-1]), fixed])):
+        for part, grid, shape in ((self.segment_moving, "moving", moving),
+                                  (self.segment_fixed, "fixed", fixed)):
             if not part.built:  # forward() may have run (and built the parts) first
-                part.build(shape)
+                part.build((shape[0], *self.segment_grids[grid], shape[-1]))
+        if not self.local_net.built:
+            self.local_net.build([with_channels(fixed, moving[-1]), fixed])
 
-    def _segment_input_shape(self, shape: Sequence[int | None]) -> tuple[int | None, ...]:
-        """The shape ``[B, *S', C]`` a segmentation U-Net reads for an image of ``shape``:
-        ``S' = round(S * segment_resolution)`` (at least 1)."""
-        spatial = tuple(shape)[1:-1]
-        if self.segment_resolution == 1.0:
-            return tuple(shape)
-        if any(s is None for s in spatial):
-            raise ValueError(f"CentroidAlignNet needs static spatial shapes to segment at "
-                             f"segment_resolution={self.segment_resolution}; received "
-                             f"{tuple(shape)}.")
-        small = tuple(max(1, round(s * self.segment_resolution)) for s in spatial)
-        return (shape[0], *small, shape[-1])
+    def _set_segment_grids(self, moving: Sequence[int | None], fixed: Sequence[int | None]
+                           ) -> None:
+        """Fix the grids the U-Nets segment on, ``round(S * segment_resolution)`` of the
+        first (training) shapes, so a moving image of another size at serving time is resized
+        onto the same grid."""
+        if getattr(self, "segment_grids", None) is not None:
+            return
+        grids = {}
+        for role, shape in (("moving", moving), ("fixed", fixed)):
+            spatial = tuple(shape)[1:-1]
+            if any(s is None for s in spatial):
+                raise ValueError(f"CentroidAlignNet is built from static image shapes; received "
+                                 f"the {role} shape {tuple(shape)}.")
+            grids[role] = tuple(max(1, round(int(s) * self.segment_resolution))
+                                for s in spatial)
+        self.segment_grids = grids
 
     def segment(self, moving: tf.Tensor, fixed: tf.Tensor, training: bool | None = None
                 ) -> tuple[tf.Tensor, tf.Tensor]:
-        """The two segmentations ``p_moving [B, *S_mov, 1]``, ``p_fixed [B, *S_fix, 1]``.
+        """The two segmentations on the segmentation grids: ``p_moving [B, *G_mov, 1]``,
+        ``p_fixed [B, *G_fix, 1]``.
 
-        Each U-Net reads its image resized (linear) by ``segment_resolution`` (half the
-        voxels per axis by default: a centroid needs no fine detail, and it costs an eighth of
-        the arithmetic in 3-D); its logits are resized back to the image's grid.
+        Each U-Net reads its image resized (linear) onto its grid ``G``, ``segment_resolution``
+        times the training shape per axis (half by default: a centroid needs no fine detail,
+        and it costs an eighth of the arithmetic in 3-D).
         """
+        self._set_segment_grids(tuple(moving.shape), tuple(fixed.shape))
         out = []
-        for net, image in ((self.segment_moving, moving), (self.segment_fixed, fixed)):
-            small_shape = self._segment_input_shape(tuple(image.shape))
-            small = image if small_shape == tuple(image.shape) else \
-                ops.resize(image, small_shape[1:-1])
-            # Resizing and the sigmoid run in float32: the centroid sums a whole volume.
-            logits = as_float32(net(small, training=training))
-            if small_shape != tuple(image.shape):
-                logits = ops.resize(logits, image.shape[1:-1])
-            out.append(tf.sigmoid(logits))
+        for net, role, image in ((self.segment_moving, "moving", moving),
+                                 (self.segment_fixed, "fixed", fixed)):
+            small = ops.resize(image, self.segment_grids[role])
+            # The sigmoid runs in float32: the centroid sums a whole volume of probabilities.
+            out.append(tf.sigmoid(as_float32(net(small, training=training))))
         return out[0], out[1]
 
+    @staticmethod
+    def _centroid_on_image(probability: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+        """Soft centroid ``[B, n]`` of a map on a segmentation grid ``G``, in voxel indices
+        of ``image``'s grid ``S``: ``x = (g + 0.5) S / G - 0.5``, the half-pixel mapping of
+        :func:`labelreg.ops.resize`."""
+        grid = tf.cast(tf.shape(probability)[1:-1], tf.float32)
+        size = tf.cast(tf.shape(image)[1:-1], tf.float32)
+        return (ops.soft_centroid(probability) + 0.5) * size / grid - 0.5
+
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
-        """``ddf``, ``translation``, ``ddf_local`` and the two segmentations."""
+        """``ddf``, ``translation``, ``ddf_local`` and the two segmentations (resized onto
+        their images' grids; only when those grids are static)."""
         moving, fixed = self._pair(inputs)
         p_moving, p_fixed = self.segment(moving, fixed, training=training)
-        translation = ops.soft_centroid(p_moving) - ops.soft_centroid(p_fixed)  # [B, n]
+        translation = (self._centroid_on_image(p_moving, moving)
+                       - self._centroid_on_image(p_fixed, fixed))  # [B, n]
         field = tf.reshape(translation, [-1] + [1] * self.ndim + [self.ndim])
         constant = tf.zeros_like(fixed[..., :1]) + field  # [B, *S_fix, n]
         ddf_local = self.local_net([ops.warp(moving, constant), fixed], training=training)
-        return {"ddf": ddf_local + field, "translation": translation, "ddf_local": ddf_local,
-                "moving_segmentation": p_moving, "fixed_segmentation": p_fixed}
+        out = {"ddf": ddf_local + field, "translation": translation, "ddf_local": ddf_local}
+        for role, p, image in (("moving", p_moving, moving), ("fixed", p_fixed, fixed)):
+            if all(s is not None for s in image.shape[1:-1]):
+                out[f"{role}_segmentation"] = ops.resize(p, image.shape[1:-1])
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {
