@@ -22,8 +22,7 @@ from labelreg.errors import ConfigError
 from labelreg.export import registration as export
 from labelreg.losses.label import dice_loss
 from labelreg.methods.label_driven import LabelDriven
-from labelreg.networks import build_network
-from labelreg.networks.centroid_align import CentroidAlignNet
+from labelreg.networks import CentroidAlignNet, build_network
 from tests.test_pipeline_e2e import write_config, write_dataset
 
 SHAPES = {2: ((17, 19), (21, 20)), 3: ((13, 15, 11), (16, 14, 12))}  # (fixed, moving)

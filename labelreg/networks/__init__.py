@@ -1,6 +1,8 @@
 """Registration networks (Keras 3 models, 2-D and 3-D).
 
 - :class:`LocalNet`, :class:`GlobalNet`, :class:`CompositeNet`: label-reg's networks;
+- :class:`CentroidAlignNet`: a translation from the centroids of a segmentation of each image,
+  then a LocalNet;
 - :class:`UNet`: a VoxelMorph-style U-Net registration network, and :class:`UNetBackbone`, the
   same U-Net on a single image;
 - :class:`GraDIRN`: unrolled multi-resolution gradient descent with learned CNN corrections;
@@ -30,6 +32,7 @@ _CLASSES = {
     "LocalNet": "localnet",
     "GlobalNet": "globalnet",
     "CompositeNet": "composite",
+    "CentroidAlignNet": "centroid_align",
     "UNet": "unet",
     "UNetBackbone": "unet",
     "RegistrationModel": "layers",
