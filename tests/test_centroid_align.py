@@ -293,3 +293,9 @@ def test_exported_signature_returns_the_keras_ddf(tmp_path, rng):
     expected = net([normalise_intensity(moving[0])[None], normalise_intensity(fixed[0])[None]])
     assert np.abs(expected.numpy()).max() > 0.1  # the translation really moves voxels
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_the_shipped_mrus_recipe_uses_the_network_and_its_loss():
+    cfg = config.load(Path(__file__).resolve().parents[1] / "configs" / "mrus.ini")
+    assert cfg["Network"]["network_type"] == "centroid_align"
+    assert cfg["Loss"]["segmentation_weight"] > 0
