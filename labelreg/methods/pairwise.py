@@ -45,8 +45,9 @@ class PairwiseMethod(Method):
             + centroid_weight * centroid distance (mm) of those labels
             + image_weight * image_loss(fixed image, warped moving image)
             + regulariser_weight * regulariser(ddf)
-            + segmentation_weight * Dice loss of the network's segmentations (a network with
-              ``segments = True``, e.g. ``centroid_align``) against label 0 of each image
+            + segmentation_weight * Dice loss of the network's segmentations
+              (``centroid_align``'s ``moving_segmentation`` and ``fixed_segmentation``)
+              against label 0 of each image
 
     whose terms a subclass sets in :meth:`build` (a weight of 0 or a loss of ``None`` drops
     the term; labels, when present, are always monitored with Dice and centroid distance).

@@ -60,9 +60,9 @@ class CentroidAlignNet(RegistrationModel):
         segment_resolution: the U-Nets segment their image resized by this factor per axis
             (in (0, 1]; see :meth:`segment`).
         ddf_levels: LocalNet's output levels.
-        **kwargs: ``moving_input`` (LocalNet's input, see
-            :class:`~labelreg.networks.layers.RegistrationModel`), ``name``, ``trainable``,
-            ``dtype``.
+        **kwargs: ``name``, ``trainable``, ``dtype``, and ``moving_input`` (accepted like
+            every registration network's, without effect: LocalNet's moving image is already
+            on the fixed grid).
 
     Call arguments:
         inputs: ``[moving_image [B, *S_mov, C_m], fixed_image [B, *S_fix, C_f]]`` (or a dict).
@@ -78,9 +78,6 @@ class CentroidAlignNet(RegistrationModel):
     Raises:
         ValueError: for a bad argument; at call as :class:`~labelreg.networks.LocalNet`.
     """
-
-    #: The method adds a segmentation loss on the outputs ``*_segmentation``.
-    segments = True
 
     def __init__(
         self,
