@@ -238,7 +238,7 @@ def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
                                  Loss={"segmentation_weight": "-1"}))
 
 
-def test_training_adds_the_segmentation_dice_and_infers(tmp_path, dataset):
+def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, dataset):
     ini = write_config(tmp_path / "run.ini", dataset,
                        Network={"network_type": "centroid_align", "num_channel_initial": "2",
                                 "num_channel_segment": "2"},
