@@ -1,4 +1,4 @@
-"""Serving latency in float32 and bfloat16: ``serving_default`` of exported LocalNets.
+"""Serving latency in float32 and bfloat16: ``serving_default`` of exported networks.
 
 Run: ``.venv/bin/python benchmarks/bench_serving.py [--repeats 30] [--widths 32 16]
 [--checkpoint RUN] [--more-paths]``.
@@ -56,7 +56,7 @@ MOVING, FIXED = (69, 69, 64), (47, 63, 44)
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus-sample"
 MATMUL_SIZE = 3072
 TARGET_DDF_P95 = 10.0  # voxels; see the module docstring
-WIDTHS = (44, 10, 10, 10, 8, 10, 10)
+WIDTHS = (52, 10, 10, 10, 8, 10, 10)
 
 
 def load_pair() -> tuple[np.ndarray, np.ndarray, str]:
@@ -160,12 +160,12 @@ def main() -> None:
     networks: list[tuple[str, keras.Model, tuple, tuple]] = []
     if args.checkpoint:
         model, moving_shape, fixed_shape = trained_network(args.checkpoint)
-        networks.append((f"trained c={model.num_channel_initial}", model, moving_shape,
-                         fixed_shape))
+        name = f"{type(model).__name__} trained c={model.num_channel_initial}"
+        networks.append((name, model, moving_shape, fixed_shape))
     else:
         inputs = network_inputs(moving, fixed, FIXED)
         for width in args.widths:
-            networks.append((f"c={width}", random_network(width, inputs), MOVING, FIXED))
+            networks.append((f"LocalNet c={width}", random_network(width, inputs), MOVING, FIXED))
 
     paths: dict[str, Callable[[], np.ndarray]] = {}
     info: dict[str, dict] = {}
@@ -173,7 +173,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as base:
         for label, model, moving_shape, fixed_shape in networks:
             gflop = conv_gflop(model, moving_shape, fixed_shape)
-            print(f"LocalNet {label}: {model.count_params():,} parameters, "
+            print(f"{label}: {model.count_params():,} parameters, "
                   f"{gflop:.1f} GFLOP of convolutions per registration")
             variants = [("float32", False), ("bfloat16", False)]
             if args.more_paths:
@@ -183,7 +183,7 @@ def main() -> None:
                                            fixed_shape=fixed_shape, jit_compile=jit,
                                            precision=precision)
                 signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-                name = f"LocalNet {label} SavedModel {precision}" + (", XLA warps" if jit else "")
+                name = f"{label} SavedModel {precision}" + (", XLA warps" if jit else "")
 
                 def call(s=signature) -> np.ndarray:
                     return s(moving_image=moving_t, fixed_image=fixed_t)["ddf"].numpy()
@@ -201,7 +201,7 @@ def main() -> None:
 
                 graph = tf.function(keras_work, autograph=False)
                 for kind, fn in (("eager", keras_work), ("tf.function", graph)):
-                    name = f"LocalNet {label} Keras float32, {kind}"
+                    name = f"{label} Keras float32, {kind}"
                     paths[name] = lambda fn=fn: fn(moving_t, fixed_t)[0].numpy()
                     info[name] = {"gflop": gflop, "dtype": "float32"}
 
@@ -240,9 +240,9 @@ def main() -> None:
     print(f"bfloat16 / float32 matmul rate: "
           f"{matmul_rate['bfloat16'] / matmul_rate['float32']:.2f}x")
     for label, *_ in networks:
-        fp32 = f"LocalNet {label} SavedModel float32"
-        bf16 = f"LocalNet {label} SavedModel bfloat16"
-        print(f"LocalNet {label}: bfloat16 / float32 speed-up "
+        fp32 = f"{label} SavedModel float32"
+        bf16 = f"{label} SavedModel bfloat16"
+        print(f"{label}: bfloat16 / float32 speed-up "
               f"{medians[fp32] / medians[bf16]:.2f}x (median); export "
               f"{info[fp32]['size']:.1f} MiB (float32), {info[bf16]['size']:.1f} MiB (bfloat16)")
 
@@ -254,7 +254,7 @@ def main() -> None:
         length = np.linalg.norm(reference, axis=-1)
         diff = np.linalg.norm(fast - reference, axis=-1)
         p95_length = float(np.percentile(length, 95))
-        print(f"  LocalNet {label}: |ddf| p95 {p95_length:.2f}, max {length.max():.2f}; "
+        print(f"  {label}: |ddf| p95 {p95_length:.2f}, max {length.max():.2f}; "
               f"|difference| max {diff.max():.4f}, p95 {np.percentile(diff, 95):.4f}, "
               f"mean {diff.mean():.4f} voxels (max {100 * diff.max() / p95_length:.2f}% and "
               f"p95 {100 * np.percentile(diff, 95) / p95_length:.2f}% of the p95 |ddf|)")
