@@ -23,14 +23,10 @@ from labelreg.export import registration as export
 from labelreg.losses.label import dice_loss
 from labelreg.methods.label_driven import LabelDriven
 from labelreg.networks import CentroidAlignNet, build_network
-from tests.test_pipeline_e2e import write_config, write_dataset
+from tests.test_pipeline_e2e import _ball, write_config, write_dataset
 
 SHAPES = {2: ((17, 19), (21, 20)), 3: ((13, 15, 11), (16, 14, 12))}  # (fixed, moving)
 
-
-def _ball(shape, centre, radius):
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    return (np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius).astype(np.float32)
 
 
 # ---- soft centroid ---------------------------------------------------------------------------
