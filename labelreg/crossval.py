@@ -1,6 +1,7 @@
 """k-fold cross-validation of a registration config: train on k-1 folds, evaluate the held-out one.
 
-``python -m labelreg.crossval config.ini [--folds 5] [--seed 0] [--set ...] [--dir DIR]``:
+``python -m labelreg.crossval config.ini [--folds 5] [--seed 0] [--set ...] [--dir DIR]
+[--fold K ...]``:
 
 1. The training cases of the config (``[Data] dir_*``), and the validation cases when
    ``[Data] dir_valid_*`` are set with labels, are pooled by case name and shuffled with
@@ -29,6 +30,11 @@ not trained again (the trainer says "nothing to do"), a fold interrupted part-wa
 latest checkpoint, and the evaluation of every fold is redone (it is cheap). ``DIR/folds.json``
 records the split; a rerun whose split differs (another seed, fold count or set of cases) stops
 with an error rather than mixing runs of two splits.
+
+``--fold K`` (repeatable) trains and evaluates only fold ``K`` of the same split and writes no
+table, so the folds can run at the same time on separate devices or machines that share ``DIR``
+(e.g. one process per CPU core pinned with ``taskset``). A last run without ``--fold`` then finds
+every fold trained and writes the tables.
 """
 
 from __future__ import annotations
@@ -309,6 +315,7 @@ def cross_validate(
     overrides: Sequence[str] = (),
     directory: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
+    only: Sequence[int] | None = None,
 ) -> CrossValidation:
     """Run (or resume) a k-fold cross-validation of an INI config; see the module docstring.
 
@@ -319,14 +326,17 @@ def cross_validate(
         overrides: ``Section.key=value`` settings applied to every fold.
         directory: the cross-validation folder (default ``<[Train] dir_run>/crossval``).
         log: where progress lines go (the trainer's lines carry a ``[fold k/K]`` prefix).
+        only: 1-based folds to train and evaluate (default all). With a subset the result holds
+            those folds and no table or picture is written.
 
     Returns:
-        The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written.
+        The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written when every
+        fold was run.
 
     Raises:
         ConfigError: a bad config or override, fewer than 2 or more folds than cases, a fold
-            left with fewer training cases than ``[Train] minibatch_size``, or a ``directory``
-            that holds another split.
+            left with fewer training cases than ``[Train] minibatch_size``, a ``directory``
+            that holds another split, or an ``only`` fold outside 1..folds.
         DataError: unreadable data or an unwritable folder.
         KeyboardInterrupt: training was interrupted (its last step is saved; rerun to resume).
     """
@@ -350,6 +360,10 @@ def cross_validate(
         raise ConfigError(f"{cfg.path}: [Train] minibatch_size = {batch}, but with {len(split)} "
                           f"folds of {len(files)} cases a fold trains on only {smallest}; use "
                           "fewer folds or a smaller minibatch_size.")
+    selected = sorted(set(range(1, len(split) + 1) if only is None else only))
+    for k in selected:
+        if not 1 <= int(k) <= len(split):
+            raise ConfigError(f"--fold {k}: expected a fold number in 1..{len(split)}.")
     directory = Path(directory if directory is not None else
                      Path(cfg["Train"]["dir_run"]) / "crossval").absolute()
     try:
@@ -364,6 +378,8 @@ def cross_validate(
 
     result = CrossValidation(directory)
     for k, valid in enumerate(split, start=1):
+        if k not in selected:
+            continue
         fold_dir = directory / f"fold{k}"
         training = [name for name in files if name not in set(valid)]
         folders = make_fold_folders(fold_dir, training, valid, files)
@@ -394,6 +410,10 @@ def cross_validate(
             f"{row['tre_mm_identity']:.2f} -> {row['tre_mm']:.2f} mm (medians), "
             f"{row['lost']} of {row['landmarks']} landmarks lost")
         result.folds.append(fold)
+    if len(selected) < len(split):
+        log(f"ran fold{'s' if len(selected) > 1 else ''} {', '.join(map(str, selected))} of "
+            f"{len(split)}; run without --fold once every fold is trained to write the tables")
+        return result
     try:
         result.write()
     except OSError as err:
@@ -434,19 +454,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override one setting of every fold (repeatable)")
     parser.add_argument("--dir", dest="directory", default=None,
                         help="cross-validation folder (default: <dir_run>/crossval)")
+    parser.add_argument("--fold", dest="only", type=int, action="append", default=None,
+                        metavar="K", help="run only fold K (repeatable; 1-based); no table is "
+                        "written, so folds can run in parallel processes sharing --dir")
     from labelreg.logs import log_line, parse_args
 
     args = parse_args(parser, argv)
     try:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
-                                args.directory, log=log_line)
+                                args.directory, log=log_line, only=args.only)
     except (LabelregError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    print(result.format())
-    print(f"wrote {result.directory / 'crossval.csv'}")
+    if args.only is None:
+        print(result.format())
+        print(f"wrote {result.directory / 'crossval.csv'}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""labelreg.crossval: a 2-fold run on 4 tiny cases, its table, its folders, and a rerun that
-resumes instead of retraining."""
+"""labelreg.crossval: a 2-fold run on 4 tiny cases, its table, its folders, one fold run alone
+(``--fold``), and a rerun that resumes instead of retraining."""
 
 from __future__ import annotations
 
@@ -37,9 +37,21 @@ def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_pat
                        Loss={"similarity_scales": "[0]"},
                        Train={"total_iterations": "2", "freq_model_save": "2"})
     directory = tmp_path / "cv"
+    # One fold alone (as a parallel process would run it): trained and evaluated, no table.
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--fold", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("training labelreg") == 1 and "[fold 2/2]" in out and "[fold 1/2]" not in out
+    assert "ran fold 2 of 2" in out and "pooled" not in out
+    assert (directory / "fold2" / "evaluation.csv").is_file()
+    assert not (directory / "fold1").exists() and not (directory / "crossval.csv").exists()
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--fold", "3"]) == 2
+    assert "--fold 3: expected a fold number in 1..2" in capsys.readouterr().err
+
+    # The whole run trains fold 1 only (fold 2 is done) and writes the tables.
     lines: list[str] = []
     result = cross_validate(ini, folds=2, seed=0, directory=directory, log=lines.append)
-    assert sum("training labelreg" in line for line in lines) == 2  # each fold trained
+    assert sum("training labelreg" in line for line in lines) == 1
+    assert sum("nothing to do" in line for line in lines) == 1
 
     rows = _read(directory / "crossval.csv")
     assert [r["fold"] for r in rows] == ["1", "2", "pooled"]
