@@ -1,12 +1,14 @@
 """k-fold cross-validation of a registration config: train on k-1 folds, evaluate the held-out one.
 
 ``python -m labelreg.crossval config.ini [--folds 5] [--seed 0] [--set ...] [--dir DIR]
-[--fold K ...]``:
+[--groups CSV] [--fold K ...]``:
 
 1. The training cases of the config (``[Data] dir_*``), and the validation cases when
    ``[Data] dir_valid_*`` are set with labels, are pooled by case name and shuffled with
    ``--seed`` (NumPy's ``default_rng``), then cut into ``--folds`` folds of near-equal size
-   (``numpy.array_split``). Every case is validated in exactly one fold.
+   (``numpy.array_split``). Every case is validated in exactly one fold. With ``--groups CSV``
+   (``case,group`` rows, e.g. a patient ID per case) whole groups are shuffled and dealt to the
+   smallest fold instead, so the cases of one patient never sit on both sides of a fold.
 2. Fold ``k`` (1-based) gets ``DIR/fold<k>/train/`` and ``DIR/fold<k>/valid/``, each with the
    four folders ``moving_images``, ``fixed_images``, ``moving_labels``, ``fixed_labels`` of
    symbolic links to the original files (copies where links cannot be made).
@@ -48,7 +50,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from labelreg.config import Config
 
 __all__ = ["CROSSVAL_COLUMNS", "FOLDERS", "FoldResult", "CrossValidation", "pool_cases",
-           "make_folds", "cross_validate", "main"]
+           "make_folds", "read_groups", "cross_validate", "main"]
 
 #: ``(role, folder name)`` of the four folders of a fold's ``train/`` and ``valid/``.
 FOLDERS = (("moving_image", "moving_images"), ("fixed_image", "fixed_images"),
@@ -190,11 +192,17 @@ def pool_cases(cfg: Config) -> dict[str, dict[str, Path]]:
     return dict(sorted(files.items()))
 
 
-def make_folds(names: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
+def make_folds(names: Sequence[str], folds: int, seed: int = 0,
+               groups: Mapping[str, str] | None = None) -> list[list[str]]:
     """Shuffle ``names`` with ``seed`` and cut them into ``folds`` near-equal folds (each sorted).
 
+    Without ``groups`` the shuffled names are cut with ``numpy.array_split``. With ``groups``
+    (``{case: group}``, e.g. a patient ID) the groups are shuffled instead and each goes whole to
+    the fold that holds the fewest cases so far (the first such fold on a tie), so no group is
+    split between training and validation.
+
     Raises:
-        ConfigError: ``folds`` < 2 or more than the number of names.
+        ConfigError: ``folds`` < 2, or more folds than names (or than groups).
     """
     names = sorted(names)
     if int(folds) < 2:
@@ -202,8 +210,58 @@ def make_folds(names: Sequence[str], folds: int, seed: int = 0) -> list[list[str
     if int(folds) > len(names):
         raise ConfigError(f"--folds {folds}: there are only {len(names)} cases to split; expected "
                           f"2..{len(names)} folds.")
-    order = np.random.default_rng(int(seed)).permutation(len(names))
-    return [sorted(names[i] for i in part) for part in np.array_split(order, int(folds))]
+    rng = np.random.default_rng(int(seed))
+    if groups is None:
+        order = rng.permutation(len(names))
+        return [sorted(names[i] for i in part) for part in np.array_split(order, int(folds))]
+    members: dict[str, list[str]] = {}
+    for name in names:
+        members.setdefault(groups[name], []).append(name)
+    if int(folds) > len(members):
+        raise ConfigError(f"--folds {folds}: the {len(names)} cases form only {len(members)} "
+                          f"groups, and a group is never split; expected 2..{len(members)} folds.")
+    keys = sorted(members)
+    parts: list[list[str]] = [[] for _ in range(int(folds))]
+    for i in rng.permutation(len(keys)):
+        smallest = min(range(len(parts)), key=lambda k: len(parts[k]))
+        parts[smallest] += members[keys[i]]
+    return [sorted(part) for part in parts]
+
+
+def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
+    """``{case: group}`` from a CSV file with the columns ``case`` and ``group`` (other columns
+    are ignored); every one of ``names`` must be listed, once. Cases of one group (for example one
+    patient's) always land in the same fold.
+
+    Raises:
+        DataError: the file is missing or unreadable, lacks a column, lists a case twice, or
+            leaves out one of ``names``.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            if not {"case", "group"} <= set(reader.fieldnames or ()):
+                raise DataError(f"{path}: expected a header with the columns 'case' and 'group' "
+                                f"(got {reader.fieldnames}).")
+            groups: dict[str, str] = {}
+            for line, row in enumerate(reader, start=2):
+                case, group = (row["case"] or "").strip(), (row["group"] or "").strip()
+                if not case or not group:
+                    raise DataError(f"{path}, line {line}: expected a case name and a group.")
+                if case in groups:
+                    raise DataError(f"{path}, line {line}: case {case!r} is listed twice.")
+                groups[case] = group
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the groups file ({err}).") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err}).") from err
+    missing = [name for name in names if name not in groups]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{path}: no group for {len(missing)} of the {len(names)} cases "
+                        f"({shown}); expected one row per case.")
+    return {name: groups[name] for name in names}
 
 
 def _check_split(directory: Path, folds: list[list[str]], seed: int) -> None:
@@ -316,6 +374,7 @@ def cross_validate(
     directory: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     only: Sequence[int] | None = None,
+    groups: str | os.PathLike | None = None,
 ) -> CrossValidation:
     """Run (or resume) a k-fold cross-validation of an INI config; see the module docstring.
 
@@ -328,6 +387,8 @@ def cross_validate(
         log: where progress lines go (the trainer's lines carry a ``[fold k/K]`` prefix).
         only: 1-based folds to train and evaluate (default all). With a subset the result holds
             those folds and no table or picture is written.
+        groups: a CSV file of ``case,group`` rows (:func:`read_groups`), e.g. patient IDs: the
+            cases of one group are validated in the same fold.
 
     Returns:
         The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written when every
@@ -353,7 +414,8 @@ def cross_validate(
 
         generate_demo_data(cfg["Data"]["demo_data"])
     files = pool_cases(cfg)
-    split = make_folds(list(files), folds, seed)
+    split = make_folds(list(files), folds, seed,
+                       None if groups is None else read_groups(groups, list(files)))
     batch = int(cfg["Train"]["minibatch_size"])
     smallest = len(files) - max(len(part) for part in split)
     if smallest < batch:
@@ -454,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override one setting of every fold (repeatable)")
     parser.add_argument("--dir", dest="directory", default=None,
                         help="cross-validation folder (default: <dir_run>/crossval)")
+    parser.add_argument("--groups", default=None, metavar="CSV",
+                        help="CSV file of case,group rows (e.g. patient IDs); a group's cases "
+                        "stay in one fold")
     parser.add_argument("--fold", dest="only", type=int, action="append", default=None,
                         metavar="K", help="run only fold K (repeatable; 1-based); no table is "
                         "written, so folds can run in parallel processes sharing --dir")
@@ -462,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
-                                args.directory, log=log_line, only=args.only)
+                                args.directory, log=log_line, only=args.only,
+                                groups=args.groups)
     except (LabelregError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

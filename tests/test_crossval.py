@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from labelreg.crossval import CROSSVAL_COLUMNS, cross_validate, main, make_folds
-from labelreg.errors import ConfigError
+from labelreg.crossval import CROSSVAL_COLUMNS, cross_validate, main, make_folds, read_groups
+from labelreg.errors import ConfigError, DataError
 from tests.test_pipeline_e2e import write_config, write_dataset
 
 
@@ -28,6 +28,40 @@ def test_make_folds_is_a_seeded_partition():
         make_folds(names, 1)
     with pytest.raises(ConfigError, match="only 7 cases"):
         make_folds(names, 8)
+
+
+def test_make_folds_keeps_each_group_in_one_fold():
+    names = [f"case{i}" for i in range(10)]
+    groups = {name: f"patient{i // 3}" for i, name in enumerate(names)}  # sizes 3, 3, 3, 1
+    folds = make_folds(names, 2, seed=1, groups=groups)
+    assert sorted(n for fold in folds for n in fold) == names
+    for fold in folds:
+        for name in fold:  # every case of its group is in this fold
+            assert {n for n in names if groups[n] == groups[name]} <= set(fold)
+    # Greedy dealing to the smallest fold: 3+3 | 3+1 whatever the shuffle.
+    assert sorted(len(fold) for fold in folds) == [4, 6]
+    assert make_folds(names, 2, seed=1, groups=groups) == folds
+    # One case per group is the plain shuffle's partition by another rule; still a partition.
+    singles = make_folds(names, 5, seed=0, groups={n: n for n in names})
+    assert sorted(len(fold) for fold in singles) == [2] * 5
+    with pytest.raises(ConfigError, match="only 4 groups"):
+        make_folds(names, 5, groups=groups)
+
+
+def test_read_groups_reads_case_group_rows_and_names_what_is_wrong(tmp_path):
+    good = tmp_path / "groups.csv"
+    good.write_text("case,group,note\nb,p1,x\na,p1,\nc,p2,\n")
+    assert read_groups(good, ["a", "b", "c"]) == {"a": "p1", "b": "p1", "c": "p2"}
+    bad = tmp_path / "bad.csv"
+    for text, match in (("name,group\na,p1\n", "columns 'case' and 'group'"),
+                        ("case,group\na,p1\na,p2\n", "line 3: case 'a' is listed twice"),
+                        ("case,group\na,\n", "line 2: expected a case name and a group"),
+                        ("case,group\na,p1\n", "no group for 2 of the 3 cases \\(b, c\\)")):
+        bad.write_text(text)
+        with pytest.raises(DataError, match=match):
+            read_groups(bad, ["a", "b", "c"])
+    with pytest.raises(DataError, match="missing.csv: cannot read"):
+        read_groups(tmp_path / "missing.csv", ["a"])
 
 
 def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_path, capsys):
@@ -90,3 +124,10 @@ def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_pat
     assert "another split" in capsys.readouterr().err
     assert main([str(ini), "--folds", "5", "--dir", str(tmp_path / "other")]) == 2
     assert "only 4 cases" in capsys.readouterr().err
+
+    # Groups: a case left out of the file is refused, before any training.
+    groups = tmp_path / "groups.csv"
+    groups.write_text("case,group\ncase00,p0\ncase01,p0\ncase02,p1\n")
+    assert main([str(ini), "--folds", "2", "--dir", str(tmp_path / "grouped"), "--groups",
+                 str(groups)]) == 2
+    assert "no group for 1 of the 4 cases (case03)" in capsys.readouterr().err
