@@ -277,8 +277,9 @@ def _check_split(directory: Path, folds: list[list[str]], seed: int) -> None:
         if old.get("valid") != folds:
             raise ConfigError(
                 f"{directory}: holds a cross-validation of another split (--folds "
-                f"{old.get('folds')}, --seed {old.get('seed')}, or other cases); its runs would "
-                "be mixed with this one's. Pass another --dir, or remove that folder.")
+                f"{old.get('folds')}, --seed {old.get('seed')}, other --groups, or other cases); "
+                "its runs would be mixed with this one's. Pass another --dir, or remove that "
+                "folder.")
         return
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
