@@ -28,7 +28,6 @@ from tests.test_pipeline_e2e import _ball, write_config, write_dataset
 SHAPES = {2: ((17, 19), (21, 20)), 3: ((13, 15, 11), (16, 14, 12))}  # (fixed, moving)
 
 
-
 # ---- soft centroid ---------------------------------------------------------------------------
 
 
