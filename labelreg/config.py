@@ -927,6 +927,17 @@ def _build_labelreg_schema() -> Schema:
                 "float", 0.5, "Scale per axis at which centroid_align's U-Nets segment (1 = "
                 "full resolution).", min=0.05, max=1.0,
             ),
+            "segment_padding": Key(
+                "int", 0, "Voxels of the segmentation grid by which centroid_align repeats each "
+                "image's edge values on every side before its U-Net (cut from the output), so a "
+                "gland cut by the field of view is not cut short by the U-Net; 0 = none.",
+                min=0, max=64,
+            ),
+            "translation_jitter": Key(
+                "float", 0.0, "Largest random shift (voxels, per axis) centroid_align adds to its "
+                "centroid translation in training, so its LocalNet learns to correct the "
+                "centroid error of unseen cases; 0 = none.", min=0.0, max=64.0,
+            ),
             "moving_input": Key(
                 "str", "resize", "How the network sees a moving image of another shape: resize "
                 "(stretched to the fixed shape, label-reg) or identity (placed on the fixed grid "

@@ -92,6 +92,35 @@ def test_untrained_network_applies_the_centroid_translation_of_its_segmentations
     np.testing.assert_array_equal(net([moving, fixed]).numpy(), out["ddf"].numpy())
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_translation_jitter_shifts_training_translations_only(rng, ndim):
+    fixed_shape, moving_shape = SHAPES[ndim]
+    moving = rng.random((4, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((4, *fixed_shape, 1)).astype(np.float32)
+    plain, jittered = _net(ndim), _net(ndim, translation_jitter=1.5)
+    plain([moving, fixed])
+    jittered([moving, fixed])
+    for part in ("segment_moving", "segment_fixed", "local_net"):
+        getattr(jittered, part).set_weights(getattr(plain, part).get_weights())
+    # Inference never jitters.
+    np.testing.assert_allclose(jittered.forward([moving, fixed])["ddf"].numpy(),
+                               plain.forward([moving, fixed])["ddf"].numpy(), atol=1e-6)
+    clean = plain.forward([moving, fixed], training=True)["translation"].numpy()
+    shifts = []
+    for _ in range(2):
+        out = jittered.forward([moving, fixed], training=True)
+        shift = out["translation"].numpy() - clean
+        assert np.all(np.abs(shift) <= 1.5 + 1e-5)
+        # The DDF composes the jittered translation (the one reported) with LocalNet.
+        expected = out["ddf_local"].numpy() + out["translation"].numpy().reshape(
+            (4,) + (1,) * ndim + (ndim,))
+        np.testing.assert_allclose(out["ddf"].numpy(), expected, atol=1e-5)
+        shifts.append(shift)
+    assert np.abs(shifts[0]).max() > 0.1 and not np.allclose(shifts[0], shifts[1])
+    with pytest.raises(ValueError, match="translation_jitter"):
+        _net(ndim, translation_jitter=-1.0)
+
+
 def _on_image(centroid: np.ndarray, image_shape) -> np.ndarray:
     """Half-pixel mapping of a segmentation-grid index onto the image grid (the grid is half
     the image's size, rounded)."""
@@ -150,6 +179,10 @@ def test_serialises_and_is_built_by_name(rng):
         CentroidAlignNet(3, num_channel_segment=0)
     with pytest.raises(ValueError, match="segment_resolution"):
         CentroidAlignNet(3, segment_resolution=1.5)
+    jittered = build_network("centroid_align", 3, fixed_shape=fixed_shape, num_channel_initial=2,
+                             num_channel_segment=3, translation_jitter=2.5, segment_padding=2)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(jittered))
+    assert clone.translation_jitter == 2.5 and clone.segment_padding == 2
 
 
 @pytest.mark.parametrize(("resolution", "moving_grid", "fixed_grid"),
@@ -171,6 +204,26 @@ def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
     # A moving image of another size is segmented on the same grid.
     other = rng.random((1, 20, 9, 15, 1)).astype(np.float32)
     assert net.segment(other, fixed)[0].shape == (1, *moving_grid, 1)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_segment_padding_repeats_the_edges_and_crops_the_logits(rng, ndim):
+    fixed_shape, moving_shape = SHAPES[ndim]
+    moving = rng.random((2, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((2, *fixed_shape, 1)).astype(np.float32)
+    net = _net(ndim, segment_padding=3)
+    p_moving, p_fixed = net.segment(moving, fixed)
+    for role, image, got in (("moving", moving, p_moving), ("fixed", fixed, p_fixed)):
+        grid = net.segment_grids[role]
+        assert got.shape == (2, *grid, 1)
+        small = ops.resize(image, grid).numpy()
+        padded = np.pad(small, [(0, 0)] + [(3, 3)] * ndim + [(0, 0)], mode="edge")
+        logits = getattr(net, f"segment_{role}")(padded).numpy()
+        expected = 1.0 / (1.0 + np.exp(-logits[(slice(None),) + (slice(3, -3),) * ndim]))
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="segment_padding"):
+            _net(ndim, segment_padding=bad)
 
 
 # ---- data: label 0 beside the sampled label, augmented with it ------------------------------

@@ -120,7 +120,8 @@ EXPECTED_DEFAULTS = {
         "demo_data": None,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),
-                "moving_input": "resize", "num_channel_segment": 8, "segment_resolution": 0.5},
+                "moving_input": "resize", "num_channel_segment": 8, "segment_resolution": 0.5,
+                "segment_padding": 0, "translation_jitter": 0.0},
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
         "centroid_weight": 0.0, "segmentation_weight": 0.0, "regulariser_type": "bending",

@@ -51,6 +51,12 @@ class CentroidAlignNet(RegistrationModel):
     4. ``ddf = ddf_local + t``, which is exactly the composition "translate, then deform" (a
        constant field composes by addition).
 
+    In training, ``translation_jitter`` adds a uniform random shift in ``[-j, j]`` voxels per
+    axis to ``t`` before step 3. On training cases the segmentations are better than on new
+    ones, so without it LocalNet only ever sees well-centred pairs and never learns to correct
+    the centroid error it meets at inference; the label loss of the jittered composition
+    teaches it to.
+
     LocalNet's heads start at zero, so an untrained network applies the translation alone.
 
     Args:
@@ -60,6 +66,11 @@ class CentroidAlignNet(RegistrationModel):
         segment_resolution: the U-Nets segment their image resized by this factor per axis
             (in (0, 1]; see :meth:`segment`).
         ddf_levels: LocalNet's output levels.
+        segment_padding: voxels of the segmentation grid added on every side of each image by
+            repeating its edge values before its U-Net, and cut from the logits after (see
+            :meth:`segment`); 0 (default) adds none.
+        translation_jitter: largest random shift (voxels, per axis) added to the translation
+            in training; 0 (default) adds none, and inference never does.
         **kwargs: ``name``, ``trainable``, ``dtype``, and ``moving_input`` (accepted like
             every registration network's, without effect: LocalNet's moving image is already
             on the fixed grid).
@@ -69,8 +80,8 @@ class CentroidAlignNet(RegistrationModel):
         training: batch-norm mode.
 
     Returns:
-        ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]``,
-        ``ddf_local [B, *S_fix, n]``, and ``moving_segmentation [B, *S_mov, 1]`` and
+        ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]`` (the one applied,
+        jitter included), ``ddf_local [B, *S_fix, n]``, and ``moving_segmentation [B, *S_mov, 1]`` and
         ``fixed_segmentation [B, *S_fix, 1]`` (probabilities in [0, 1], linearly resized from
         the segmentation grids; present when the image's shape is static), all float32 under
         every dtype policy.
@@ -86,6 +97,8 @@ class CentroidAlignNet(RegistrationModel):
         num_channel_segment: int = 8,
         ddf_levels: Sequence[int] = (0, 1, 2, 3, 4),
         segment_resolution: float = 0.5,
+        segment_padding: int = 0,
+        translation_jitter: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
@@ -95,6 +108,19 @@ class CentroidAlignNet(RegistrationModel):
             raise ValueError(f"segment_resolution must be in (0, 1]; received "
                              f"segment_resolution={segment_resolution!r}.")
         self.segment_resolution = float(segment_resolution)
+        if isinstance(segment_padding, bool) or int(segment_padding) != segment_padding \
+                or segment_padding < 0:
+            raise ValueError(f"segment_padding must be an integer >= 0 (voxels); received "
+                             f"segment_padding={segment_padding!r}.")
+        self.segment_padding = int(segment_padding)
+        if not float(translation_jitter) >= 0.0:
+            raise ValueError(f"translation_jitter must be >= 0 (voxels); received "
+                             f"translation_jitter={translation_jitter!r}.")
+        self.translation_jitter = float(translation_jitter)
+        # Only a jittering network owns a seed generator (a variable), so the checkpoints of
+        # one without jitter keep their layout.
+        self._jitter_seed = (keras.random.SeedGenerator(name="jitter_seed")
+                             if self.translation_jitter > 0 else None)
         self.segment_moving, self.segment_fixed = (
             UNetBackbone(self.ndim, self.num_channel_segment, depth=4, out_channels=1,
                          use_batch_norm=True, name=f"segment_{role}")
@@ -147,14 +173,25 @@ class CentroidAlignNet(RegistrationModel):
         Each U-Net reads its image resized (linear) onto its grid ``G``, ``segment_resolution``
         times the training shape per axis (half by default: a centroid needs no fine detail,
         and it costs an eighth of the arithmetic in 3-D).
+
+        With ``segment_padding = k``, each resized image is padded by ``k`` voxels on every
+        side with its edge values (:func:`labelreg.ops.replicate_pad`) and the logits are
+        cropped back to ``G``. A U-Net's zero padding makes the volume's faces look like the
+        end of the anatomy; a gland that runs through a face of the field of view (as in some
+        TRUS volumes) is then cut short, and its centroid moves away from that face. Repeated
+        edge values make the structure seem to go on past the face.
         """
         self._set_segment_grids(tuple(moving.shape), tuple(fixed.shape))
         out = []
         for net, role, image in ((self.segment_moving, "moving", moving),
                                  (self.segment_fixed, "fixed", fixed)):
             small = ops.resize(image, self.segment_grids[role])
+            pad = self.segment_padding
+            logits = net(ops.replicate_pad(small, pad), training=training)
+            if pad:
+                logits = logits[(slice(None),) + (slice(pad, -pad),) * self.ndim]
             # The sigmoid runs in float32: the centroid sums a whole volume of probabilities.
-            out.append(tf.sigmoid(as_float32(net(small, training=training))))
+            out.append(tf.sigmoid(as_float32(logits)))
         return out[0], out[1]
 
     @staticmethod
@@ -173,6 +210,10 @@ class CentroidAlignNet(RegistrationModel):
         p_moving, p_fixed = self.segment(moving, fixed, training=training)
         translation = (self._centroid_on_image(p_moving, moving)
                        - self._centroid_on_image(p_fixed, fixed))  # [B, n]
+        if training and self._jitter_seed is not None:
+            translation = translation + keras.random.uniform(
+                tf.shape(translation), -self.translation_jitter, self.translation_jitter,
+                seed=self._jitter_seed)
         field = tf.reshape(translation, [-1] + [1] * self.ndim + [self.ndim])
         constant = tf.zeros_like(fixed[..., :1]) + field  # [B, *S_fix, n]
         ddf_local = self.local_net([ops.warp(moving, constant), fixed], training=training)
@@ -188,5 +229,7 @@ class CentroidAlignNet(RegistrationModel):
             "num_channel_initial": self.num_channel_initial,
             "num_channel_segment": self.num_channel_segment,
             "segment_resolution": self.segment_resolution,
+            "segment_padding": self.segment_padding,
+            "translation_jitter": self.translation_jitter,
             "ddf_levels": list(self.ddf_levels),
         }
