@@ -54,8 +54,8 @@ class CentroidAlignNet(RegistrationModel):
     In training, ``translation_jitter`` adds a uniform random shift in ``[-j, j]`` voxels per
     axis to ``t`` before step 3. On training cases the segmentations are better than on new
     ones, so without it LocalNet only ever sees well-centred pairs and never learns to correct
-    the centroid error it meets at inference; the label loss of the jittered composition
-    teaches it to.
+    the centroid error it meets at inference; the label loss of the jittered composition is
+    meant to teach it (on the prostate MR/TRUS data, 400 steps of it did not pay: README).
 
     LocalNet's heads start at zero, so an untrained network applies the translation alone.
 
@@ -80,11 +80,11 @@ class CentroidAlignNet(RegistrationModel):
         training: batch-norm mode.
 
     Returns:
-        ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]`` (the one applied,
-        jitter included), ``ddf_local [B, *S_fix, n]``, and ``moving_segmentation [B, *S_mov, 1]`` and
-        ``fixed_segmentation [B, *S_fix, 1]`` (probabilities in [0, 1], linearly resized from
-        the segmentation grids; present when the image's shape is static), all float32 under
-        every dtype policy.
+        ``ddf [B, *S_fix, n]`` float32. ``forward`` also returns ``translation [B, n]`` (the
+        one applied, jitter included), ``ddf_local [B, *S_fix, n]``, and
+        ``moving_segmentation [B, *S_mov, 1]`` and ``fixed_segmentation [B, *S_fix, 1]``
+        (probabilities in [0, 1], linearly resized from the segmentation grids; present when
+        the image's shape is static), all float32 under every dtype policy.
 
     Raises:
         ValueError: for a bad argument; at call as :class:`~labelreg.networks.LocalNet`.
