@@ -23,6 +23,7 @@ from labelreg._tf import tf
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
+    check_nonnegative_int,
     check_positive_int,
     pair_shapes,
     with_channels,
@@ -108,11 +109,7 @@ class CentroidAlignNet(RegistrationModel):
             raise ValueError(f"segment_resolution must be in (0, 1]; received "
                              f"segment_resolution={segment_resolution!r}.")
         self.segment_resolution = float(segment_resolution)
-        if isinstance(segment_padding, bool) or int(segment_padding) != segment_padding \
-                or segment_padding < 0:
-            raise ValueError(f"segment_padding must be an integer >= 0 (voxels); received "
-                             f"segment_padding={segment_padding!r}.")
-        self.segment_padding = int(segment_padding)
+        self.segment_padding = check_nonnegative_int(segment_padding, "segment_padding")
         if not float(translation_jitter) >= 0.0:
             raise ValueError(f"translation_jitter must be >= 0 (voxels); received "
                              f"translation_jitter={translation_jitter!r}.")
@@ -182,11 +179,11 @@ class CentroidAlignNet(RegistrationModel):
         edge values make the structure seem to go on past the face.
         """
         self._set_segment_grids(tuple(moving.shape), tuple(fixed.shape))
+        pad = self.segment_padding
         out = []
         for net, role, image in ((self.segment_moving, "moving", moving),
                                  (self.segment_fixed, "fixed", fixed)):
             small = ops.resize(image, self.segment_grids[role])
-            pad = self.segment_padding
             logits = net(ops.replicate_pad(small, pad), training=training)
             if pad:
                 logits = logits[(slice(None),) + (slice(pad, -pad),) * self.ndim]

@@ -37,6 +37,7 @@ from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = [
     "check_ndim",
+    "check_nonnegative_int",
     "check_positive_int",
     "check_spatial_shape",
     "static_spatial_shape",
@@ -80,14 +81,30 @@ def check_ndim(ndim: Any) -> int:
     return int(ndim)
 
 
+def _is_integer(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool (``True`` is an ``int`` in Python)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int after checking it is a positive integer.
 
     Raises:
         ValueError: naming ``name`` when ``value`` is not an integer >= 1.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
+    return int(value)
+
+
+def check_nonnegative_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int after checking it is an integer >= 0.
+
+    Raises:
+        ValueError: naming ``name`` when ``value`` is not an integer >= 0.
+    """
+    if not _is_integer(value) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; received {name}={value!r}.")
     return int(value)
 
 
