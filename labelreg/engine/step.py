@@ -13,7 +13,7 @@ the summed replica gradients equal the single-device gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -22,6 +22,7 @@ from labelreg._tf import tf
 
 __all__ = [
     "learning_rate_schedule",
+    "PhasedSchedule",
     "make_optimizer",
     "optimizer_key",
     "nan_mean",
@@ -34,8 +35,8 @@ Rate = float | keras.optimizers.schedules.LearningRateSchedule
 
 
 def learning_rate_schedule(learning_rate: float, schedule: str = "constant",
-                           warmup_steps: int = 0, total_steps: int | None = None
-                           ) -> Rate:
+                           warmup_steps: int = 0, total_steps: int | None = None,
+                           restarts: Sequence[int] = ()) -> Rate:
     """The learning rate as a function of the optimiser's step (``[Train] lr_schedule``,
     ``warmup_steps``), or the plain number when it is constant.
 
@@ -43,7 +44,23 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant",
     ``warmup_steps`` and then stays there; ``cosine`` does the same warm-up, then follows a
     half cosine from ``learning_rate`` down to 0 at ``total_steps``. The step is the
     optimiser's ``iterations``, which checkpoints keep, so a resumed run continues the schedule.
+
+    ``restarts`` (steps in ``(0, total_steps)``) cut the run into phases, each of which runs
+    the whole schedule on its own (warm-up, then the decay to 0 at the phase's end): a method
+    whose objective changes at a step (:meth:`labelreg.methods.base.Method.schedule_restarts`)
+    starts its new objective at the full rate rather than at what is left of one decay.
     """
+    bounds = sorted({int(step) for step in restarts})
+    if bounds:
+        if total_steps is None or not 0 < bounds[0] <= bounds[-1] < total_steps:
+            raise ValueError(f"restarts must lie in (0, total_steps); received restarts="
+                             f"{list(restarts)}, total_steps={total_steps}.")
+        if schedule == "constant" and warmup_steps <= 0:
+            return learning_rate  # nothing to restart
+        edges = [0, *bounds, total_steps]
+        phases = [learning_rate_schedule(learning_rate, schedule, warmup_steps, end - start)
+                  for start, end in zip(edges[:-1], edges[1:], strict=True)]
+        return PhasedSchedule(phases, bounds)
     schedules = keras.optimizers.schedules
     if schedule == "constant":
         if warmup_steps <= 0:
@@ -60,6 +77,46 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant",
         return schedules.CosineDecay(0.0, total_steps - warmup_steps,
                                      warmup_target=learning_rate, warmup_steps=warmup_steps)
     raise ValueError(f"lr_schedule must be 'constant' or 'cosine'; received {schedule!r}.")
+
+
+@keras.saving.register_keras_serializable(package="labelreg")
+class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Schedule ``k`` of ``phases`` from step ``boundaries[k-1]`` on, fed the step counted
+    from there: ``rate(step) = phases[k](step - boundaries[k-1])`` (``boundaries[-1] = 0``).
+
+    Args:
+        phases: ``len(boundaries) + 1`` schedules (or numbers).
+        boundaries: increasing steps at which the next phase starts.
+    """
+
+    def __init__(self, phases: Sequence[Rate], boundaries: Sequence[int]) -> None:
+        if len(phases) != len(boundaries) + 1:
+            raise ValueError(f"PhasedSchedule needs one phase more than boundaries; received "
+                             f"{len(phases)} phases and {len(boundaries)} boundaries.")
+        self.phases = list(phases)
+        self.boundaries = [int(b) for b in boundaries]
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        rate = _rate_at(self.phases[0], step)
+        for start, phase in zip(self.boundaries, self.phases[1:], strict=True):
+            rate = tf.where(step >= start, _rate_at(phase, step - start), rate)
+        return rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {"phases": [keras.saving.serialize_keras_object(p) for p in self.phases],
+                "boundaries": self.boundaries}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PhasedSchedule:
+        return cls([keras.saving.deserialize_keras_object(p) for p in config["phases"]],
+                   config["boundaries"])
+
+
+def _rate_at(rate: Rate, step: tf.Tensor) -> tf.Tensor:
+    if callable(rate):
+        return tf.cast(rate(step), tf.float32)
+    return tf.constant(float(rate), tf.float32)
 
 
 def make_optimizer(kind: str, learning_rate: Rate, momentum: float = 0.9

@@ -13,6 +13,7 @@ the method (:class:`labelreg.methods.base.Method`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
@@ -280,7 +281,8 @@ def train(target: Method | Config, fresh: bool = False,
             rate = learning_rate_schedule(float(rates.get(key, train_cfg["learning_rate"])),
                                           train_cfg["lr_schedule"],
                                           int(train_cfg["warmup_steps"]),
-                                          int(train_cfg["total_iterations"]))
+                                          int(train_cfg["total_iterations"]),
+                                          restarts=method.schedule_restarts())
             optimizer = make_optimizer(train_cfg["optimizer"], rate,
                                        float(train_cfg["momentum"]))
             optimizer.build(method.models[key].trainable_variables)
@@ -326,11 +328,15 @@ def train(target: Method | Config, fresh: bool = False,
     dist_dataset = distribute_batches(strategy, dataset, batch_size)
     groups = {key.removeprefix("model_") or key: (opt, method.models[key].trainable_variables)
               for key, opt in optimizers.items()}
-    train_step = method.custom_train_step(optimizers) or make_train_step(
-        method.loss_terms, groups, preprocess=method.preprocess,
+    restarts = sorted(method.schedule_restarts())
+    custom_step = method.custom_train_step(optimizers)
+    # One compiled step per phase of the objective (a function is traced at its first call,
+    # so a run resumed past a phase never compiles its step).
+    train_steps = [custom_step or make_train_step(
+        method.phase_loss_terms(phase), groups, preprocess=method.preprocess,
         clip_norm=float(train_cfg["clip_norm"]), weight_decay=float(train_cfg["weight_decay"]),
         global_batch_size=batch_size, strategy=strategy,
-    )
+    ) for phase in range(len(restarts) + 1)]
 
     writer = SummaryWriter(train_cfg["dir_tensorboard"]) if chief else None
     print_every, save_every = int(train_cfg["freq_info_print"]), int(train_cfg["freq_model_save"])
@@ -363,7 +369,8 @@ def train(target: Method | Config, fresh: bool = False,
                     + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
                 writer.scalars(step, values, prefix="validation")
                 validation_log.add(step, values)
-            if best is not None:
+            # A checkpoint of an earlier phase is not trained on the final objective.
+            if best is not None and step > max(restarts, default=0):
                 best.offer(step, values)
                 result.best = best.record
         for tag, picture in method.pictures().items():
@@ -396,7 +403,9 @@ def train(target: Method | Config, fresh: bool = False,
             batch = next(iterator)
             if steady_start is not None:
                 waited += time.perf_counter() - fetch
-            values = dict(train_step(batch))
+            # The batch of step index `step` (counting from 0) belongs to the phase after the
+            # restarts at or before it.
+            values = dict(train_steps[bisect.bisect_right(restarts, step)](batch))
             step += 1
             nonfinite = values.pop("nonfinite", None)
             # One scalar read per step (the step has finished by now on CPU anyway).

@@ -12,6 +12,9 @@ A method is a class with a name and a TF-free config loader (registered in
                          ``(seed, step)`` so that a resumed run repeats an uninterrupted one
 ``loss_terms``           ``batch -> {"loss": [B] or scalar, other monitored terms}``; the
                          trainer takes the gradient of ``loss`` and reduces the rest
+``schedule_restarts``    steps where the objective changes: the learning-rate schedule
+                         starts again there (default: none)
+``phase_loss_terms``     the ``loss_terms`` of each of those phases (default: ``loss_terms``)
 ``preprocess``           per-batch work outside the gradient tape (augmentation)
 ``before_save``          work before each checkpoint (e.g. BatchNorm recalibration)
 ``validate``             ``{name: float}`` at each checkpoint
@@ -113,6 +116,20 @@ class Method:
         """Learning rates of particular models' optimisers (default: ``[Train] learning_rate``
         for every model)."""
         return {}
+
+    def schedule_restarts(self) -> tuple[int, ...]:
+        """Steps at which the training objective changes (e.g. a first phase that trains a
+        part of the model alone). The learning-rate schedule starts again at each, and
+        ``[Train] keep_best`` only keeps checkpoints after the last, which are trained on the
+        final objective (default: none)."""
+        return ()
+
+    def phase_loss_terms(self, phase: int) -> Callable[[dict[str, tf.Tensor]],
+                                                       dict[str, tf.Tensor]]:
+        """The objective of phase ``phase``: 0 up to the first of :meth:`schedule_restarts`,
+        1 up to the second... The trainer compiles one step per phase (default:
+        :meth:`loss_terms` in every phase)."""
+        return self.loss_terms
 
     def custom_train_step(self, optimizers: Mapping[str, Any]
                           ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None:
