@@ -965,6 +965,12 @@ def _build_labelreg_schema() -> Schema:
                 "0 trains its segmentations through the registration loss alone. Other "
                 "networks have no segmentation: keep 0.", min=0.0,
             ),
+            "segmentation_only_steps": Key(
+                "int", 0, "Training steps, at the start, in which centroid_align trains its "
+                "segmentations alone on their Dice loss (its LocalNet is neither run nor "
+                "changed); the full objective follows, and the learning-rate schedule starts "
+                "again there; 0 = none.", min=0,
+            ),
             "regulariser_type": Key(
                 "str", "bending", "Deformation regulariser.", choices=regularisers
             ),
@@ -1064,6 +1070,23 @@ def _cross_check(cfg: Config) -> None:
             f"has no effect with network_type = {network}: only centroid_align segments; set "
             "0 or network_type = centroid_align.",
         )
+
+    only = loss["segmentation_only_steps"]
+    if only > 0:
+        if loss["segmentation_weight"] <= 0:
+            raise fail(cfg, "Loss", "segmentation_only_steps",
+                       "trains the segmentations on their loss, so it needs segmentation_weight "
+                       "> 0 (and network_type = centroid_align); set 0 or a weight.")
+        train = cfg["Train"]
+        total, warmup = train["total_iterations"], train["warmup_steps"]
+        if only >= total:
+            raise fail(cfg, "Loss", "segmentation_only_steps",
+                       f"expected fewer than [Train] total_iterations = {total}.")
+        if train["lr_schedule"] == "cosine" and min(only, total - only) <= warmup:
+            raise fail(cfg, "Loss", "segmentation_only_steps",
+                       f"expected both phases (this many steps, and total_iterations - it = "
+                       f"{total - only}) longer than [Train] warmup_steps = {warmup}, as each "
+                       "runs the cosine schedule on its own.")
 
     if cfg.has_section("Data"):
         data = cfg["Data"]

@@ -124,7 +124,8 @@ EXPECTED_DEFAULTS = {
                 "segment_padding": 0, "translation_jitter": 0.0},
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
-        "centroid_weight": 0.0, "segmentation_weight": 0.0, "regulariser_type": "bending",
+        "centroid_weight": 0.0, "segmentation_weight": 0.0, "segmentation_only_steps": 0,
+        "regulariser_type": "bending",
         "regulariser_weight": 0.5,
         "image_loss_type": "none", "image_loss_weight": 0.0,
     },

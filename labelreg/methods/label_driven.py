@@ -8,7 +8,9 @@ index and minimises
         [+ segmentation_weight * Dice loss of the segmentations of ``centroid_align``]
         [+ image_loss_weight * image loss(fixed image, warped moving image)]
 
-with the losses taken from the loss registry by their ``[Loss]`` names. Everything else (data,
+with the losses taken from the loss registry by their ``[Loss]`` names (with ``[Loss]
+segmentation_only_steps = N``, the first N steps train ``centroid_align``'s segmentations alone,
+on their Dice loss, and the learning-rate schedule starts again at N). Everything else (data,
 augmentation, the objective's arithmetic, validation, inference, export) is the shared pairwise
 base.
 """
@@ -36,6 +38,7 @@ class LabelDriven(PairwiseMethod):
         self.label_weight = 1.0
         self.centroid_weight = float(loss["centroid_weight"])
         self.segmentation_weight = float(loss["segmentation_weight"])
+        self.segmentation_only_steps = int(loss["segmentation_only_steps"])
         # An affine field has no bending energy, so label-reg adds no regulariser to GlobalNet.
         affine_only = getattr(models["model"], "affine_only", False)
         self.regulariser_weight = 0.0 if affine_only else float(loss["regulariser_weight"])

@@ -61,6 +61,8 @@ class PairwiseMethod(Method):
     regulariser: Callable[..., tf.Tensor] | None = None
     regulariser_weight: float = 0.0
     segmentation_weight: float = 0.0
+    #: The first steps train the segmentations alone (``[Loss] segmentation_only_steps``).
+    segmentation_only_steps: int = 0
     #: ``[Network]`` keys whose constructor argument has another name.
     network_argument_names: dict[str, str] = {}
 
@@ -173,6 +175,35 @@ class PairwiseMethod(Method):
     def ddf_function(self, training: bool = False):
         return network_ddf(self.models["model"], training=training)
 
+    def schedule_restarts(self) -> tuple[int, ...]:
+        return (self.segmentation_only_steps,) if self.segmentation_only_steps > 0 else ()
+
+    def phase_loss_terms(self, phase: int) -> Callable[[dict[str, tf.Tensor]],
+                                                       dict[str, tf.Tensor]]:
+        if phase == 0 and self.segmentation_only_steps > 0:
+            return self.segmentation_terms
+        return self.loss_terms
+
+    def _segmentation_loss(self, batch: dict[str, tf.Tensor], moving_segmentation: tf.Tensor,
+                           fixed_segmentation: tf.Tensor) -> tf.Tensor:
+        """Mean of the Dice losses of the two segmentations against label 0 of their images,
+        ``[B]``."""
+        return 0.5 * (dice_loss(batch["moving_seg_label"], moving_segmentation)
+                      + dice_loss(batch["fixed_seg_label"], fixed_segmentation))
+
+    def segmentation_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The objective of the first ``segmentation_only_steps``: the segmentation loss alone
+        (``segmentation_weight`` times it), from the network's ``segment`` only, so the
+        registration part is neither run nor changed."""
+        model = self.models["model"]
+        p_moving, p_fixed = model.segment(batch["moving_image"], batch["fixed_image"],
+                                          training=True)
+        segmentation = self._segmentation_loss(
+            batch, ops.resize(p_moving, batch["moving_image"].shape[1:-1]),
+            ops.resize(p_fixed, batch["fixed_image"].shape[1:-1]))
+        return {"segmentation_loss": segmentation,
+                "loss": self.segmentation_weight * segmentation}
+
     def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The loss and monitoring terms of one batch, per sample ``[B]``."""
         use_image = self.image_loss is not None and self.image_weight > 0
@@ -183,9 +214,8 @@ class PairwiseMethod(Method):
             # One forward pass gives the DDF and the segmentations the extra term scores.
             outputs = self.models["model"].forward(
                 [batch["moving_image"], batch["fixed_image"]], training=True)
-            segmentation = 0.5 * (
-                dice_loss(batch["moving_seg_label"], outputs["moving_segmentation"])
-                + dice_loss(batch["fixed_seg_label"], outputs["fixed_segmentation"]))
+            segmentation = self._segmentation_loss(batch, outputs["moving_segmentation"],
+                                                   outputs["fixed_segmentation"])
             terms["segmentation_loss"] = segmentation
             ddf_fn = lambda moving, fixed: outputs["ddf"]  # noqa: E731 - the DDF just computed
         out = register_pair(ddf_fn, batch["moving_image"], batch["fixed_image"],
