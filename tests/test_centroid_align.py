@@ -420,3 +420,5 @@ def test_the_shipped_mrus_recipe_uses_the_network_and_its_loss():
     cfg = config.load(Path(__file__).resolve().parents[1] / "configs" / "mrus.ini")
     assert cfg["Network"]["network_type"] == "centroid_align"
     assert cfg["Loss"]["segmentation_weight"] > 0
+    # Two phases: the segmentations alone, then the whole network.
+    assert 0 < cfg["Loss"]["segmentation_only_steps"] < cfg["Train"]["total_iterations"]
