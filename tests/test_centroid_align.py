@@ -287,13 +287,19 @@ def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
 
 
 def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, dataset):
+    # Step 1 trains the segmentations alone (segmentation_only_steps = 1), steps 2-3 everything.
     ini = write_config(tmp_path / "run.ini", dataset,
                        Network={"network_type": "centroid_align", "num_channel_initial": "2",
                                 "num_channel_segment": "2"},
-                       Loss={"segmentation_weight": "0.5"},
-                       Train={"total_iterations": "2", "freq_model_save": "2"})
+                       Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "1"},
+                       Train={"total_iterations": "3", "freq_info_print": "1",
+                              "freq_model_save": "3"})
     cfg = config.load(ini)
     result = train(cfg, log=lambda line: None)
+    history = dict(result.history)
+    assert set(history[1]) == {"segmentation_loss", "loss"}
+    assert history[1]["loss"] == pytest.approx(0.5 * history[1]["segmentation_loss"], rel=1e-5)
+    assert "label_loss" in history[2] and "segmentation_loss" in history[3]
     values = result.last_values
     assert 0.0 < values["segmentation_loss"] < 1.0
     assert values["loss"] == pytest.approx(values["label_loss"] + 0.5 * values["regulariser"]
@@ -305,14 +311,31 @@ def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, data
     method = LabelDriven(cfg)
     method.prepare_data()
     method.models = method.build()
-    batch = method.cache.batch([0, 1], [1, 1], segmentation_labels=True)
-    terms = method.loss_terms({**batch, "spacing": tf.ones([2, 3])})
-    out = method.models["model"].forward([batch["moving_image"], batch["fixed_image"]],
-                                         training=True)
+    assert method.schedule_restarts() == (1,)
+    assert method.phase_loss_terms(1) == method.loss_terms
+    model = method.models["model"]
+    batch = {**method.cache.batch([0, 1], [1, 1], segmentation_labels=True),
+             "spacing": tf.ones([2, 3])}
+    terms = method.loss_terms(batch)
+    out = model.forward([batch["moving_image"], batch["fixed_image"]], training=True)
     expected = 0.5 * (dice_loss(batch["moving_seg_label"], out["moving_segmentation"])
                       + dice_loss(batch["fixed_seg_label"], out["fixed_segmentation"]))
     np.testing.assert_allclose(terms["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
     assert float(expected[0]) != float(expected[1])  # per pair, not averaged over the batch
+    # The first phase's objective is the same Dice loss from the segmentations alone: its
+    # gradient reaches the segmentation U-Nets and not LocalNet, which it never runs.
+    with tf.GradientTape() as tape:
+        first = method.phase_loss_terms(0)(batch)
+        mean = tf.reduce_mean(first["loss"])
+    assert set(first) == {"segmentation_loss", "loss"}
+    np.testing.assert_allclose(first["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(first["loss"].numpy(), 0.5 * expected.numpy(), rtol=1e-5)
+    local = model.local_net.trainable_variables
+    segment = model.segment_fixed.trainable_variables
+    gradients = tape.gradient(mean, local + segment)
+    assert all(g is None for g in gradients[:len(local)])
+    assert all(g is not None for g in gradients[len(local):])
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients[len(local):])
 
 
 def test_segmentation_only_steps_config_checks(tmp_path, dataset):
@@ -332,60 +355,6 @@ def test_segmentation_only_steps_config_checks(tmp_path, dataset):
                                    Train={"total_iterations": "20", "lr_schedule": "cosine",
                                           "warmup_steps": "4"}))
     assert cfg["Loss"]["segmentation_only_steps"] == 5
-
-
-def test_segmentation_phase_trains_the_segmentations_alone(tmp_path, dataset):
-    from labelreg.engine.step import make_optimizer, make_train_step
-
-    ini = write_config(tmp_path / "run.ini", dataset,
-                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
-                                "num_channel_segment": "2"},
-                       Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "3"},
-                       Train={"total_iterations": "5", "learning_rate": "1e-2"})
-    method = LabelDriven(config.load(ini))
-    method.prepare_data()
-    method.models = method.build()
-    assert method.schedule_restarts() == (3,)
-    assert method.phase_loss_terms(1) == method.loss_terms
-    model = method.models["model"]
-    batch = {**method.cache.batch([0, 1], [1, 1], segmentation_labels=True),
-             "spacing": tf.ones([2, 3])}
-    # The first phase's objective is the weighted Dice loss of the two segmentations alone.
-    terms = method.phase_loss_terms(0)(batch)
-    assert set(terms) == {"segmentation_loss", "loss"}
-    p_moving, p_fixed = model.segment(batch["moving_image"], batch["fixed_image"], training=True)
-    expected = 0.5 * (dice_loss(batch["moving_seg_label"],
-                                ops.resize(p_moving, batch["moving_image"].shape[1:-1]))
-                      + dice_loss(batch["fixed_seg_label"],
-                                  ops.resize(p_fixed, batch["fixed_image"].shape[1:-1])))
-    np.testing.assert_allclose(terms["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(terms["loss"].numpy(), 0.5 * expected.numpy(), rtol=1e-5)
-    # A step of it moves the segmentation U-Nets and leaves LocalNet exactly as it was.
-    optimizer = make_optimizer("adam", 1e-2)
-    step = make_train_step(method.phase_loss_terms(0),
-                           {"model": (optimizer, model.trainable_variables)})
-    local = [v.numpy().copy() for v in model.local_net.variables]
-    segment = [v.numpy().copy() for v in model.segment_fixed.trainable_variables]
-    step(batch)
-    for before, variable in zip(local, model.local_net.variables, strict=True):
-        np.testing.assert_array_equal(variable.numpy(), before)
-    assert any(not np.array_equal(v.numpy(), before)
-               for v, before in zip(model.segment_fixed.trainable_variables, segment,
-                                 strict=True))
-
-
-def test_training_with_a_segmentation_phase_logs_each_objective(tmp_path, dataset):
-    ini = write_config(tmp_path / "run.ini", dataset,
-                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
-                                "num_channel_segment": "2"},
-                       Loss={"segmentation_weight": "1", "segmentation_only_steps": "2"},
-                       Train={"total_iterations": "3", "freq_info_print": "1",
-                              "freq_model_save": "3"})
-    history = dict(train(config.load(ini), log=lambda line: None).history)
-    for step in (1, 2):
-        assert set(history[step]) == {"segmentation_loss", "loss"}
-        assert history[step]["loss"] == pytest.approx(history[step]["segmentation_loss"])
-    assert "label_loss" in history[3] and "segmentation_loss" in history[3]
 
 
 @pytest.mark.slow
