@@ -202,7 +202,8 @@ def make_folds(names: Sequence[str], folds: int, seed: int = 0,
     split between training and validation.
 
     Raises:
-        ConfigError: ``folds`` < 2, or more folds than names (or than groups).
+        ConfigError: ``folds`` < 2, more folds than names (or than groups), or a name without
+            a group.
     """
     names = sorted(names)
     if int(folds) < 2:
@@ -214,6 +215,10 @@ def make_folds(names: Sequence[str], folds: int, seed: int = 0,
     if groups is None:
         order = rng.permutation(len(names))
         return [sorted(names[i] for i in part) for part in np.array_split(order, int(folds))]
+    missing = [name for name in names if name not in groups]
+    if missing:
+        raise ConfigError(f"groups: no group for the case(s) {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''}; expected one per case.")
     members: dict[str, list[str]] = {}
     for name in names:
         members.setdefault(groups[name], []).append(name)

@@ -46,6 +46,9 @@ def test_make_folds_keeps_each_group_in_one_fold():
     assert sorted(len(fold) for fold in singles) == [2] * 5
     with pytest.raises(ConfigError, match="only 4 groups"):
         make_folds(names, 5, groups=groups)
+    partial = {n: g for n, g in groups.items() if n != "case7"}
+    with pytest.raises(ConfigError, match="no group for the case.s. case7"):
+        make_folds(names, 2, groups=partial)
 
 
 def test_read_groups_reads_case_group_rows_and_names_what_is_wrong(tmp_path):
