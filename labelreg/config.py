@@ -896,6 +896,16 @@ def _build_labelreg_schema() -> Schema:
                 "of each image, drawn independently for moving and fixed; 0 = label-reg's "
                 "augmentation.", min=0.0, max=64.0,
             ),
+            "intensity_gamma": Key(
+                "float", 0.0, "Random gamma curve on each training image, over its own range: "
+                "log(gamma) uniform in [-intensity_gamma, intensity_gamma], independently for "
+                "moving and fixed (labels unchanged); 0 = none.", min=0.0, max=2.0,
+            ),
+            "intensity_noise": Key(
+                "float", 0.0, "Largest standard deviation of the Gaussian noise added to each "
+                "training image, as a fraction of its intensity range (uniform in [0, "
+                "intensity_noise] per image); 0 = none.", min=0.0, max=1.0,
+            ),
             "voxel_spacing": Key(
                 "float_list", (), "Voxel size in mm per axis; empty = read from the NIfTI header.",
                 min=0.0,

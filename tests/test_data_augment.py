@@ -8,7 +8,7 @@ import tensorflow as tf
 from scipy.ndimage import map_coordinates
 
 from labelreg import ops
-from labelreg.data.augment import apply_affine, augment_batch, step_seed
+from labelreg.data.augment import apply_affine, augment_batch, random_intensity, step_seed
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -150,3 +150,77 @@ def test_translation_adds_independent_bounded_shifts(ndim):
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in fixed_shape], indexing="ij"))
     expected = map_coordinates(image[0, ..., 0], grid + 2.0, order=1, mode="grid-constant")
     np.testing.assert_allclose(out.numpy()[0, ..., 0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_random_intensity_equals_the_gamma_formula(ndim):
+    rng = np.random.default_rng(ndim)
+    shape = (3, *SHAPES[ndim][1], 2)
+    # Any intensity units: the curve runs over each sample's own range.
+    scales = np.array([50.0, 1.0, 300.0]).reshape((3,) + (1,) * (ndim + 1))
+    image = (rng.random(shape) * scales - 20.0).astype(np.float32)
+    image[2] = 7.0  # a constant image stays constant
+    log_gamma = np.array([0.3, -0.4, 0.2], np.float32)
+    noise = np.array([0.0, 0.05, 0.1], np.float32)
+    normal = rng.standard_normal(shape).astype(np.float32)
+    out = random_intensity(image, log_gamma, noise, normal).numpy()
+    for b in range(2):
+        lo, hi = image[b].min(), image[b].max()
+        unit = (image[b] - lo) / (hi - lo)
+        expected = lo + (hi - lo) * unit ** np.exp(log_gamma[b]) + noise[b] * (hi - lo) * normal[b]
+        np.testing.assert_allclose(out[b], expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out[2], 7.0)
+    # Without noise the range is kept and the order of intensities too.
+    clean = random_intensity(image, log_gamma, np.zeros(3, np.float32), normal).numpy()
+    np.testing.assert_allclose(clean[0].min(), image[0].min(), atol=1e-5)
+    np.testing.assert_allclose(clean[0].max(), image[0].max(), rtol=1e-6)
+    order = np.argsort(image[1].ravel())
+    assert np.all(np.diff(clean[1].ravel()[order]) >= -1e-6)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_intensity_augmentation_leaves_geometry_and_labels_alone(ndim):
+    moving_shape, fixed_shape = SHAPES[ndim]
+    batch = {
+        "moving_image": np.stack([smooth_volume(moving_shape, s) for s in range(BATCH)])[..., None],
+        "fixed_image": np.stack([smooth_volume(fixed_shape, s) for s in range(BATCH)])[..., None],
+    }
+    batch["moving_label"] = (batch["moving_image"] > 0.5).astype(np.float32)
+    batch["fixed_label"] = (batch["fixed_image"] > 0.5).astype(np.float32)
+    seed = step_seed(2, 11)
+    plain = augment_batch(batch, 0.1, seed, translation=2.0)
+    bright = augment_batch(batch, 0.1, seed, translation=2.0, intensity_gamma=0.5,
+                           intensity_noise=0.1)
+    for key in ("moving_affine", "fixed_affine", "moving_label", "fixed_label"):
+        np.testing.assert_array_equal(bright[key].numpy(), plain[key].numpy())
+    for role in ("moving", "fixed"):
+        a, b = plain[f"{role}_image"].numpy(), bright[f"{role}_image"].numpy()
+        assert np.abs(a - b).max() > 0.01
+        # Each sample is its geometric augmentation under some gamma, plus noise: the
+        # correlation with the plain image stays high.
+        for i in range(BATCH):
+            assert np.corrcoef(a[i].ravel(), b[i].ravel())[0, 1] > 0.7
+    # Gamma alone is a monotone map of the plain image: recover each sample's gamma and
+    # check its bound.
+    gamma_only = augment_batch(batch, 0.1, seed, translation=2.0, intensity_gamma=0.5)
+    for i in range(BATCH):
+        a, b = plain["moving_image"].numpy()[i], gamma_only["moving_image"].numpy()[i]
+        lo, hi = a.min(), a.max()
+        mid = ((a - lo) / (hi - lo) > 0.2) & ((a - lo) / (hi - lo) < 0.8)
+        gammas = np.log((b[mid] - lo) / (hi - lo)) / np.log((a[mid] - lo) / (hi - lo))
+        np.testing.assert_allclose(gammas, gammas.mean(), rtol=1e-3)
+        assert abs(np.log(gammas.mean())) <= 0.5 + 1e-6
+
+
+def test_intensity_draws_follow_the_sample_not_the_replica_split():
+    moving_shape, fixed_shape = SHAPES[3]
+    batch = {
+        "moving_image": np.stack([smooth_volume(moving_shape, s) for s in range(4)])[..., None],
+        "fixed_image": np.stack([smooth_volume(fixed_shape, s) for s in range(4)])[..., None],
+    }
+    kwargs = {"translation": 1.0, "intensity_gamma": 0.4, "intensity_noise": 0.05}
+    whole = augment_batch(batch, 0.1, step_seed(0, 3), **kwargs)
+    half = augment_batch({k: v[2:] for k, v in batch.items()}, 0.1, step_seed(0, 3),
+                         sample_index=tf.constant([2, 3]), num_samples=4, **kwargs)
+    for role in ("moving_image", "fixed_image"):
+        np.testing.assert_allclose(half[role].numpy(), whole[role].numpy()[2:], atol=1e-6)

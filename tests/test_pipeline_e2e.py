@@ -210,11 +210,13 @@ def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
 
 def test_centroid_term_and_shift_augmentation_train_on_the_shared_real_data(tmp_path,
                                                                             mrus_sample_dir):
+    # With the random shifts and the intensity augmentation on.
     data = Path(mrus_sample_dir)
     ini = write_config(tmp_path / "real.ini", data,
                        Train={"total_iterations": "1", "minibatch_size": "2"},
                        Loss={"centroid_weight": "0.05"},
-                       Data={"translation": "3"},
+                       Data={"translation": "3", "intensity_gamma": "0.3",
+                             "intensity_noise": "0.05"},
                        Network={"moving_input": "identity"})
     result = train(config.load(ini), log=lambda line: None)
     values = result.last_values
@@ -224,6 +226,29 @@ def test_centroid_term_and_shift_augmentation_train_on_the_shared_real_data(tmp_
     assert values["centroid_loss_mm"] == pytest.approx(values["centroid_distance_mm"], rel=0.05)
     assert values["loss"] == pytest.approx(values["label_loss"] + 0.05 * values["centroid_loss_mm"]
                                            + 0.5 * values.get("regulariser", 0.0), rel=1e-4)
+
+
+def test_intensity_keys_reach_the_training_augmentation(tmp_path, dataset):
+    from labelreg._tf import tf
+    from labelreg.methods.label_driven import LabelDriven
+
+    rng = np.random.default_rng(0)
+    batch = {"moving_image": rng.random((2, 8, 9, 7, 1), np.float32),
+             "fixed_image": rng.random((2, 8, 9, 7, 1), np.float32),
+             "moving_label": (rng.random((2, 8, 9, 7, 1)) > 0.5).astype(np.float32),
+             "fixed_label": (rng.random((2, 8, 9, 7, 1)) > 0.5).astype(np.float32),
+             "step": tf.constant(4, tf.int64), "case_index": tf.constant([0, 1])}
+    out = {}
+    for name, extra in (("plain", {}), ("intensity", {"intensity_gamma": "0.4",
+                                                      "intensity_noise": "0.1"})):
+        ini = write_config(tmp_path / f"{name}.ini", dataset, Data=extra)
+        method = LabelDriven(config.load(ini), log=lambda line: None)
+        method.spacing_table = tf.ones([2, 3])
+        out[name] = method.preprocess(dict(batch))
+    for key in ("moving_label", "fixed_label", "moving_affine", "fixed_affine"):
+        np.testing.assert_array_equal(out["intensity"][key].numpy(), out["plain"][key].numpy())
+    for key in ("moving_image", "fixed_image"):
+        assert np.abs(out["intensity"][key].numpy() - out["plain"][key].numpy()).max() > 0.01
 
 
 # ---- bad input: a clear error naming the culprit, exit code 2, and nothing written ----------

@@ -8,6 +8,11 @@ label stay aligned. The matrices act on voxel indices with the origin at voxel 0
 The draws are *stateless*: the same ``seed`` tensor gives the same transforms, inside or outside
 a ``tf.function``, so a training step seeded with ``step_seed(seed, step)`` is reproducible and
 resumable without any generator state.
+
+Each image may also get a random intensity transform after its affine (a gamma curve over its
+own range and additive Gaussian noise; :func:`random_intensity`), which its labels never see:
+scanners, sessions and probe settings change the brightness and texture of the same anatomy,
+and a network fitted to a few dozen cases otherwise learns their particular contrast.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from labelreg._tf import tf
 from labelreg.ops import check_image, random_affine, resample_affine
 
-__all__ = ["step_seed", "apply_affine", "augment_batch"]
+__all__ = ["step_seed", "apply_affine", "random_intensity", "augment_batch"]
 
 
 def step_seed(seed: Any, step: Any) -> tf.Tensor:
@@ -67,9 +72,53 @@ def _draw(count: Any, ndim: int, scale: float, translation: float, seed: Any) ->
     return tf.concat([theta[..., :ndim], theta[..., ndim:] + shift[..., None]], axis=-1)
 
 
+def random_intensity(image: Any, log_gamma: Any, noise: Any, normal: Any) -> tf.Tensor:
+    """A gamma curve over each image's own range, plus Gaussian noise.
+
+    Per sample ``b``, with ``lo`` and ``hi`` the minimum and maximum of ``image[b]``,
+
+        out = lo + (hi - lo) * ((image - lo) / (hi - lo)) ** exp(log_gamma[b])
+                 + noise[b] * (hi - lo) * normal
+
+    so the range is kept (before the noise) whatever the intensity units; a gamma above 1
+    darkens the mid-tones and one below 1 brightens them. A constant image stays constant.
+
+    Args:
+        image: ``[B, *S, C]``.
+        log_gamma: ``[B]``, the natural log of each sample's gamma (0: unchanged).
+        noise: ``[B]``, each sample's noise standard deviation as a fraction of its range.
+        normal: ``[B, *S, C]`` standard normal draws.
+
+    Returns:
+        float32 ``[B, *S, C]``.
+    """
+    image = tf.cast(check_image(image, "image"), tf.float32)
+    axes = list(range(1, image.shape.rank))
+    lo = tf.reduce_min(image, axes, keepdims=True)
+    span = tf.reduce_max(image, axes, keepdims=True) - lo
+    shape = tf.stack([tf.shape(image)[0]] + [1] * (image.shape.rank - 1))
+    gamma = tf.reshape(tf.exp(tf.cast(log_gamma, tf.float32)), shape)
+    # The clip keeps interpolation round-off (a hair below lo) out of the fractional power.
+    unit = tf.clip_by_value(tf.math.divide_no_nan(image - lo, span), 0.0, 1.0)
+    sigma = tf.reshape(tf.cast(noise, tf.float32), shape) * span
+    return lo + span * tf.pow(unit, gamma) + sigma * tf.cast(normal, tf.float32)
+
+
+def _intensity_draws(count: Any, image_shape: tf.Tensor, gamma: float, noise: float,
+                     seed: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``count`` log-gammas uniform in ``[-gamma, gamma]``, noise levels uniform in
+    ``[0, noise]`` and standard normal fields of ``image_shape`` (spatial and channels)."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    count = tf.reshape(tf.cast(count, tf.int32), [1])
+    return (tf.random.stateless_uniform(count, seeds[0], -gamma, gamma),
+            tf.random.stateless_uniform(count, seeds[1], 0.0, noise),
+            tf.random.stateless_normal(tf.concat([count, image_shape], 0), seeds[2]))
+
+
 def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
                   sample_index: Any = None, num_samples: int | None = None,
-                  translation: float = 0.0) -> dict[str, Any]:
+                  translation: float = 0.0, intensity_gamma: float = 0.0,
+                  intensity_noise: float = 0.0) -> dict[str, Any]:
     """Augment a training batch with independent random affines for moving and fixed.
 
     Args:
@@ -90,6 +139,13 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
             many voxels per axis (uniform, independent for moving and fixed), so the network
             sees pairs whose relative position varies more than in the training cases; 0 gives
             label-reg's augmentation exactly.
+        intensity_gamma: ``[Data] intensity_gamma``: after its affine, each image gets the
+            gamma curve of :func:`random_intensity` with ``log(gamma)`` uniform in
+            ``[-intensity_gamma, intensity_gamma]``, independently for moving and fixed; 0
+            gives none.
+        intensity_noise: ``[Data] intensity_noise``: and Gaussian noise whose standard
+            deviation, as a fraction of the image's range, is uniform in
+            ``[0, intensity_noise]``; 0 gives none. Labels are never changed by either.
 
     Returns:
         A new dict with the volumes resampled, plus ``moving_affine`` and ``fixed_affine``
@@ -124,4 +180,16 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
             start += label.shape[-1]
     out["moving_affine"] = theta_moving
     out["fixed_affine"] = theta_fixed
+    if intensity_gamma > 0.0 or intensity_noise > 0.0:
+        for role, role_seed in (("moving", seeds[0]), ("fixed", seeds[1])):
+            image = out[f"{role}_image"]
+            # A stream of its own, so the affines are the same with or without this; drawn for
+            # the global batch and sliced like the affines.
+            draws = _intensity_draws(
+                tf.shape(image)[0] if sample_index is None else num_samples,
+                tf.shape(image)[1:], float(intensity_gamma), float(intensity_noise),
+                tf.random.experimental.stateless_fold_in(role_seed, 2))
+            if sample_index is not None:
+                draws = tuple(tf.gather(d, sample_index) for d in draws)
+            out[f"{role}_image"] = random_intensity(image, *draws)
     return out

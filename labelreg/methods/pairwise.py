@@ -121,7 +121,9 @@ class PairwiseMethod(Method):
             batch = augment_batch(batch, float(data["affine_scale"]), seed,
                                   sample_index=batch.get("sample_index"),
                                   num_samples=int(self.cfg["Train"]["minibatch_size"]),
-                                  translation=float(data["translation"]))
+                                  translation=float(data["translation"]),
+                                  intensity_gamma=float(data["intensity_gamma"]),
+                                  intensity_noise=float(data["intensity_noise"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
     # -- model ----------------------------------------------------------------------------------
