@@ -23,7 +23,7 @@ from labelreg.export import registration as export
 from labelreg.losses.label import dice_loss
 from labelreg.methods.label_driven import LabelDriven
 from labelreg.networks import CentroidAlignNet, build_network
-from tests.test_pipeline_e2e import _ball, write_config, write_dataset
+from tests.test_pipeline_e2e import ball_label, write_config, write_dataset
 
 SHAPES = {2: ((17, 19), (21, 20)), 3: ((13, 15, 11), (16, 14, 12))}  # (fixed, moving)
 
@@ -140,8 +140,8 @@ def test_perfect_segmentations_align_the_structure(ndim):
     """With segmentations equal to the true masks the DDF carries the moving ball onto the
     fixed one: the translation follows the warp's convention (moving index = x + ddf)."""
     fixed_shape, moving_shape = SHAPES[ndim]
-    fixed_ball = _ball(fixed_shape, (5,) * ndim, 3.0)[None, ..., None]
-    moving_ball = _ball(moving_shape, (9, 8, 7)[:ndim], 3.0)[None, ..., None]
+    fixed_ball = ball_label(fixed_shape, (5,) * ndim, 3.0)[None, ..., None]
+    moving_ball = ball_label(moving_shape, (9, 8, 7)[:ndim], 3.0)[None, ..., None]
     net = _net(ndim, segment_resolution=1.0)
     net([moving_ball, fixed_ball])
     # Logits of +-30 make the sigmoid the masks themselves (to 1e-13).

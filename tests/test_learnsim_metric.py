@@ -146,6 +146,11 @@ def test_replicate_pad_matches_numpy_edge(ndim, rng):
     spec = tf.TensorSpec([None] * (ndim + 1) + [3], tf.float32)
     padded = tf.function(lambda t: replicate_pad(t, 2), input_signature=[spec])(x)
     np.testing.assert_array_equal(padded.numpy(), want)
+    # crop_border undoes the padding and otherwise equals the NumPy slice.
+    np.testing.assert_array_equal(ops.crop_border(tf.constant(want), 2).numpy(), x)
+    np.testing.assert_array_equal(ops.crop_border(tf.constant(x), 1).numpy(),
+                                  x[(slice(None),) + (slice(1, -1),) * ndim])
+    np.testing.assert_array_equal(ops.crop_border(tf.constant(x), 0).numpy(), x)
 
 
 @pytest.mark.parametrize("ndim", NDIMS)

@@ -18,15 +18,16 @@ MOVING, FIXED = (16, 16, 16), (14, 15, 13)
 FIXED_AFFINE = np.array([[1.5, 0, 0, -10.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, 7.5], [0, 0, 0, 1]])
 
 
-def _ball(shape, centre, radius):
+def ball_label(shape, centre, radius):
+    """A binary ball label: 1 within ``radius`` voxels of ``centre``, float32 of ``shape``."""
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
     return (np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius).astype(np.float32)
 
 
 def write_case(root: Path, name: str, rng: np.random.Generator, num_labels: int = 2) -> None:
     shift = rng.uniform(-1.5, 1.5, size=3)
-    moving_labels = np.stack([_ball(MOVING, (8, 8, 8), 5), _ball(MOVING, (6, 9, 7), 2)][:num_labels], -1)
-    fixed_labels = np.stack([_ball(FIXED, 7 + shift, 5), _ball(FIXED, (5, 8, 6) + shift, 2)][:num_labels], -1)
+    moving_labels = np.stack([ball_label(MOVING, (8, 8, 8), 5), ball_label(MOVING, (6, 9, 7), 2)][:num_labels], -1)
+    fixed_labels = np.stack([ball_label(FIXED, 7 + shift, 5), ball_label(FIXED, (5, 8, 6) + shift, 2)][:num_labels], -1)
     moving = (moving_labels[..., 0] * 100 + rng.normal(0, 5, MOVING)).astype(np.float32)
     fixed = (fixed_labels[..., 0] * 60 + rng.normal(0, 5, FIXED)).astype(np.int16)
     for folder, data, affine in (

@@ -12,7 +12,7 @@ from labelreg import visualise
 from labelreg.visualise import FIXED_COLOUR, MOVING_COLOUR, OVERLAP_COLOUR, overlay_figure
 
 
-def _ball(shape, centre, radius):
+def ball_label(shape, centre, radius):
     grid = np.indices(shape, dtype=np.float32)
     dist2 = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
     return (dist2 <= radius ** 2).astype(np.float32)
@@ -82,7 +82,7 @@ def test_titles_and_row_labels_are_drawn(rng):
 
 def test_legend_strip_only_with_labels(rng):
     fixed, moving, warped = _pair(rng, (24, 24))
-    label = _ball((24, 24), (12, 12), 6)
+    label = ball_label((24, 24), (12, 12), 6)
     plain, plain_layout = visualise._render(fixed, moving, warped, None, None, None, None, 96)
     assert plain_layout.legend is None
     labelled, layout = visualise._render(fixed, moving, warped, label, label, label, None, 96)
@@ -104,7 +104,7 @@ def _label_pixels(picture):
 
 def test_legend_lists_only_the_given_labels(rng):
     fixed, moving, warped = _pair(rng, (24, 24))
-    label = _ball((24, 24), (12, 12), 6)
+    label = ball_label((24, 24), (12, 12), 6)
     picture, layout = visualise._render(fixed, moving, warped, None, label, label, None, 96)
     legend = _crop(picture, layout.legend)
     assert _is(legend, MOVING_COLOUR).any()
@@ -114,8 +114,8 @@ def test_legend_lists_only_the_given_labels(rng):
 def test_contours_follow_the_ball_boundary(rng):
     shape, radius, scale = (40, 40), 10.0, 5
     fixed, moving, warped = _pair(rng, shape)
-    fixed_label = _ball(shape, (19.5, 19.5), radius)
-    moving_label = _ball(shape, (19.5, 25.5), radius)
+    fixed_label = ball_label(shape, (19.5, 19.5), radius)
+    moving_label = ball_label(shape, (19.5, 25.5), radius)
     picture, layout = visualise._render(fixed, moving, warped, fixed_label, moving_label,
                                         fixed_label, None, 40 * scale)
     # voxel centre i is drawn at pixel (i + 0.5) * scale - 0.5
@@ -225,10 +225,10 @@ def test_write_overlay_resizes_moving_and_replaces_the_png_atomically(tmp_path, 
     fixed_shape = (12, 14, 10)
     fixed, warped = (rng.normal(size=fixed_shape).astype(np.float32) for _ in range(2))
     moving = rng.normal(size=(6, 7, 5)).astype(np.float32)
-    label = _ball(fixed_shape, (6, 7, 5), 3)
+    label = ball_label(fixed_shape, (6, 7, 5), 3)
     path = tmp_path / "overlay.png"
     path.write_bytes(b"old")
-    _write_overlay(path, fixed, moving, warped, fixed_shape, label, _ball((6, 7, 5), (3, 3, 2), 2),
+    _write_overlay(path, fixed, moving, warped, fixed_shape, label, ball_label((6, 7, 5), (3, 3, 2), 2),
                    label, spacing=(1.0, 1.0, 2.0))
     assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]
     with Image.open(path) as png:

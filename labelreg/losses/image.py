@@ -19,12 +19,10 @@ import itertools
 import math
 from typing import Any
 
-import numpy as np
-
 from labelreg._tf import tf
 from labelreg.losses.label import check_pair
 from labelreg.ops import separable_filter
-from labelreg.ops.checks import check_number
+from labelreg.ops.checks import check_integer, check_number
 
 __all__ = ["ssd", "lncc", "gncc", "nmi", "mind_ssc"]
 
@@ -39,14 +37,6 @@ _FLOOR = 1e-30
 
 def _mean(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(x, axis=list(range(1, x.shape.rank)))
-
-
-def _check_int(value: Any, name: str, minimum: int, odd: bool = False) -> int:
-    ok = isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= minimum
-    if not ok or (odd and value % 2 == 0):
-        kind = "an odd integer" if odd else "an integer"
-        raise ValueError(f"{name} must be {kind} >= {minimum}; received {name}={value!r}.")
-    return int(value)
 
 
 def ssd(fixed: Any, warped: Any) -> tf.Tensor:
@@ -115,7 +105,7 @@ def lncc(fixed: Any, warped: Any, window: int = 9) -> tf.Tensor:
     Raises:
         ValueError: for mismatched shapes or a ``window`` that is not an odd integer >= 1.
     """
-    window = _check_int(window, "window", 1, odd=True)
+    window = check_integer(window, "window", 1, odd=True)
     f, w = check_pair(fixed, warped, _NAMES)
     spatial = list(range(1, f.shape.rank - 1))
     f = f - tf.reduce_mean(f, spatial, keepdims=True)
@@ -230,13 +220,13 @@ def nmi(
     Raises:
         ValueError: for mismatched shapes or an invalid option.
     """
-    bins = _check_int(bins, "bins", 2)
+    bins = check_integer(bins, "bins", 2)
     vmax = check_number(vmax, "vmax", 0, exclusive_minimum=True)
     if sigma is None:
         sigma = (vmax / (bins - 1)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     sigma = check_number(sigma, "sigma", 0, exclusive_minimum=True)
     sample_fraction = check_number(sample_fraction, "sample_fraction", 0, 1.0, exclusive_minimum=True)
-    seed = _check_int(seed, "seed", 0)
+    seed = check_integer(seed, "seed", 0)
     f, w = check_pair(fixed, warped, _NAMES)
 
     def flatten(x: tf.Tensor) -> tf.Tensor:  # [B, *S, C] -> [B, voxels, C]
@@ -354,8 +344,8 @@ def mind_ssc(fixed: Any, warped: Any, radius: int = 2, dilation: int = 2) -> tf.
     Raises:
         ValueError: for mismatched shapes or invalid ``radius``/``dilation``.
     """
-    radius = _check_int(radius, "radius", 0)
-    dilation = _check_int(dilation, "dilation", 1)
+    radius = check_integer(radius, "radius", 0)
+    dilation = check_integer(dilation, "dilation", 1)
     f, w = check_pair(fixed, warped, _NAMES)
     difference = _mind_descriptor(f, radius, dilation) - _mind_descriptor(w, radius, dilation)
     return _mean(tf.square(difference))

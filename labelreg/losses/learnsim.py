@@ -34,11 +34,11 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 
 from labelreg._tf import tf
 from labelreg.losses.frozen import image_gradient_only
 from labelreg.losses.label import check_pair
+from labelreg.ops.checks import check_integer
 from labelreg.ops.padding import replicate_pad
 
 __all__ = ["learned_ssd", "learned_lcc", "LearnedSimilarity", "TERMS"]
@@ -50,10 +50,7 @@ _LCC_EPS = 1e-5
 
 
 def _check_window(window: Any) -> int:
-    ok = isinstance(window, (int, np.integer)) and not isinstance(window, bool) and window >= 1
-    if not ok or window % 2 == 0:
-        raise ValueError(f"window must be an odd integer >= 1; received window={window!r}.")
-    return int(window)
+    return check_integer(window, "window", 1, odd=True)
 
 
 def _check_mask(mask: Any, like: tf.Tensor) -> tf.Tensor | None:

@@ -195,14 +195,12 @@ class PairwiseMethod(Method):
 
     def segmentation_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The objective of the first ``segmentation_only_steps``: the segmentation loss alone
-        (``segmentation_weight`` times it), from the network's ``segment`` only, so the
+        (``segmentation_weight`` times it), from the network's ``segmentations`` only, so the
         registration part is neither run nor changed."""
-        model = self.models["model"]
-        p_moving, p_fixed = model.segment(batch["moving_image"], batch["fixed_image"],
-                                          training=True)
-        segmentation = self._segmentation_loss(
-            batch, ops.resize(p_moving, batch["moving_image"].shape[1:-1]),
-            ops.resize(p_fixed, batch["fixed_image"].shape[1:-1]))
+        maps = self.models["model"].segmentations(batch["moving_image"], batch["fixed_image"],
+                                                  training=True)
+        segmentation = self._segmentation_loss(batch, maps["moving_segmentation"],
+                                               maps["fixed_segmentation"])
         return {"segmentation_loss": segmentation,
                 "loss": self.segmentation_weight * segmentation}
 

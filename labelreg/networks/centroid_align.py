@@ -184,9 +184,7 @@ class CentroidAlignNet(RegistrationModel):
         for net, role, image in ((self.segment_moving, "moving", moving),
                                  (self.segment_fixed, "fixed", fixed)):
             small = ops.resize(image, self.segment_grids[role])
-            logits = net(ops.replicate_pad(small, pad), training=training)
-            if pad:
-                logits = logits[(slice(None),) + (slice(pad, -pad),) * self.ndim]
+            logits = ops.crop_border(net(ops.replicate_pad(small, pad), training=training), pad)
             # The sigmoid runs in float32: the centroid sums a whole volume of probabilities.
             out.append(tf.sigmoid(as_float32(logits)))
         return out[0], out[1]
@@ -214,7 +212,22 @@ class CentroidAlignNet(RegistrationModel):
         field = tf.reshape(translation, [-1] + [1] * self.ndim + [self.ndim])
         constant = tf.zeros_like(fixed[..., :1]) + field  # [B, *S_fix, n]
         ddf_local = self.local_net([ops.warp(moving, constant), fixed], training=training)
-        out = {"ddf": ddf_local + field, "translation": translation, "ddf_local": ddf_local}
+        return {"ddf": ddf_local + field, "translation": translation, "ddf_local": ddf_local,
+                **self._on_image_grids(p_moving, p_fixed, moving, fixed)}
+
+    def segmentations(self, moving: tf.Tensor, fixed: tf.Tensor, training: bool | None = None
+                      ) -> dict[str, tf.Tensor]:
+        """The two segmentations resized (linear) onto their images' grids, as ``forward``
+        returns them, without running the registration: ``moving_segmentation [B, *S_mov,
+        1]`` and ``fixed_segmentation [B, *S_fix, 1]`` (each only when its image's grid is
+        static)."""
+        p_moving, p_fixed = self.segment(moving, fixed, training=training)
+        return self._on_image_grids(p_moving, p_fixed, moving, fixed)
+
+    @staticmethod
+    def _on_image_grids(p_moving: tf.Tensor, p_fixed: tf.Tensor, moving: tf.Tensor,
+                        fixed: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = {}
         for role, p, image in (("moving", p_moving, moving), ("fixed", p_fixed, fixed)):
             if all(s is not None for s in image.shape[1:-1]):
                 out[f"{role}_segmentation"] = ops.resize(p, image.shape[1:-1])

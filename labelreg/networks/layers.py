@@ -81,20 +81,13 @@ def check_ndim(ndim: Any) -> int:
     return int(ndim)
 
 
-def _is_integer(value: Any) -> bool:
-    """A Python or NumPy integer, not a bool (``True`` is an ``int`` in Python)."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int after checking it is a positive integer.
 
     Raises:
         ValueError: naming ``name`` when ``value`` is not an integer >= 1.
     """
-    if not _is_integer(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
-    return int(value)
+    return ops.check_integer(value, name, 1, description="a positive integer")
 
 
 def check_nonnegative_int(value: Any, name: str) -> int:
@@ -103,9 +96,7 @@ def check_nonnegative_int(value: Any, name: str) -> int:
     Raises:
         ValueError: naming ``name`` when ``value`` is not an integer >= 0.
     """
-    if not _is_integer(value) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0; received {name}={value!r}.")
-    return int(value)
+    return ops.check_integer(value, name, 0)
 
 
 def check_spatial_shape(shape: Any, ndim: int, name: str) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from labelreg.networks.layers import (
     as_float32,
     batch_norm,
     check_ndim,
+    check_nonnegative_int,
     check_positive_int,
     conv_layer,
     known_channels,
@@ -305,11 +306,7 @@ class UNet(RegistrationModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
-        if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or \
-                integration_steps < 0:
-            raise ValueError(f"integration_steps must be an integer >= 0; received "
-                             f"integration_steps={integration_steps!r}.")
-        self.integration_steps = integration_steps
+        self.integration_steps = check_nonnegative_int(integration_steps, "integration_steps")
         self.backbone = UNetBackbone(
             self.ndim,
             num_channel_initial=num_channel_initial,

@@ -5,12 +5,12 @@ axes, and returns a float32 ``tf.Tensor``.
 """
 
 from labelreg.ops.affine import affine_to_ddf, identity_affine, random_affine, resample_affine
-from labelreg.ops.checks import check_ddf, check_finite, check_image
+from labelreg.ops.checks import check_ddf, check_finite, check_image, check_integer, check_number
 from labelreg.ops.filters import gaussian_filter, gaussian_kernel1d, separable_filter
 from labelreg.ops.grid import reference_grid, soft_centroid
 from labelreg.ops.integrate import compose, integrate_svf
 from labelreg.ops.jit import xla_disabled, xla_enabled
-from labelreg.ops.padding import replicate_pad
+from labelreg.ops.padding import crop_border, replicate_pad
 from labelreg.ops.resize import resize
 from labelreg.ops.sobolev import sobolev_kernel_1d, sobolev_smooth
 from labelreg.ops.warp import sample, warp
@@ -31,11 +31,14 @@ __all__ = [
     "gaussian_filter",
     "separable_filter",
     "replicate_pad",
+    "crop_border",
     "sobolev_kernel_1d",
     "sobolev_smooth",
     "check_image",
     "check_ddf",
     "check_finite",
+    "check_integer",
+    "check_number",
     "xla_enabled",
     "xla_disabled",
 ]

@@ -12,7 +12,8 @@ import numpy as np
 
 from labelreg._tf import tf
 
-__all__ = ["check_image", "check_ddf", "check_finite", "check_number", "spatial_rank"]
+__all__ = ["check_image", "check_ddf", "check_finite", "check_integer", "check_number",
+           "spatial_rank"]
 
 
 def check_number(
@@ -49,6 +50,24 @@ def check_number(
             bound = "a finite number"
         raise ValueError(f"{name} must be {bound}; received {name}={value!r}.")
     return float(value)
+
+
+def check_integer(value: Any, name: str, minimum: int = 0, *, odd: bool = False,
+                  description: str | None = None) -> int:
+    """A Python or NumPy integer argument (not a bool) ``>= minimum``, odd if ``odd``, as
+    ``int``.
+
+    Raises:
+        ValueError: naming ``name`` and the value received, e.g. ``bins must be an integer >=
+            2; received bins=1``; ``description`` replaces "an integer >= 2" (e.g. "a positive
+            integer").
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    ok = ok and value >= minimum and not (odd and value % 2 == 0)
+    if not ok:
+        kind = description or f"{'an odd integer' if odd else 'an integer'} >= {minimum}"
+        raise ValueError(f"{name} must be {kind}; received {name}={value!r}.")
+    return int(value)
 
 
 def _describe(shape: Any) -> str:

@@ -1,4 +1,4 @@
-"""Edge ("replicate") padding of the spatial axes."""
+"""Edge ("replicate") padding of the spatial axes, and the crop that undoes it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from labelreg._tf import tf
 
-__all__ = ["replicate_pad"]
+__all__ = ["replicate_pad", "crop_border"]
 
 
 def replicate_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
@@ -33,3 +33,19 @@ def replicate_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
             index = np.clip(np.arange(-pad, size + pad), 0, size - 1)
         x = tf.gather(x, index, axis=axis)
     return x
+
+
+def crop_border(x: tf.Tensor, pad: int) -> tf.Tensor:
+    """Remove ``pad`` voxels from each side of every spatial axis of ``x`` (the shape change of
+    :func:`replicate_pad` undone).
+
+    Args:
+        x: ``[B, *S, C]``.
+        pad: non-negative number of voxels; each ``S`` must exceed ``2 pad``.
+
+    Returns:
+        ``[B, *(S - 2 pad), C]``, the centre of ``x``.
+    """
+    if pad == 0:
+        return x
+    return x[(slice(None),) + (slice(pad, -pad),) * (x.shape.rank - 2) + (slice(None),)]

@@ -25,17 +25,11 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
-from labelreg.ops.checks import check_image, check_number
+from labelreg.ops.checks import check_image, check_integer, check_number
 from labelreg.ops.filters import separable_filter
-from labelreg.ops.padding import replicate_pad
+from labelreg.ops.padding import crop_border, replicate_pad
 
 __all__ = ["sobolev_kernel_1d", "sobolev_smooth"]
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {name}={value!r}.")
-    return int(value)
 
 
 def sobolev_kernel_1d(size: int = 7, smoothness: int = 3, lam: float = 0.5) -> np.ndarray:
@@ -62,8 +56,8 @@ def sobolev_kernel_1d(size: int = 7, smoothness: int = 3, lam: float = 0.5) -> n
         ValueError: on a negative or non-integer ``smoothness``, ``size != 2 * smoothness + 1``,
             or a negative or non-finite ``lam``.
     """
-    smoothness = _check_int(smoothness, "smoothness", 0)
-    size = _check_int(size, "size", 1)
+    smoothness = check_integer(smoothness, "smoothness", 0)
+    size = check_integer(size, "size", 1)
     if size != 2 * smoothness + 1:
         raise ValueError(
             f"size must be 2 * smoothness + 1 = {2 * smoothness + 1}; received size={size}, "
@@ -101,19 +95,17 @@ def sobolev_smooth(velocity: Any, smoothness: int = 3, lam: float = 0.5) -> tf.T
         float32 ``[B, *S, C]``.
     """
     velocity = check_image(velocity, "velocity")
-    kernel = sobolev_kernel_1d(2 * _check_int(smoothness, "smoothness", 0) + 1, smoothness, lam)
+    kernel = sobolev_kernel_1d(2 * check_integer(smoothness, "smoothness", 0) + 1, smoothness, lam)
     pad = int(smoothness)
     if pad == 0:
         return tf.identity(velocity)
-    ndim = velocity.shape.rank - 2
     # The zero "SAME" padding of separable_filter only reaches the `pad` voxels of edge padding,
     # which the crop removes: the kept voxels see replicate padding only.
-    crop = (slice(None), *(slice(pad, -pad),) * ndim, slice(None))
     weights = tf.constant(kernel)
 
     @tf.custom_gradient
     def smooth(v: tf.Tensor) -> tuple[tf.Tensor, Any]:
-        out = separable_filter(replicate_pad(v, pad), weights)[crop]
+        out = crop_border(separable_filter(replicate_pad(v, pad), weights), pad)
 
         def grad(upstream: tf.Tensor) -> tf.Tensor:
             return upstream
