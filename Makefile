@@ -21,13 +21,13 @@ demo: $(STAMP)
 	$(BIN)/python inference.py configs/demo.ini
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "slow or not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "slow or not slow" -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
