@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelreg import ops
+from labelreg import metrics, ops
 from labelreg._tf import tf
 from labelreg.data.nifti import PairedDataset
 from labelreg.data.pipeline import read_case
@@ -40,18 +40,10 @@ from labelreg.evaluation import evaluate
 from labelreg.infer import load_trained_model
 
 
-def _gland_centroids(paired: PairedDataset, role: str) -> list[np.ndarray]:
-    """Soft centroid (voxel indices) of label 0 of every case's ``role`` label."""
-    out = []
-    for case in range(paired.num_cases):
-        label = read_case(paired, role, case)[..., :1][None]
-        out.append(ops.soft_centroid(tf.constant(label, tf.float32), 0.0).numpy()[0])
-    return out
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0.5, b > 0.5
-    return float(2.0 * np.sum(a & b) / max(int(a.sum() + b.sum()), 1))
+def _glands(paired: PairedDataset, role: str) -> list[tf.Tensor]:
+    """Label 0 of every case's ``role`` label, ``[1, *S, 1]`` float32, read once."""
+    return [tf.constant(read_case(paired, role, case)[None, ..., :1], tf.float32)
+            for case in range(paired.num_cases)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: not a centroid_align network", file=sys.stderr)
         return 2
     spacing = paired.fixed_spacings(())
-    moving_centres = _gland_centroids(paired, "moving_label")
-    fixed_centres = _gland_centroids(paired, "fixed_label")
+    glands = {role: _glands(paired, f"{role}_label") for role in ("moving", "fixed")}
+    centres = {role: [ops.soft_centroid(g, 0.0).numpy()[0] for g in glands[role]]
+               for role in glands}
+    moving_centres, fixed_centres = centres["moving"], centres["fixed"]
     true_shift = [m - f for m, f in zip(moving_centres, fixed_centres, strict=True)]
 
     def ordered(ddf_of_case: Callable[[tf.Tensor, tf.Tensor, np.ndarray], tf.Tensor]):
@@ -107,13 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         images = [read_case(paired, role, case)[None, ..., None]
                   for role in ("moving_image", "fixed_image")]
         maps = model.segmentations(*(tf.constant(i, tf.float32) for i in images), training=False)
-        for role, centres in (("moving", moving_centres), ("fixed", fixed_centres)):
+        for role in ("moving", "fixed"):
             segmentation = maps[f"{role}_segmentation"]
             centre = ops.soft_centroid(segmentation, 0.0).numpy()[0]
             size = np.asarray(paired.spacing(f"{role}_image", case))
-            errors[role].append((centre - centres[case]) * size)
-            label = read_case(paired, f"{role}_label", case)[..., 0]
-            dice[role].append(_dice(segmentation.numpy()[0, ..., 0], label))
+            errors[role].append((centre - centres[role][case]) * size)
+            dice[role].append(float(metrics.dice(segmentation, glands[role][case])[0]))
     for role in ("moving", "fixed"):
         signed = np.asarray(errors[role])
         distance = np.median(np.linalg.norm(signed, axis=1))
