@@ -906,6 +906,11 @@ def _build_labelreg_schema() -> Schema:
                 "training image, as a fraction of its intensity range (uniform in [0, "
                 "intensity_noise] per image); 0 = none.", min=0.0, max=1.0,
             ),
+            "flip_axes": Key(
+                "int_list", (), "Spatial axes (0-based) along which each training pair is "
+                "mirrored with probability 1/2, both images and labels together (for anatomy "
+                "roughly symmetric about the axis); empty = none.", min=0, max=2,
+            ),
             "voxel_spacing": Key(
                 "float_list", (), "Voxel size in mm per axis; empty = read from the NIfTI header.",
                 min=0.0,

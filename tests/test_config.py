@@ -117,7 +117,7 @@ EXPECTED_DEFAULTS = {
         "dir_fixed_label": None, "dir_valid_moving_image": None, "dir_valid_fixed_image": None,
         "dir_valid_moving_label": None, "dir_valid_fixed_label": None, "normalise": True,
         "augmentation": True, "affine_scale": 0.1, "translation": 0.0, "intensity_gamma": 0.0,
-        "intensity_noise": 0.0, "voxel_spacing": (),
+        "intensity_noise": 0.0, "flip_axes": (), "voxel_spacing": (),
         "demo_data": None,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),

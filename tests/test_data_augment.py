@@ -8,7 +8,13 @@ import tensorflow as tf
 from scipy.ndimage import map_coordinates
 
 from labelreg import ops
-from labelreg.data.augment import apply_affine, augment_batch, random_intensity, step_seed
+from labelreg.data.augment import (
+    apply_affine,
+    augment_batch,
+    flip_affines,
+    random_intensity,
+    step_seed,
+)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -224,3 +230,66 @@ def test_intensity_draws_follow_the_sample_not_the_replica_split():
                          sample_index=tf.constant([2, 3]), num_samples=4, **kwargs)
     for role in ("moving_image", "fixed_image"):
         np.testing.assert_allclose(half[role].numpy(), whole[role].numpy()[2:], atol=1e-6)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_flip_affines_mirror_the_output_grid_before_the_affine(ndim):
+    shape = SHAPES[ndim][1]
+    image = np.stack([smooth_volume(shape, s) for s in range(BATCH)])[..., None]
+    theta = ops.random_affine(BATCH, ndim, 0.1, seed=[0, 4]).numpy()
+    flips = np.zeros((BATCH, ndim), bool)
+    flips[0, 0] = True
+    flips[1, -1] = True
+    flips[2] = True
+    composed = flip_affines(theta, flips, shape).numpy()
+    warped = apply_affine(image, None, theta)[0].numpy()
+    mirrored = apply_affine(image, None, composed)[0].numpy()
+    for b in range(BATCH):
+        # Mirroring the output of the plain affine, with NumPy, gives the same volume.
+        axes = [1 + a for a in range(ndim) if flips[b, a]]
+        np.testing.assert_allclose(mirrored[b], np.flip(warped[b], axis=[a - 1 for a in axes]),
+                                   atol=1e-5)
+    # No flip leaves theta as it is.
+    np.testing.assert_allclose(flip_affines(theta, np.zeros((BATCH, ndim), bool), shape).numpy(),
+                               theta, atol=1e-6)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_flip_axes_mirror_both_images_and_labels_of_a_pair_together(ndim):
+    moving_shape, fixed_shape = SHAPES[ndim]
+    count = 32
+    moving = np.stack([smooth_volume(moving_shape, s % 3) for s in range(count)])[..., None]
+    fixed = np.stack([smooth_volume(fixed_shape, 10 + s % 3) for s in range(count)])[..., None]
+    batch = {"moving_image": moving, "fixed_image": fixed,
+             "moving_label": (moving > 0.5).astype(np.float32),
+             "fixed_label": (fixed > 0.5).astype(np.float32)}
+    axis = ndim - 1
+    out = augment_batch(batch, 0.0, step_seed(2, 9), flip_axes=[axis])
+    flipped = []
+    for b in range(count):
+        for role, volume in (("moving", moving[b]), ("fixed", fixed[b])):
+            image, label = out[f"{role}_image"].numpy()[b], out[f"{role}_label"].numpy()[b]
+            mirror = np.flip(volume, axis)
+            is_flipped = np.allclose(image, mirror, atol=1e-5)
+            assert is_flipped or np.allclose(image, volume, atol=1e-5)
+            np.testing.assert_array_equal(label, (image > 0.5).astype(np.float32))
+            if role == "moving":
+                flipped.append(is_flipped)
+            else:  # the fixed image of a pair is mirrored exactly when its moving image is
+                assert is_flipped == flipped[-1]
+    # About half the pairs are mirrored (Binomial(32, 1/2): 6..26 with probability > 0.999).
+    assert 6 <= sum(flipped) <= 26
+    # Another axis is never touched, and the affines are the same with or without flips.
+    other = augment_batch(batch, 0.1, step_seed(2, 9), flip_axes=[0])
+    plain = augment_batch(batch, 0.1, step_seed(2, 9))
+    np.testing.assert_allclose(other["moving_affine"].numpy()[..., 1:ndim],
+                               plain["moving_affine"].numpy()[..., 1:ndim], atol=1e-6)
+    # The draws follow the sample, not the replica split.
+    half = augment_batch({k: v[4:8] for k, v in batch.items()}, 0.1, step_seed(2, 9),
+                         sample_index=tf.constant([4, 5, 6, 7]), num_samples=count,
+                         flip_axes=[axis])
+    whole = augment_batch(batch, 0.1, step_seed(2, 9), flip_axes=[axis])
+    np.testing.assert_allclose(half["fixed_image"].numpy(), whole["fixed_image"].numpy()[4:8],
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="flip_axes"):
+        augment_batch(batch, 0.1, step_seed(2, 9), flip_axes=[ndim])

@@ -252,6 +252,35 @@ def test_intensity_keys_reach_the_training_augmentation(tmp_path, dataset):
         assert np.abs(out["intensity"][key].numpy() - out["plain"][key].numpy()).max() > 0.01
 
 
+def test_flip_axes_key_reaches_the_training_augmentation(tmp_path, dataset):
+    from labelreg._tf import tf
+    from labelreg.methods.label_driven import LabelDriven
+
+    rng = np.random.default_rng(1)
+    batch = {"moving_image": rng.random((8, 8, 9, 7, 1), np.float32),
+             "fixed_image": rng.random((8, 8, 9, 7, 1), np.float32),
+             "step": tf.constant(2, tf.int64), "case_index": tf.zeros([8], tf.int32)}
+    out = {}
+    for name, extra in (("plain", {}), ("flip", {"flip_axes": "[1]"})):
+        ini = write_config(tmp_path / f"{name}.ini", dataset, Data=extra,
+                           Train={"minibatch_size": "2"})
+        method = LabelDriven(config.load(ini), log=lambda line: None)
+        method.spacing_table = tf.ones([1, 3])
+        out[name] = method.preprocess(dict(batch))["moving_affine"].numpy()
+    # A mirrored pair's affine has its axis-1 column negated; the others are untouched.
+    signs = np.sign(out["flip"][:, 1, 1]) * np.sign(out["plain"][:, 1, 1])
+    assert set(signs.tolist()) == {-1.0, 1.0}
+    np.testing.assert_allclose(out["flip"][..., [0, 2]], out["plain"][..., [0, 2]], atol=1e-6)
+
+
+def test_flip_axes_beyond_the_images_axes(tmp_path, dataset, capsys):
+    ini = write_config(tmp_path / "x.ini", dataset, Data={"flip_axes": "[0, 3]"})
+    _expect_failure(capsys, [str(ini)], "[Data] flip_axes", "in [0, 2]")
+    ini = write_config(tmp_path / "y.ini", dataset, Data={"flip_axes": "[1, 1]"})
+    _expect_failure(capsys, [str(ini)], "[Data] flip_axes", "distinct spatial axes in [0, 3)")
+    assert not (tmp_path / "run").exists()
+
+
 # ---- bad input: a clear error naming the culprit, exit code 2, and nothing written ----------
 
 

@@ -9,6 +9,10 @@ The draws are *stateless*: the same ``seed`` tensor gives the same transforms, i
 a ``tf.function``, so a training step seeded with ``step_seed(seed, step)`` is reproducible and
 resumable without any generator state.
 
+A training pair may also be mirrored along chosen axes (:func:`flip_affines`): both images
+and their labels at once, so the pair stays a plausible one, which doubles the cases a network
+sees when the anatomy is roughly symmetric about that axis (the left-right axis of the prostate).
+
 Each image may also get a random intensity transform after its affine (a gamma curve over its
 own range and additive Gaussian noise; :func:`random_intensity`), which its labels never see:
 scanners, sessions and probe settings change the brightness and texture of the same anatomy,
@@ -23,7 +27,7 @@ from typing import Any
 from labelreg._tf import tf
 from labelreg.ops import check_image, random_affine, resample_affine
 
-__all__ = ["step_seed", "apply_affine", "random_intensity", "augment_batch"]
+__all__ = ["step_seed", "apply_affine", "flip_affines", "random_intensity", "augment_batch"]
 
 
 def step_seed(seed: Any, step: Any) -> tf.Tensor:
@@ -72,6 +76,40 @@ def _draw(count: Any, ndim: int, scale: float, translation: float, seed: Any) ->
     return tf.concat([theta[..., :ndim], theta[..., ndim:] + shift[..., None]], axis=-1)
 
 
+def flip_affines(theta: Any, flips: Any, shape: Any) -> tf.Tensor:
+    """Compose affines with mirrors: mirror the output grid first, then apply ``theta``.
+
+    A mirror along axis ``a`` of a grid of ``S_a`` voxels maps index ``x_a`` to
+    ``S_a - 1 - x_a``; the composed affine is ``x -> A (D x + e) + b``, with ``D`` the diagonal
+    of signs and ``e`` the offsets, so the image is resampled once.
+
+    Args:
+        theta: ``[B, n, n+1]`` output-to-input voxel affines.
+        flips: ``[B, n]`` booleans, axis ``a`` of sample ``b`` mirrored where true.
+        shape: the ``n`` spatial sizes of the grid.
+
+    Returns:
+        float32 ``[B, n, n+1]``.
+    """
+    theta = tf.cast(theta, tf.float32)
+    ndim = theta.shape[1]
+    flips = tf.cast(flips, tf.float32)
+    sizes = tf.cast(tf.reshape(shape, [1, ndim]), tf.float32)
+    signs = 1.0 - 2.0 * flips  # [B, n]
+    offsets = flips * (sizes - 1.0)  # [B, n]
+    matrix = theta[..., :ndim]
+    shift = theta[..., ndim] + tf.linalg.matvec(matrix, offsets)
+    return tf.concat([matrix * signs[:, None, :], shift[..., None]], axis=-1)
+
+
+def _flip_draws(count: Any, axes: tuple[int, ...], ndim: int, seed: Any) -> tf.Tensor:
+    """``[count, ndim]`` booleans: each axis of ``axes`` true with probability 1/2, others
+    false."""
+    coins = tf.random.stateless_uniform(tf.stack([tf.cast(count, tf.int32), ndim]), seed) < 0.5
+    chosen = tf.constant([axis in axes for axis in range(ndim)])
+    return tf.logical_and(coins, chosen[None])
+
+
 def random_intensity(image: Any, log_gamma: Any, noise: Any, normal: Any) -> tf.Tensor:
     """A gamma curve over each image's own range, plus Gaussian noise.
 
@@ -118,7 +156,8 @@ def _intensity_draws(count: Any, image_shape: tf.Tensor, gamma: float, noise: fl
 def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
                   sample_index: Any = None, num_samples: int | None = None,
                   translation: float = 0.0, intensity_gamma: float = 0.0,
-                  intensity_noise: float = 0.0) -> dict[str, Any]:
+                  intensity_noise: float = 0.0,
+                  flip_axes: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
     """Augment a training batch with independent random affines for moving and fixed.
 
     Args:
@@ -146,6 +185,9 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
         intensity_noise: ``[Data] intensity_noise``: and Gaussian noise whose standard
             deviation, as a fraction of the image's range, is uniform in
             ``[0, intensity_noise]``; 0 gives none. Labels are never changed by either.
+        flip_axes: ``[Data] flip_axes``: spatial axes (0-based) along which each pair is
+            mirrored with probability 1/2 per axis, moving and fixed and their labels together
+            (each about its own grid's centre), before its affine; empty gives none.
 
     Returns:
         A new dict with the volumes resampled, plus ``moving_affine`` and ``fixed_affine``
@@ -166,6 +208,20 @@ def augment_batch(batch: Mapping[str, Any], scale: float, seed: Any,
                                  sample_index)
         theta_fixed = tf.gather(_draw(num_samples, ndim, scale, translation, seeds[1]),
                                 sample_index)
+    flip_axes = tuple(int(axis) for axis in flip_axes)
+    if flip_axes:
+        if any(not 0 <= axis < ndim for axis in flip_axes):
+            raise ValueError(f"flip_axes must be spatial axes in [0, {ndim}); received "
+                             f"flip_axes={list(flip_axes)}.")
+        # One draw per pair for both images (a stream of its own, so the affines do not
+        # depend on it), drawn for the global batch and sliced like the affines.
+        flip_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 3)
+        flips = _flip_draws(tf.shape(moving)[0] if sample_index is None else num_samples,
+                            flip_axes, ndim, flip_seed)
+        if sample_index is not None:
+            flips = tf.gather(flips, sample_index)
+        theta_moving = flip_affines(theta_moving, flips, tf.shape(moving)[1:-1])
+        theta_fixed = flip_affines(theta_fixed, flips, tf.shape(fixed)[1:-1])
     out = dict(batch)
     for role, image, theta in (("moving", moving, theta_moving), ("fixed", fixed, theta_fixed)):
         # An image's labels (the sampled one, and label 0 for a segmentation loss) are

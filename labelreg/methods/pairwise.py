@@ -24,7 +24,7 @@ from labelreg.data.augment import augment_batch, step_seed
 from labelreg.data.pipeline import CaseCache
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.summaries import middle_slice_panel
-from labelreg.errors import DataError, PartialFailure
+from labelreg.errors import ConfigError, DataError, PartialFailure
 from labelreg.losses.label import centroid_distance_loss, dice_loss
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.apply import network_ddf, register_pair
@@ -86,6 +86,12 @@ class PairwiseMethod(Method):
                 f"[Train] minibatch_size = {batch_size} exceeds the {self.paired.num_cases} "
                 f"training cases in {data['dir_moving_image']}."
             )
+        ndim = len(self.paired.fixed_shape)
+        flips = list(data["flip_axes"])
+        if any(axis >= ndim for axis in flips) or len(set(flips)) != len(flips):
+            raise ConfigError(
+                f"{self.cfg.path}: [Data] flip_axes = {flips}: expected distinct spatial axes "
+                f"in [0, {ndim}) of the {ndim}-D images in {data['dir_moving_image']}.")
         self.valid = None
         if data["dir_valid_moving_image"] is not None and data["dir_valid_moving_label"]:
             self.valid = PairedDataset(
@@ -123,7 +129,8 @@ class PairwiseMethod(Method):
                                   num_samples=int(self.cfg["Train"]["minibatch_size"]),
                                   translation=float(data["translation"]),
                                   intensity_gamma=float(data["intensity_gamma"]),
-                                  intensity_noise=float(data["intensity_noise"]))
+                                  intensity_noise=float(data["intensity_noise"]),
+                                  flip_axes=tuple(data["flip_axes"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
     # -- model ----------------------------------------------------------------------------------
