@@ -13,8 +13,6 @@ from scipy import ndimage
 from labelreg import metrics, ops
 from labelreg._tf import tf
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus-sample"
-
 
 def _box(shape, lo, hi, batch=1):
     """Mask ``[batch, *shape, 1]`` that is 1 on the box ``lo <= x < hi``."""
@@ -216,8 +214,8 @@ def test_surface_distances_identical_empty_and_batched():
 # --- real labels ----------------------------------------------------------------------------
 
 
-def test_metrics_on_real_prostate_labels():
-    fixed = np.asarray(nib.load(SAMPLE / "fixed_labels" / "obs000.nii.gz").dataobj)
+def test_metrics_on_real_prostate_labels(mrus_sample_dir):
+    fixed = np.asarray(nib.load(Path(mrus_sample_dir) / "fixed_labels" / "obs000.nii.gz").dataobj)
     gland = fixed[..., 0][None, ..., None].astype(np.float32)  # [1, 47, 63, 44, 1]
     landmark = fixed[..., 1][None, ..., None].astype(np.float32)
     spacing = (1.5, 1.5, 1.5)
