@@ -986,6 +986,12 @@ def _build_labelreg_schema() -> Schema:
                 "changed); the full objective follows, and the learning-rate schedule starts "
                 "again there; 0 = none.", min=0,
             ),
+            "freeze_segmentations": Key(
+                "bool", False, "After segmentation_only_steps, keep centroid_align's "
+                "segmentations as the first phase left them (no gradient, batch norm in "
+                "inference mode) and train its LocalNet alone; false = train the whole "
+                "network.",
+            ),
             "regulariser_type": Key(
                 "str", "bending", "Deformation regulariser.", choices=regularisers
             ),
@@ -1087,6 +1093,10 @@ def _cross_check(cfg: Config) -> None:
         )
 
     only = loss["segmentation_only_steps"]
+    if loss["freeze_segmentations"] and only <= 0:
+        raise fail(cfg, "Loss", "freeze_segmentations",
+                   "keeps the segmentations of the first phase, so it needs "
+                   "segmentation_only_steps > 0; set false or a first phase.")
     if only > 0:
         if loss["segmentation_weight"] <= 0:
             raise fail(cfg, "Loss", "segmentation_only_steps",

@@ -338,6 +338,54 @@ def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, data
     assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients[len(local):])
 
 
+def test_freeze_segmentations_trains_localnet_alone_after_the_first_phase(tmp_path, dataset):
+    ini = write_config(tmp_path / "run.ini", dataset,
+                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
+                                "num_channel_segment": "2"},
+                       Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "1",
+                             "freeze_segmentations": "true"},
+                       Train={"total_iterations": "3", "freq_info_print": "1",
+                              "freq_model_save": "1"})
+    cfg = config.load(ini)
+    result = train(cfg, log=lambda line: None)
+    history = dict(result.history)
+    # The second phase logs the segmentation loss but leaves it out of the objective.
+    for step in (2, 3):
+        assert history[step]["loss"] == pytest.approx(
+            history[step]["label_loss"] + 0.5 * history[step]["regulariser"], rel=1e-4)
+        assert history[step]["segmentation_loss"] > 0
+    # Between the checkpoints of steps 1 and 3, every segmentation variable (batch-norm
+    # statistics included) is unchanged and LocalNet's weights moved.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    def variables(step):
+        reader = tf.train.load_checkpoint(str(checkpoints / f"model.ckpt-{step}"))
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+                if name.startswith("model/") and "OPTIMIZER_SLOT" not in name}
+    first, last = variables(1), variables(3)
+    segment = [name for name in first if "segment_" in name]
+    local = [name for name in first if "local_net" in name]
+    assert segment and local
+    for name in segment:
+        np.testing.assert_array_equal(first[name], last[name], err_msg=name)
+    assert any(not np.array_equal(first[name], last[name]) for name in local)
+    # The frozen objective sends no gradient to the segmentations.
+    method = LabelDriven(cfg)
+    method.prepare_data()
+    method.models = method.build()
+    model = method.models["model"]
+    batch = {**method.cache.batch([0, 1], [1, 1], segmentation_labels=True),
+             "spacing": tf.ones([2, 3])}
+    with tf.GradientTape() as tape:
+        mean = tf.reduce_mean(method.phase_loss_terms(1)(batch)["loss"])
+    segment_vars = model.segment_moving.trainable_variables + model.segment_fixed.trainable_variables
+    assert all(g is None for g in tape.gradient(mean, segment_vars))
+    with pytest.raises(ConfigError, match=r"freeze_segmentations.*segmentation_only_steps > 0"):
+        config.load(write_config(tmp_path / "bad.ini", dataset,
+                                 Network={"network_type": "centroid_align"},
+                                 Loss={"segmentation_weight": "1",
+                                       "freeze_segmentations": "true"}))
+
+
 def test_segmentation_only_steps_config_checks(tmp_path, dataset):
     network = {"network_type": "centroid_align"}
     with pytest.raises(ConfigError, match=r"segmentation_only_steps = '5'.*segmentation_weight"):

@@ -126,6 +126,7 @@ EXPECTED_DEFAULTS = {
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
         "centroid_weight": 0.0, "segmentation_weight": 0.0, "segmentation_only_steps": 0,
+        "freeze_segmentations": False,
         "regulariser_type": "bending",
         "regulariser_weight": 0.5,
         "image_loss_type": "none", "image_loss_weight": 0.0,

@@ -181,6 +181,9 @@ def make_train_step(
         entries) and the replicas, ``grad_norm`` (before clipping) per group when there are
         several groups, and ``nonfinite``: 1.0 when the loss or a gradient had a NaN or inf
         on any replica, in which case no variable (weights, optimiser state) was changed.
+        A variable the loss does not reach (``None`` gradient) is not updated, unless its
+        group reaches none: such a group is updated with zero gradients, so its optimiser
+        still counts the step.
 
     Under several replicas each replica's gradients are summed over the replicas first (the
     losses are already scaled by the global batch, so the sum is the gradient of the global
@@ -191,6 +194,7 @@ def make_train_step(
     variables = [v for name in names for v in groups[name][1]]
     splits = [len(groups[name][1]) for name in names]
     replicas = strategy.num_replicas_in_sync
+    reached: list[bool] = [True] * len(variables)
 
     def replica_gradients(batch: Batch) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         if preprocess is not None:
@@ -200,6 +204,8 @@ def make_train_step(
             loss = _replica_loss(terms["loss"], global_batch_size, strategy)
         # One backward pass for every model (one call per model would repeat the loss's).
         grads = tape.gradient(loss, variables)
+        # Known when the step is traced: which variables this objective reaches at all.
+        reached[:] = [g is not None for g in grads]
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                  for g, v in zip(grads, variables, strict=True)]
         bad = 1.0 - tf.cast(tf.math.is_finite(loss), tf.float32)
@@ -236,7 +242,15 @@ def make_train_step(
             # holds the global gradient, so each passes its share (exact for 2^k replicas).
             group_grads = [g / replicas for g in grads[start:start + size]] if replicas > 1 \
                 else grads[start:start + size]
-            optimizer.apply_gradients(zip(group_grads, group_vars, strict=True))
+            pairs = list(zip(group_grads, group_vars, strict=True))
+            # A variable the objective does not reach (a frozen part, or a part a phase does
+            # not run) is left alone, as Keras does: a zero gradient would still move it by
+            # the optimiser's momentum. A group reached nowhere still counts the step, so its
+            # learning-rate schedule keeps time.
+            if any(reached[start:start + size]):
+                pairs = [pair for pair, hit in zip(pairs, reached[start:start + size],
+                                                   strict=True) if hit]
+            optimizer.apply_gradients(pairs)
             start += size
 
     # No autograph: the step has no tensor-dependent Python control flow, and converting every

@@ -11,6 +11,7 @@ and its config loader.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -63,6 +64,8 @@ class PairwiseMethod(Method):
     segmentation_weight: float = 0.0
     #: The first steps train the segmentations alone (``[Loss] segmentation_only_steps``).
     segmentation_only_steps: int = 0
+    #: After them, the segmentations stay as they are (``[Loss] freeze_segmentations``).
+    freeze_segmentations: bool = False
     #: ``[Network]`` keys whose constructor argument has another name.
     network_argument_names: dict[str, str] = {}
 
@@ -191,6 +194,8 @@ class PairwiseMethod(Method):
                                                        dict[str, tf.Tensor]]:
         if phase == 0 and self.segmentation_only_steps > 0:
             return self.segmentation_terms
+        if self.freeze_segmentations and self.segmentation_only_steps > 0:
+            return functools.partial(self.loss_terms, train_segmentations=False)
         return self.loss_terms
 
     def _segmentation_loss(self, batch: dict[str, tf.Tensor], moving_segmentation: tf.Tensor,
@@ -211,8 +216,13 @@ class PairwiseMethod(Method):
         return {"segmentation_loss": segmentation,
                 "loss": self.segmentation_weight * segmentation}
 
-    def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """The loss and monitoring terms of one batch, per sample ``[B]``."""
+    def loss_terms(self, batch: dict[str, tf.Tensor], train_segmentations: bool = True
+                   ) -> dict[str, tf.Tensor]:
+        """The loss and monitoring terms of one batch, per sample ``[B]``.
+
+        With ``train_segmentations=False`` (the second phase under ``freeze_segmentations``)
+        the segmentations run in inference mode without gradient, and their loss is logged
+        but not added."""
         use_image = self.image_loss is not None and self.image_weight > 0
         ddf_fn = self.ddf_function(training=True)
         terms: dict[str, tf.Tensor] = {}
@@ -220,10 +230,12 @@ class PairwiseMethod(Method):
         if self.segmentation_weight > 0:
             # One forward pass gives the DDF and the segmentations the extra term scores.
             outputs = self.models["model"].forward(
-                [batch["moving_image"], batch["fixed_image"]], training=True)
-            segmentation = self._segmentation_loss(batch, outputs["moving_segmentation"],
-                                                   outputs["fixed_segmentation"])
-            terms["segmentation_loss"] = segmentation
+                [batch["moving_image"], batch["fixed_image"]], training=True,
+                train_segmentations=train_segmentations)
+            terms["segmentation_loss"] = self._segmentation_loss(
+                batch, outputs["moving_segmentation"], outputs["fixed_segmentation"])
+            if train_segmentations:
+                segmentation = terms["segmentation_loss"]
             ddf_fn = lambda moving, fixed: outputs["ddf"]  # noqa: E731 - the DDF just computed
         out = register_pair(ddf_fn, batch["moving_image"], batch["fixed_image"],
                             batch.get("moving_label"), warp_image=use_image)

@@ -198,11 +198,19 @@ class CentroidAlignNet(RegistrationModel):
         size = tf.cast(tf.shape(image)[1:-1], tf.float32)
         return (ops.soft_centroid(probability) + 0.5) * size / grid - 0.5
 
-    def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
+    def forward(self, inputs: Any, training: bool | None = None,
+                train_segmentations: bool = True) -> dict[str, tf.Tensor]:
         """``ddf``, ``translation``, ``ddf_local`` and the two segmentations (resized onto
-        their images' grids; only when those grids are static)."""
+        their images' grids; only when those grids are static).
+
+        ``train_segmentations=False`` runs the segmentations in inference mode (batch-norm
+        statistics kept) and stops the gradient at their maps, so training changes LocalNet
+        alone."""
         moving, fixed = self._pair(inputs)
-        p_moving, p_fixed = self.segment(moving, fixed, training=training)
+        p_moving, p_fixed = self.segment(moving, fixed,
+                                         training=training if train_segmentations else False)
+        if not train_segmentations:
+            p_moving, p_fixed = tf.stop_gradient(p_moving), tf.stop_gradient(p_fixed)
         translation = (self._centroid_on_image(p_moving, moving)
                        - self._centroid_on_image(p_fixed, fixed))  # [B, n]
         if training and self._jitter_seed is not None:
