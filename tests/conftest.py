@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What `import labelreg` sets, for the test modules that import TensorFlow first.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -79,6 +79,21 @@ def test_importing_tensorflow_prints_no_native_notices_unless_verbose(verbose):
     assert _native_notices(ours) == _native_notices(plain), ours
 
 
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False), ("1", True)],
+                         ids=["unset", "off", "on"])
+def test_importing_labelreg_prefers_onednn_unless_the_user_chose(setting, enabled):
+    # Without it an AVX2-only CPU runs Eigen's 3-D convolutions, several times slower.
+    env = {k: v for k, v in _subprocess_env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("import labelreg.ops\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled())")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert run.stdout.split()[-1] == str(enabled), run.stderr
+
+
 def _write_noise() -> None:
     """What a C++ library and Python code write while a package is imported."""
     for text in (ABSL_NOTICE, ONEDNN_NOTE, MULTILINE_INFO, NATIVE_ERROR, ONEDNN_NOTE):
