@@ -51,12 +51,6 @@ from labelreg.evaluation import evaluate
 from labelreg.infer import load_trained_model
 
 
-def _glands(paired: PairedDataset, role: str) -> list[tf.Tensor]:
-    """Label 0 of every case's ``role`` label, ``[1, *S, 1]`` float32, read once."""
-    return [tf.constant(read_case(paired, role, case)[None, ..., :1], tf.float32)
-            for case in range(paired.num_cases)]
-
-
 def _landmark_centroids(labels: np.ndarray) -> np.ndarray:
     """Centroid (voxel indices) of each landmark ``labels[..., 1:] >= 0.5``, ``[L - 1, n]``;
     a row of NaN for an empty landmark (as :func:`labelreg.metrics.centroid_distance`)."""
@@ -86,30 +80,33 @@ def geometric_median(points: np.ndarray, iterations: int = 200, tol: float = 1e-
     return estimate
 
 
-def best_shifts(paired: PairedDataset, spacing: np.ndarray) -> list[np.ndarray]:
+def best_shifts(moving_labels: list[np.ndarray], fixed_labels: list[np.ndarray],
+                spacing: np.ndarray) -> list[np.ndarray]:
     """Per case, the translation (fixed voxels, ``moving - fixed``) minimising the mean TRE.
 
     A constant DDF ``t`` moves each moving landmark centroid ``m`` to ``m - t``, so the case's
     TRE is the mean of ``|s * (m - f - t)|`` over its landmarks (``s`` the voxel size): its
     minimiser is the geometric median of the displacements ``s * (m - f)``, divided by ``s``.
     A case without a landmark found in both labels gets no shift.
+
+    Args:
+        moving_labels, fixed_labels: per case, the labels ``[*S, L]`` (label 0 the gland).
+        spacing: ``[N, n]`` fixed voxel sizes (mm).
     """
     shifts = []
-    for case in range(paired.num_cases):
-        moving, fixed = (_landmark_centroids(read_case(paired, role, case))
-                         for role in ("moving_label", "fixed_label"))
-        size = np.asarray(spacing[case] if np.ndim(spacing) == 2 else spacing, np.float64)
-        displacement = (moving - fixed) * size
+    for moving, fixed, size in zip(moving_labels, fixed_labels, spacing, strict=True):
+        size = np.asarray(size, np.float64)
+        displacement = (_landmark_centroids(moving) - _landmark_centroids(fixed)) * size
         found = displacement[np.all(np.isfinite(displacement), axis=1)]
         shifts.append(geometric_median(found) / size if len(found)
                       else np.zeros(size.shape))
     return shifts
 
 
-def overlap_shifts(paired: PairedDataset, around: list[np.ndarray],
-                   radius: int = 8) -> list[np.ndarray]:
+def overlap_shifts(moving_labels: list[np.ndarray], fixed_labels: list[np.ndarray],
+                   around: list[np.ndarray], radius: int = 8) -> list[np.ndarray]:
     """Per case, the whole-voxel translation ``t`` (``moving - fixed``, fixed voxels) within
-    ``radius`` of ``around`` that maximises the gland Dice on the fixed grid.
+    ``radius`` of ``around`` that maximises the gland (label 0) Dice on the fixed grid.
 
     With ``t``, fixed voxel ``x`` sees moving voxel ``x + t``: the overlap is the
     cross-correlation of the two masks at lag ``t``, and the moving gland's mass inside the
@@ -117,9 +114,10 @@ def overlap_shifts(paired: PairedDataset, around: list[np.ndarray],
     ``Dice(t) = 2 overlap / (visible moving mass + fixed mass)``.
     """
     shifts = []
-    for case, centre in enumerate(around):
-        moving, fixed = ((read_case(paired, role, case)[..., 0] >= 0.5).astype(np.float64)
-                         for role in ("moving_label", "fixed_label"))
+    for moving_label, fixed_label, centre in zip(moving_labels, fixed_labels, around,
+                                                 strict=True):
+        moving, fixed = ((label[..., 0] >= 0.5).astype(np.float64)
+                         for label in (moving_label, fixed_label))
         overlap = signal.correlate(moving, fixed, mode="full", method="fft")
         visible = signal.correlate(moving, np.ones_like(fixed), mode="full", method="fft")
         dice = 2 * overlap / np.maximum(visible + fixed.sum(), 1e-9)
@@ -161,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: not a centroid_align network", file=sys.stderr)
             return 2
     spacing = paired.fixed_spacings(())
-    glands = {role: _glands(paired, f"{role}_label") for role in ("moving", "fixed")}
+    # Every label file read once: the gland (label 0) and the landmarks of each case.
+    labels = {role: [read_case(paired, f"{role}_label", case)
+                     for case in range(paired.num_cases)] for role in ("moving", "fixed")}
+    glands = {role: [tf.constant(label[None, ..., :1], tf.float32) for label in labels[role]]
+              for role in labels}
     centres = {role: [ops.soft_centroid(g, 0.0).numpy()[0] for g in glands[role]]
                for role in glands}
     true_shift = [m - f for m, f in zip(centres["moving"], centres["fixed"], strict=True)]
@@ -173,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         "identity": lambda moving, fixed: tf.zeros(
             [1, *fixed.shape[1:-1], fixed.shape.rank - 2]),
         "true translation": _ordered(true_shift, constant),
-        "overlap translation": _ordered(overlap_shifts(paired, true_shift), constant),
-        "best translation": _ordered(best_shifts(paired, np.asarray(spacing)), constant),
+        "overlap translation": _ordered(
+            overlap_shifts(labels["moving"], labels["fixed"], true_shift), constant),
+        "best translation": _ordered(
+            best_shifts(labels["moving"], labels["fixed"], spacing), constant),
     }
     if model is not None:
         def true_local(moving, fixed, shift):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# What `import labelreg` sets, for the test modules that import TensorFlow first.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Before any test module imports TensorFlow: `import labelreg` sets its oneDNN default (cheap,
+# the sub-modules load on first use).
+import labelreg  # noqa: E402, F401
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mrus-sample")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
+from labelreg.data.pipeline import read_case
 from tests.test_evaluation import CASES, paired_of, translated  # noqa: F401 (fixture)
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "centroid_bounds.py"
@@ -50,9 +51,10 @@ def test_geometric_median_minimises_the_summed_distance(bounds, n):
 
 def test_label_translations_recover_the_known_shifts(bounds, translated):  # noqa: F811
     paired = paired_of(translated)
-    spacing = paired.fixed_spacings(())
-    best = bounds.best_shifts(paired, spacing)
-    overlap = bounds.overlap_shifts(paired, [np.zeros(3)] * paired.num_cases, radius=4)
+    moving, fixed = ([read_case(paired, role, case) for case in range(paired.num_cases)]
+                     for role in ("moving_label", "fixed_label"))
+    best = bounds.best_shifts(moving, fixed, paired.fixed_spacings(()))
+    overlap = bounds.overlap_shifts(moving, fixed, [np.zeros(3)] * paired.num_cases, radius=4)
     for case, (name, (shift, landmarks)) in enumerate(CASES.items()):
         # Every landmark moved by the same shift: the best translation is that shift; a case
         # without landmarks gets none. The glands are balls moved by whole voxels, so their

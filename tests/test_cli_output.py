@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +48,11 @@ def _subprocess_env(**extra: str) -> dict[str, str]:
 # -- TensorFlow's import-time C++ notices ---------------------------------------------------------
 
 def _native_notices(stderr: str) -> list[str]:
-    """absl's preamble and the C++ logger's records in ``stderr``, without their time stamps
-    and thread ids (which differ from one process to the next)."""
-    return [_NATIVE_HEADER.sub("", line) for line in stderr.splitlines()
-            if "absl::InitializeLog" in line or _NATIVE_HEADER.match(line)]
-
-
-_NATIVE_HEADER = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ")
+    """absl's preamble and the C++ logger's records in ``stderr`` (as :mod:`labelreg.logs`
+    recognises them), each without its header of time stamp, thread id and source line (which
+    differ from one process to the next)."""
+    return [logs._NATIVE_LINE.sub("", line) for line in stderr.splitlines()
+            if line.startswith(logs._ABSL_PREAMBLE) or logs._NATIVE_LINE.match(line)]
 
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
