@@ -314,7 +314,7 @@ def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, data
     assert method.schedule_restarts() == (1,)
     assert method.phase_loss_terms(1) == method.loss_terms
     model = method.models["model"]
-    batch = {**method.cache.batch([0, 1], [1, 1], segmentation_labels=True),
+    batch = {**method.source.cache.batch([0, 1], [1, 1], segmentation_labels=True),
              "spacing": tf.ones([2, 3])}
     terms = method.loss_terms(batch)
     out = model.forward([batch["moving_image"], batch["fixed_image"]], training=True)
@@ -373,7 +373,7 @@ def test_freeze_segmentations_trains_localnet_alone_after_the_first_phase(tmp_pa
     method.prepare_data()
     method.models = method.build()
     model = method.models["model"]
-    batch = {**method.cache.batch([0, 1], [1, 1], segmentation_labels=True),
+    batch = {**method.source.cache.batch([0, 1], [1, 1], segmentation_labels=True),
              "spacing": tf.ones([2, 3])}
     with tf.GradientTape() as tape:
         mean = tf.reduce_mean(method.phase_loss_terms(1)(batch)["loss"])

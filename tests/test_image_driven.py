@@ -161,7 +161,7 @@ def _overfit_one_pair(stacks: Path, folder: Path, similarity: str, weight: float
     method.prepare_data()
     from labelreg.data.stacks import make_stack_eval_pairs
 
-    pair = next(iter(make_stack_eval_pairs(method.stacks, batch_size=2)))
+    pair = next(iter(make_stack_eval_pairs(method.source.stacks, batch_size=2)))
     pair = {k: v for k, v in pair.items() if k in ("moving_image", "fixed_image",
                                                   "moving_label", "fixed_label")}
     method.train_dataset = lambda seed, start, total: __import__("tensorflow").data.Dataset \

@@ -198,7 +198,7 @@ def test_unwritable_dir_save_fails_before_any_work(tmp_path, checkpoint, monkeyp
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output folder was checked")
 
-    monkeypatch.setattr("labelreg.infer.load_trained_model", no_model)
+    monkeypatch.setattr("labelreg.pair_inference.load_trained_model", no_model)
     if os.geteuid() == 0:
         # Permission bits do not stop root: make the probe's temporary file fail as they would.
         real_temporary_file = tempfile.TemporaryFile

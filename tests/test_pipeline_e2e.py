@@ -244,7 +244,7 @@ def test_intensity_keys_reach_the_training_augmentation(tmp_path, dataset):
                                                       "intensity_noise": "0.1"})):
         ini = write_config(tmp_path / f"{name}.ini", dataset, Data=extra)
         method = LabelDriven(config.load(ini), log=lambda line: None)
-        method.spacing_table = tf.ones([2, 3])
+        method.source.spacing_table = tf.ones([2, 3])
         out[name] = method.preprocess(dict(batch))
     for key in ("moving_label", "fixed_label", "moving_affine", "fixed_affine"):
         np.testing.assert_array_equal(out["intensity"][key].numpy(), out["plain"][key].numpy())
@@ -265,7 +265,7 @@ def test_flip_axes_key_reaches_the_training_augmentation(tmp_path, dataset):
         ini = write_config(tmp_path / f"{name}.ini", dataset, Data=extra,
                            Train={"minibatch_size": "2"})
         method = LabelDriven(config.load(ini), log=lambda line: None)
-        method.spacing_table = tf.ones([1, 3])
+        method.source.spacing_table = tf.ones([1, 3])
         out[name] = method.preprocess(dict(batch))["moving_affine"].numpy()
     # A mirrored pair's affine has its axis-1 column negated; the others are untouched.
     signs = np.sign(out["flip"][:, 1, 1]) * np.sign(out["plain"][:, 1, 1])

@@ -220,7 +220,7 @@ def test_bad_arguments_are_reported(kwargs, message):
 
 
 def test_write_overlay_resizes_moving_and_replaces_the_png_atomically(tmp_path, rng):
-    from labelreg.infer import _write_overlay
+    from labelreg.pair_inference import _write_overlay
 
     fixed_shape = (12, 14, 10)
     fixed, warped = (rng.normal(size=fixed_shape).astype(np.float32) for _ in range(2))

@@ -22,8 +22,7 @@ the displacement (the uncertainty map), the warped image and labels, and ``metri
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,12 +36,15 @@ from labelreg import metrics, ops
 from labelreg._tf import tf
 from labelreg.data import PairedDataset
 from labelreg.data.pipeline import normalise_intensity
+from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
-from labelreg.infer import nifti_image, publish_staged, write_metrics_csv
+from labelreg.files import nifti_image, write_csv
+from labelreg.item_outputs import ItemOutputs, raise_if_failed
 from labelreg.losses.learnsim import learned_lcc, learned_ssd
 from labelreg.methods.base import Endpoint, Method
 from labelreg.networks.learnsim import SimilarityEncoder
 from labelreg.ops.sobolev import sobolev_smooth
+from labelreg.pair_inference import InferencePair, NiftiInferencePairs
 from labelreg.variational import SVFPosterior, transformation, velocity_regulariser
 
 __all__ = ["LearnSim", "NegativeImages", "METRIC_COLUMNS"]
@@ -313,47 +315,73 @@ class LearnSim(Method):
     # -- inference ------------------------------------------------------------------------------
 
     def infer(self, overwrite: bool = False) -> list[str]:
-        from labelreg.engine.checkpoints import load_trained_run
+        """Fit each test pair's posterior with the frozen metric and write, per pair folder
+        (the contract of :mod:`labelreg.item_outputs`: staged, skipped when complete unless
+        ``overwrite``, a bad pair listed in ``failed.csv`` while the others are written), the
+        mean DDF, ``[Variational] samples`` sampled DDFs, the per-voxel standard deviation of
+        the displacement, the warped image and labels and the pair's ``metrics.csv``.
 
+        Raises:
+            PartialFailure: some pairs failed, the others were written.
+        """
         self._ensure_data()
         inference = self.cfg["Inference"]
+        samples = int(self.cfg["Variational"]["samples"])
+        labelled = inference["dir_fixed_label"] is not None
+        expected = ["ddf.nii.gz", "ddf_std.nii.gz", "warped_image.nii.gz",
+                    *[f"ddf_sample_{k}.nii.gz" for k in range(samples)]]
+        if labelled:
+            expected += ["warped_label.nii.gz", "metrics.csv"]
+        outputs = ItemOutputs(inference["dir_save"], expected, overwrite=overwrite, log=self.log)
+        outputs.check()
+        pairs = NiftiInferencePairs({**inference, "dir_moving_label": inference["dir_moving_label"]
+                                     if labelled else None})
         run = load_trained_run(self.cfg["Train"]["dir_run"])
         encoder = run.models["encoder"] if (inference["learned"] and
                                             self.cfg["Metric"]["learnable"]) else None
-        paired, moving_all, fixed_all = self._read("Inference")
-        shape = moving_all.shape[1:-1]
+        if pairs.fixed_shape is None:
+            raise DataError(f"{inference['dir_fixed_image']}: no readable fixed image.")
+        shape = pairs.fixed_shape
         var = self.cfg["Variational"]
         posterior = SVFPosterior((1, *shape, len(shape)), var["sigma_init"], var["u_init"])
         fit = self.make_fit(posterior, self.data_term(encoder), 0.0)
-        dir_save = Path(inference["dir_save"])
-        dir_save.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dir_save.name}.partial-", dir=dir_save.parent))
-        rows = []
-        try:
-            for case in range(paired.num_cases):
-                rows.append(self._infer_pair(paired, case, moving_all, fixed_all, posterior, fit,
-                                             staging))
-                self.log(f"registered {case + 1}/{paired.num_cases} in {rows[-1]['seconds']:.1f} s")
-            if paired.has_labels:
-                write_metrics_csv(staging / "metrics.csv", rows, METRIC_COLUMNS)
-            publish_staged(staging, dir_save)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        lines = [f"wrote {len(rows)} registered pair(s) to {dir_save}"]
-        if paired.has_labels:
-            mean = {k: float(np.nanmean([r[k] for r in rows])) for k in METRIC_COLUMNS[1:]}
-            lines.append(f"mean Dice before {mean['dice_before']:.3f}, after {mean['dice']:.3f}; "
-                         f"ASD {mean['asd_mm_before']:.2f} -> {mean['asd_mm']:.2f} mm; "
-                         f"{mean['seconds']:.1f} s per pair")
-        return lines
+        normalise = bool(self.cfg["Data"]["normalise"])
+        atlas = pairs.load(pairs.names[0], normalise) if self.cfg["Data"]["atlas"] else None
+        outputs.open()
+        todo = outputs.plan(pairs.names)
+        for count, name in enumerate(todo, start=1):
+            try:
+                pair = pairs.load(name, normalise)
+                result = self._fit_pair(pair, atlas or pair, pairs.names.index(name),
+                                        posterior, fit)
+            except Exception as err:  # noqa: BLE001 - the pair is lost, not the run
+                outputs.fail(name, err)
+                continue
+            if outputs.write(name, functools.partial(self._write_pair, **result)):
+                self.log(f"registered {count}/{len(todo)} in {result['row']['seconds']:.1f} s")
+        result = outputs.finish(pairs.names, METRIC_COLUMNS if labelled else None)
+        lines = [f"wrote {len(result.cases)} registered pair(s) to {result.dir_save}"]
+        if result.rows:
+            mean = {k: result.mean(k, None) for k in METRIC_COLUMNS[1:]}
+            lines.append(f"mean over pairs: Dice before {mean['dice_before']:.3f}, after "
+                         f"{mean['dice']:.3f}; ASD {mean['asd_mm_before']:.2f} -> "
+                         f"{mean['asd_mm']:.2f} mm; {mean['seconds']:.1f} s per pair")
+        return raise_if_failed(result, lines)
 
-    def _infer_pair(self, paired, case, moving_all, fixed_all, posterior, fit, staging):
+    def _fit_pair(self, pair: InferencePair, fixed_pair: InferencePair, case: int,
+                  posterior: SVFPosterior, fit: Callable[..., Any]) -> dict[str, Any]:
+        """Fit one pair's posterior and compute its outputs (arrays in the fixed grid)."""
         start = time.perf_counter()
         var = self.cfg["Variational"]
+        shape = fixed_pair.fixed.shape
+        moving = pair.moving[None, ..., None].astype(np.float32)
+        if moving.shape[1:-1] != shape:
+            # The posterior lives on one grid: moving images (and labels) are resampled to the
+            # fixed grid, covering the same field of view, as the networks see them.
+            moving = ops.resize(moving, shape).numpy()
+        moving = tf.constant(moving)
+        fixed = tf.constant(fixed_pair.fixed[None, ..., None].astype(np.float32))
         posterior.reset()
-        moving = tf.constant(moving_all[case:case + 1])
-        fixed_index = 0 if self.cfg["Data"]["atlas"] else case
-        fixed = tf.constant(fixed_all[fixed_index:fixed_index + 1])
         fit(moving, fixed, tf.constant([int(self.cfg["Train"]["seed"]), case], tf.int64))
 
         def ddf_of(v: tf.Tensor) -> tf.Tensor:
@@ -366,36 +394,24 @@ class LearnSim(Method):
             for v in posterior.sample(tf.constant([case, 1000 + k], tf.int64)):
                 samples.append(ddf_of(v).numpy()[0])
         samples = np.stack(samples[: int(var["samples"])])
-        seconds = time.perf_counter() - start
-        name = paired.names[case]
-        out = staging / name
-        out.mkdir()
-        affine = paired.affine("fixed_image", fixed_index)
-        header = paired.header("fixed_image", fixed_index)
-        nib.save(nifti_image(mean_ddf.numpy()[0], affine, header), out / "ddf.nii.gz")
-        nib.save(nifti_image(samples.std(axis=0), affine, header), out / "ddf_std.nii.gz")
-        for k in range(min(3, len(samples))):
-            nib.save(nifti_image(samples[k], affine, header), out / f"ddf_sample_{k}.nii.gz")
-        warped = ops.warp(moving, mean_ddf).numpy()[0, ..., 0]
-        nib.save(nifti_image(warped, affine, header), out / "warped_image.nii.gz")
-        row = {"case": name, "seconds": seconds,
+        row = {"case": pair.name, "seconds": time.perf_counter() - start,
                "non_diffeomorphic_voxels": int(np.sum(
                    metrics.jacobian_determinant(mean_ddf).numpy() <= 0))}
-        if paired.has_labels:
-            labels = paired.read("moving_label", case)
-            if labels.shape[:len(moving_all.shape) - 2] != moving_all.shape[1:-1]:
-                n_axes = len(moving_all.shape) - 2
-                flat = labels.reshape(*labels.shape[:n_axes], -1)
-                labels = ops.resize(flat[None], moving_all.shape[1:-1]).numpy()[0]
-            fixed_labels = paired.read("fixed_label", fixed_index)
-            n = len(moving_all.shape) - 2
-            stacked = np.moveaxis(labels.reshape(*labels.shape[:n], -1), -1, 0)[..., None]
-            target = np.moveaxis(fixed_labels.reshape(*fixed_labels.shape[:n], -1), -1, 0)[..., None]
+        result = {"mean_ddf": mean_ddf.numpy()[0], "samples": samples,
+                  "warped": ops.warp(moving, mean_ddf).numpy()[0, ..., 0],
+                  "affine": fixed_pair.affine, "header": fixed_pair.header,
+                  "warped_labels": None, "row": row}
+        if pair.moving_label is not None and fixed_pair.fixed_label is not None:
+            n = len(shape)
+            labels = pair.moving_label
+            if labels.shape[:n] != shape:
+                labels = ops.resize(labels[None], shape).numpy()[0]
+            stacked = np.moveaxis(labels, -1, 0)[..., None]
+            target = np.moveaxis(fixed_pair.fixed_label, -1, 0)[..., None]
             ddf = np.repeat(mean_ddf.numpy(), len(stacked), axis=0)
             after = ops.warp(stacked, ddf).numpy()
-            nib.save(nifti_image(np.moveaxis(after[..., 0], 0, -1), affine, header),
-                     out / "warped_label.nii.gz")
-            spacing = paired.spacing("fixed_image", fixed_index)
+            result["warped_labels"] = np.moveaxis(after[..., 0], 0, -1)
+            spacing = fixed_pair.spacing
             row.update({
                 "dice_before": float(metrics.dice(target, stacked).numpy().mean()),
                 "dice": float(metrics.dice(target, after).numpy().mean()),
@@ -404,7 +420,24 @@ class LearnSim(Method):
                 "asd_mm": float(np.nanmean(metrics.average_surface_distance(
                     target, after, spacing=spacing).numpy())),
             })
-        return row
+        return result
+
+    @staticmethod
+    def _write_pair(folder: Path, mean_ddf: np.ndarray, samples: np.ndarray, warped: np.ndarray,
+                    affine: np.ndarray, header: Any, warped_labels: np.ndarray | None,
+                    row: dict[str, Any]) -> None:
+        """One pair's files (see :meth:`infer`) into its staging ``folder``."""
+        def save(name: str, data: np.ndarray) -> None:
+            nib.save(nifti_image(data, affine, header), folder / name)
+
+        save("ddf.nii.gz", mean_ddf)
+        save("ddf_std.nii.gz", samples.std(axis=0))
+        for k, sample in enumerate(samples):
+            save(f"ddf_sample_{k}.nii.gz", sample)
+        save("warped_image.nii.gz", warped)
+        if warped_labels is not None:
+            save("warped_label.nii.gz", warped_labels)
+            write_csv(folder / "metrics.csv", [row], METRIC_COLUMNS)
 
     @classmethod
     def serving_endpoints(cls, models: Mapping[str, keras.Model], meta: Mapping[str, Any],

@@ -1,12 +1,12 @@
 """The shared base of methods whose model predicts a DDF from an image pair.
 
-Label-driven registration and, next, the image-driven methods (DeepSim, learned similarity,
-GraDIRN) all read the same four NIfTI folders, train one network from the networks registry on
-label-reg's two-stage sampling with affine augmentation, validate Dice and centroid distance,
-re-estimate BatchNorm statistics before checkpoints, infer on a folder
-(:mod:`labelreg.infer`) and export the registration signatures
-(:mod:`labelreg.export.registration`). A subclass supplies its objective, :meth:`loss_terms`,
-and its config loader.
+Label-driven registration and the image-driven methods (DeepSim, GraDIRN) train one network
+from the networks registry on the pairs of a data source (:mod:`labelreg.methods.sources`:
+NIfTI pairs, TIFF stacks), which also validates, draws the TensorBoard picture, gives the
+batches that re-estimate BatchNorm statistics before checkpoints and writes the inference
+outputs; the export signatures come from :mod:`labelreg.export.registration`. A subclass
+supplies its objective, :meth:`loss_terms`, its config loader and, where it reads another
+format, :meth:`data_source`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from labelreg import metrics, ops
+from labelreg import metrics
 from labelreg._tf import tf
-from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
-from labelreg.data.augment import augment_batch, step_seed
-from labelreg.data.pipeline import CaseCache
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
-from labelreg.engine.summaries import middle_slice_panel
-from labelreg.errors import ConfigError, DataError, PartialFailure
+from labelreg.engine.checkpoints import load_trained_run
+from labelreg.errors import DataError
 from labelreg.losses.label import centroid_distance_loss, dice_loss
 from labelreg.methods.base import Endpoint, Method
+from labelreg.methods.sources import PairSource, source_for
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network
 
@@ -78,63 +76,38 @@ class PairwiseMethod(Method):
 
             generate_demo_data(folder)
 
+    def data_source(self) -> PairSource:
+        """The source of this config's data format (:func:`labelreg.methods.sources.source_for`:
+        ``[Data] format``, NIfTI pairs without it), chosen once."""
+        return source_for(self.cfg, self.log)
+
+    @property
+    def source(self) -> PairSource:
+        """The method's :class:`~labelreg.methods.sources.PairSource` (made on first use; its
+        files are read by :meth:`prepare_data`)."""
+        if getattr(self, "_source", None) is None:
+            self._source = self.data_source()
+        return self._source
+
     def prepare_data(self) -> None:
-        data, train = self.cfg["Data"], self.cfg["Train"]
         self._ensure_demo_data()
-        self.paired = PairedDataset(data["dir_moving_image"], data["dir_fixed_image"],
-                                    data["dir_moving_label"], data["dir_fixed_label"])
-        batch_size = int(train["minibatch_size"])
-        if batch_size > self.paired.num_cases:
-            raise DataError(
-                f"[Train] minibatch_size = {batch_size} exceeds the {self.paired.num_cases} "
-                f"training cases in {data['dir_moving_image']}."
-            )
-        ndim = len(self.paired.fixed_shape)
-        flips = list(data["flip_axes"])
-        if any(axis >= ndim for axis in flips) or len(set(flips)) != len(flips):
-            raise ConfigError(
-                f"{self.cfg.path}: [Data] flip_axes = {flips}: expected distinct spatial axes "
-                f"in [0, {ndim}) of the {ndim}-D images in {data['dir_moving_image']}.")
-        self.valid = None
-        if data["dir_valid_moving_image"] is not None and data["dir_valid_moving_label"]:
-            self.valid = PairedDataset(
-                data["dir_valid_moving_image"], data["dir_valid_fixed_image"],
-                data["dir_valid_moving_label"], data["dir_valid_fixed_label"])
-        self.spacing_table = tf.constant(self.paired.fixed_spacings(tuple(data["voxel_spacing"])))
-        # Every training file is read (and checked) now, so unreadable data end the run before
-        # a run folder exists; the training stream reuses what was read.
-        self.cache = CaseCache(self.paired, normalise=self.normalise)
+        self.source.prepare(segmentation_labels=self.segmentation_weight > 0)
 
     def case_names(self, indices: Sequence[int]) -> list[str]:
-        return [self.paired.names[int(i)] for i in indices]
+        return self.source.case_names(indices)
 
     def describe_data(self) -> str:
-        return f"{self.paired.num_cases} pairs"
+        return self.source.describe()
 
     @property
     def normalise(self) -> bool:
-        return bool(self.cfg["Data"]["normalise"])
+        return self.source.normalise
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
-        return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
-                                  start_step=start_step, normalise=self.normalise,
-                                  cache=getattr(self, "cache", None),
-                                  segmentation_labels=self.segmentation_weight > 0)
+        return self.source.train_dataset(seed, start_step)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        data = self.cfg["Data"]
-        if data["augmentation"]:
-            seed = step_seed(int(self.cfg["Train"]["seed"]), batch["step"])
-            # Under several replicas a batch is a slice of the global batch; its samples take
-            # the transforms of their positions in it, as on one device.
-            batch = augment_batch(batch, float(data["affine_scale"]), seed,
-                                  sample_index=batch.get("sample_index"),
-                                  num_samples=int(self.cfg["Train"]["minibatch_size"]),
-                                  translation=float(data["translation"]),
-                                  intensity_gamma=float(data["intensity_gamma"]),
-                                  intensity_noise=float(data["intensity_noise"]),
-                                  flip_axes=tuple(data["flip_axes"]))
-        return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
+        return self.source.preprocess(batch)
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -155,12 +128,12 @@ class PairwiseMethod(Method):
     @property
     def moving_shape(self) -> tuple[int, ...]:
         """Spatial shape of the training moving images."""
-        return tuple(self.paired.moving_shape)
+        return self.source.moving_shape
 
     @property
     def fixed_shape(self) -> tuple[int, ...]:
         """Spatial shape of the training fixed images."""
-        return tuple(self.paired.fixed_shape)
+        return self.source.fixed_shape
 
     def build(self) -> dict[str, keras.Model]:
         model = build_network(self.cfg["Network"]["network_type"], len(self.fixed_shape),
@@ -285,92 +258,37 @@ class PairwiseMethod(Method):
     def before_save(self) -> None:
         """Re-estimate the BatchNorm averages on (up to 32 batches of) the training images, as
         inference will see them (no augmentation); see :mod:`labelreg.engine.batchnorm`."""
-        label_index = 0 if self.paired.has_labels else None
-        batch_size = int(self.cfg["Train"]["minibatch_size"])
-
-        def batches():
-            # The training cases are already in memory (prepare_data): no file is read again.
-            for i, batch in enumerate(make_eval_batches(self.paired, batch_size,
-                                                        normalise=self.normalise,
-                                                        label_index=label_index,
-                                                        cache=getattr(self, "cache", None))):
-                if i == RECALIBRATION_BATCHES:
-                    return
-                yield [batch["moving_image"], batch["fixed_image"]]
-
         if batch_norm_layers(self.models["model"]):
             self.log(f"re-estimating BatchNorm statistics on up to {RECALIBRATION_BATCHES} "
                      "training batches before the checkpoint")
-        recalibrate_batch_norm(self.models["model"], batches())
+        recalibrate_batch_norm(self.models["model"],
+                               self.source.recalibration_inputs(RECALIBRATION_BATCHES))
 
     def validate(self) -> dict[str, float]:
-        """Registration accuracy on the validation pairs (:func:`labelreg.evaluation.evaluate`).
-
-        Returns:
-            ``{}`` without validation data, else ``dice``: the median over cases of the gland
-            (label 0) Dice; ``tre_mm``: the median over cases of the mean landmark TRE in mm
-            (labels 1..; NaN when no case has a landmark found); ``dice_mean``: the mean Dice
-            over every label of every case; ``centroid_distance_mm``: the mean centroid
-            distance (mm) over every label with a centroid. Labels are warped linearly and
-            binarised at 0.5.
-        """
-        if self.valid is None:
-            return {}
-        from labelreg.evaluation import evaluate
-
-        # Read once and kept: validation runs at every checkpoint on the same files.
-        if getattr(self, "_valid_cache", None) is None:
-            self._valid_cache = CaseCache(self.valid, normalise=self.normalise)
-        table = evaluate(self.ddf_function(), self.valid,
-                         spacing=self.valid.fixed_spacings(tuple(self.cfg["Data"]["voxel_spacing"])),
-                         normalise=self.normalise,
-                         batch_size=int(self.cfg["Train"]["minibatch_size"]),
-                         cache=self._valid_cache)
-        summary = table.summary()
-        return {"dice": summary["dice_median"], "tre_mm": summary["tre_mm_median"],
-                **table.label_means()}
+        """The data source's validation figures (:meth:`NiftiPairs.validate
+        <labelreg.methods.sources.NiftiPairs.validate>`: median gland Dice and landmark TRE);
+        ``{}`` without validation data."""
+        return self.source.validate(self.ddf_function())
 
     def pictures(self) -> dict[str, np.ndarray]:
-        """The first case's gland (label 0), middle slice: fixed | moving | warped."""
-        paired = self.paired
-        batch = next(make_eval_batches(paired, 1, normalise=self.normalise,
-                                       label_index=0 if paired.has_labels else None,
-                                       cache=getattr(self, "cache", None)))
-        out = register_pair(self.ddf_function(), batch["moving_image"], batch["fixed_image"],
-                            batch.get("moving_label"))
-        fixed_shape = paired.fixed_shape
-        moving_resized = ops.resize(batch["moving_image"], fixed_shape).numpy()[0, ..., 0]
-        labels = {}
-        if paired.has_labels:
-            labels = {
-                "fixed_label": batch["fixed_label"][0, ..., 0],
-                "moving_label": ops.resize(batch["moving_label"], fixed_shape).numpy()[0, ..., 0],
-                "warped_label": out["warped_label"].numpy()[0, ..., 0],
-            }
-        picture = middle_slice_panel(batch["fixed_image"][0, ..., 0], moving_resized,
-                                     out["warped_moving_image"].numpy()[0, ..., 0], **labels)
-        return {"middle_slice/fixed_moving_warped": picture}
+        """One registered pair's middle slice, fixed | moving | warped, for TensorBoard."""
+        return self.source.pictures(self.ddf_function())
 
     # -- inference and export -------------------------------------------------------------------
 
     def infer(self, overwrite: bool = False) -> list[str]:
-        from labelreg.infer import infer
+        """Register the configured test data and write the outputs (one folder per item, the
+        contract of :mod:`labelreg.item_outputs`).
 
+        Raises:
+            PartialFailure: some items failed, the others were written.
+        """
         self._ensure_demo_data()
-        result = infer(self.cfg, log=self.log, overwrite=overwrite)
-        lines = [f"wrote {len(result.cases)} registered pair(s) to {result.dir_save}"]
-        if result.rows:
-            lines.append(
-                f"gland (label 0) Dice: before {result.mean('dice_before'):.3f}, "
-                f"after {result.mean('dice'):.3f}; centroid distance: before "
-                f"{result.mean('centroid_distance_mm_before'):.2f} mm, after "
-                f"{result.mean('centroid_distance_mm'):.2f} mm")
-        if result.failed:
-            names = ", ".join(pair.case for pair in result.failed[:5])
-            more = ", ..." if len(result.failed) > 5 else ""
-            raise PartialFailure(f"{len(result.failed)} pair(s) failed ({names}{more}); see "
-                                 f"{result.dir_save / 'failed.csv'}", lines)
-        return lines
+
+        def load_models() -> dict[str, keras.Model]:
+            return load_trained_run(self.checkpoint_for_export()[0]).models
+
+        return self.source.infer(load_models, overwrite=overwrite)
 
     def checkpoint_for_export(self) -> tuple[Any, dict[str, Any]]:
         inference = self.cfg["Inference"]
