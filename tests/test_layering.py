@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "labelreg"
-SHARED_METHOD_MODULES = {"base", "registry", "pairwise", "__init__"}
+SHARED_METHOD_MODULES = {"base", "registry", "pairwise", "sources", "__init__"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -31,7 +31,8 @@ def test_losses_never_import_networks(path):
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "methods").glob("*.py")), ids=lambda p: p.name)
 def test_methods_never_import_each_other(path):
-    # Shared: the protocol, the registry, the pairwise base and the TF-free schema modules
+    # Shared: the protocol, the registry, the pairwise base, the data sources and the TF-free
+    # schema modules
     # (*_config), which several methods may read.
     methods = {p.stem for p in (PACKAGE / "methods").glob("*.py")
                if p.stem not in SHARED_METHOD_MODULES and not p.stem.endswith("_config")}

@@ -209,7 +209,7 @@ def test_keep_best_survives_a_resume(tmp_path):
 
 
 def test_validation_history_drops_rows_after_the_resumed_checkpoint(tmp_path):
-    from labelreg.engine.trainer import ValidationHistory
+    from labelreg.engine.callbacks import ValidationHistory
 
     lines: list[str] = []
     first = ValidationHistory(tmp_path, 0, lines.append)

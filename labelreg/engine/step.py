@@ -190,68 +190,28 @@ def make_train_step(
     batch's loss); clipping and weight decay then act on that global gradient, as on one device.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    names = list(groups)
-    variables = [v for name in names for v in groups[name][1]]
-    splits = [len(groups[name][1]) for name in names]
+    variables = [v for _, group_vars in groups.values() for v in group_vars]
     replicas = strategy.num_replicas_in_sync
     reached: list[bool] = [True] * len(variables)
 
     def replica_gradients(batch: Batch) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        if preprocess is not None:
-            batch = preprocess(batch)
-        with tf.GradientTape() as tape:
-            terms = loss_terms(batch)
-            loss = _replica_loss(terms["loss"], global_batch_size, strategy)
-        # One backward pass for every model (one call per model would repeat the loss's).
-        grads = tape.gradient(loss, variables)
+        terms, loss, grads = _gradients(loss_terms, preprocess, batch, variables,
+                                        global_batch_size, strategy)
         # Known when the step is traced: which variables this objective reaches at all.
         reached[:] = [g is not None for g in grads]
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                  for g, v in zip(grads, variables, strict=True)]
-        bad = 1.0 - tf.cast(tf.math.is_finite(loss), tf.float32)
-        for g in grads:
-            bad += 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(g)), tf.float32)
+        bad = _nonfinite_count(loss, grads)
         if replicas > 1:
             context = tf.distribute.get_replica_context()
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
         out = {name: nan_mean(value) for name, value in terms.items()}
         out["nonfinite"] = tf.cast(bad > 0, tf.float32)
-        start = 0
-        for name, size in zip(names, splits, strict=True):
-            group_grads = grads[start:start + size]
-            group_vars = groups[name][1]
-            if clip_norm > 0:
-                group_grads, norm = tf.clip_by_global_norm(group_grads, clip_norm)
-            else:
-                norm = tf.linalg.global_norm(group_grads)
-            if weight_decay > 0:
-                group_grads = [g + weight_decay * v
-                               for g, v in zip(group_grads, group_vars, strict=True)]
-            grads[start:start + size] = group_grads
-            start += size
-            if len(names) > 1:
-                out[f"grad_norm_{name}"] = norm
+        grads, norms = _clip_and_decay(grads, groups, clip_norm, weight_decay)
+        if len(groups) > 1:
+            out.update({f"grad_norm_{name}": norm for name, norm in norms.items()})
         return grads, out
-
-    def replica_apply(grads: list[tf.Tensor]) -> None:
-        start = 0
-        for name, size in zip(names, splits, strict=True):
-            optimizer, group_vars = groups[name]
-            # The optimiser sums its gradients over the replicas again; every replica already
-            # holds the global gradient, so each passes its share (exact for 2^k replicas).
-            group_grads = [g / replicas for g in grads[start:start + size]] if replicas > 1 \
-                else grads[start:start + size]
-            pairs = list(zip(group_grads, group_vars, strict=True))
-            # A variable the objective does not reach (a frozen part, or a part a phase does
-            # not run) is left alone, as Keras does: a zero gradient would still move it by
-            # the optimiser's momentum. A group reached nowhere still counts the step, so its
-            # learning-rate schedule keeps time.
-            if any(reached[start:start + size]):
-                pairs = [pair for pair, hit in zip(pairs, reached[start:start + size],
-                                                   strict=True) if hit]
-            optimizer.apply_gradients(pairs)
-            start += size
 
     # No autograph: the step has no tensor-dependent Python control flow, and converting every
     # Keras layer's call() would multiply the tracing time.
@@ -264,7 +224,7 @@ def make_train_step(
         finite = tf.equal(strategy.experimental_local_results(per_replica["nonfinite"])[0], 0.0)
 
         def apply() -> tf.Tensor:
-            strategy.run(replica_apply, args=(grads,))
+            strategy.run(lambda g: _apply_groups(g, groups, reached, replicas), args=(grads,))
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
@@ -272,3 +232,70 @@ def make_train_step(
                 for k, v in per_replica.items()}
 
     return step
+
+
+def _gradients(loss_terms: Callable[[Batch], dict[str, tf.Tensor]],
+               preprocess: Callable[[Batch], Batch] | None, batch: Batch, variables: list[Any],
+               global_batch_size: int | None, strategy: tf.distribute.Strategy
+               ) -> tuple[dict[str, tf.Tensor], tf.Tensor, list[tf.Tensor | None]]:
+    """The terms, this replica's scaled loss and its gradients (``None`` for a variable the
+    loss does not reach), from one backward pass for every model (one call per model would
+    repeat the loss's)."""
+    if preprocess is not None:
+        batch = preprocess(batch)
+    with tf.GradientTape() as tape:
+        terms = loss_terms(batch)
+        loss = _replica_loss(terms["loss"], global_batch_size, strategy)
+    return terms, loss, tape.gradient(loss, variables)
+
+
+def _nonfinite_count(loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tf.Tensor:
+    """How many of the loss and the gradient tensors hold a NaN or inf (a float32 scalar)."""
+    bad = 1.0 - tf.cast(tf.math.is_finite(loss), tf.float32)
+    for g in grads:
+        bad += 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(g)), tf.float32)
+    return bad
+
+
+def _clip_and_decay(grads: list[tf.Tensor],
+                    groups: Mapping[str, tuple[keras.optimizers.Optimizer, list[Any]]],
+                    clip_norm: float, weight_decay: float
+                    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    """Each group's gradients clipped to ``clip_norm`` (global norm; 0 = none), then ``g + wd *
+    w``; returns them (in the order of ``grads``) and each group's norm before clipping."""
+    out, norms, start = [], {}, 0
+    for name, (_, group_vars) in groups.items():
+        group_grads = grads[start:start + len(group_vars)]
+        if clip_norm > 0:
+            group_grads, norms[name] = tf.clip_by_global_norm(group_grads, clip_norm)
+        else:
+            norms[name] = tf.linalg.global_norm(group_grads)
+        if weight_decay > 0:
+            group_grads = [g + weight_decay * v
+                           for g, v in zip(group_grads, group_vars, strict=True)]
+        out.extend(group_grads)
+        start += len(group_vars)
+    return out, norms
+
+
+def _apply_groups(grads: list[tf.Tensor],
+                  groups: Mapping[str, tuple[keras.optimizers.Optimizer, list[Any]]],
+                  reached: Sequence[bool], replicas: int) -> None:
+    """Apply each group's gradients with its own optimiser."""
+    start = 0
+    for optimizer, group_vars in groups.values():
+        size = len(group_vars)
+        # The optimiser sums its gradients over the replicas again; every replica already
+        # holds the global gradient, so each passes its share (exact for 2^k replicas).
+        group_grads = [g / replicas for g in grads[start:start + size]] if replicas > 1 \
+            else grads[start:start + size]
+        pairs = list(zip(group_grads, group_vars, strict=True))
+        # A variable the objective does not reach (a frozen part, or a part a phase does not
+        # run) is left alone, as Keras does: a zero gradient would still move it by the
+        # optimiser's momentum. A group reached nowhere still counts the step, so its
+        # learning-rate schedule keeps time.
+        hits = reached[start:start + size]
+        if any(hits):
+            pairs = [pair for pair, hit in zip(pairs, hits, strict=True) if hit]
+        optimizer.apply_gradients(pairs)
+        start += size

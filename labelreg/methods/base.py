@@ -16,6 +16,7 @@ A method is a class with a name and a TF-free config loader (registered in
                          starts again there (default: none)
 ``phase_loss_terms``     the ``loss_terms`` of each of those phases (default: ``loss_terms``)
 ``preprocess``           per-batch work outside the gradient tape (augmentation)
+``callbacks``            the method's own training callbacks (default: none)
 ``before_save``          work before each checkpoint (e.g. BatchNorm recalibration)
 ``validate``             ``{name: float}`` at each checkpoint
 ``pictures``             ``{tag: [H, W, 3] in [0, 1]}`` for TensorBoard at each checkpoint
@@ -137,6 +138,11 @@ class Method:
         batch) returns its own compiled ``step(batch) -> {term: scalar}`` here, using the
         trainer's ``optimizers`` (by model key); ``None`` (the default) uses the shared step."""
         return None
+
+    def callbacks(self) -> list[Any]:
+        """The method's own training callbacks (:class:`labelreg.engine.callbacks.Callback`),
+        run after the engine's at each hook; none by default."""
+        return []
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         """Batches for steps ``start_step + 1 ..``; a pure function of ``(seed, step)``."""

@@ -91,7 +91,7 @@ class PairwiseMethod(Method):
 
     def prepare_data(self) -> None:
         self._ensure_demo_data()
-        self.source.prepare(segmentation_labels=self.segmentation_weight > 0)
+        self.source.prepare()
 
     def case_names(self, indices: Sequence[int]) -> list[str]:
         return self.source.case_names(indices)
@@ -104,7 +104,8 @@ class PairwiseMethod(Method):
         return self.source.normalise
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
-        return self.source.train_dataset(seed, start_step)
+        return self.source.train_dataset(seed, start_step,
+                                         segmentation_labels=self.segmentation_weight > 0)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.source.preprocess(batch)

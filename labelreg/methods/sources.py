@@ -71,11 +71,8 @@ class PairSource:
         self.log = log
         self.valid: Any = None
 
-    def prepare(self, segmentation_labels: bool = False) -> None:
+    def prepare(self) -> None:
         """Read and check the training (and validation) data, before any run folder exists.
-
-        ``segmentation_labels``: training batches also carry each image's label 0
-        (``moving_seg_label``, ``fixed_seg_label``) for a network that segments.
 
         Raises:
             DataError: unreadable or inconsistent data; ConfigError: settings the data
@@ -106,8 +103,11 @@ class PairSource:
         """Spatial shape of the training fixed images."""
         raise NotImplementedError
 
-    def train_dataset(self, seed: int, start_step: int) -> tf.data.Dataset:
-        """Training batches (dicts), a pure function of ``(seed, step)``."""
+    def train_dataset(self, seed: int, start_step: int,
+                      segmentation_labels: bool = False) -> tf.data.Dataset:
+        """Training batches (dicts), a pure function of ``(seed, step)``; with
+        ``segmentation_labels`` they also carry each image's label 0 (``moving_seg_label``,
+        ``fixed_seg_label``) for a network that segments."""
         raise NotImplementedError
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -142,9 +142,8 @@ class PairSource:
 class NiftiPairs(PairSource):
     """label-reg's NIfTI folders (``[Data] dir_*``), see the module docstring."""
 
-    def prepare(self, segmentation_labels: bool = False) -> None:
+    def prepare(self) -> None:
         data, train = self.cfg["Data"], self.cfg["Train"]
-        self.segmentation_labels = segmentation_labels
         self.paired = PairedDataset(data["dir_moving_image"], data["dir_fixed_image"],
                                     data["dir_moving_label"], data["dir_fixed_label"])
         batch_size = int(train["minibatch_size"])
@@ -188,11 +187,12 @@ class NiftiPairs(PairSource):
     def fixed_shape(self) -> tuple[int, ...]:
         return tuple(self.paired.fixed_shape)
 
-    def train_dataset(self, seed: int, start_step: int) -> tf.data.Dataset:
+    def train_dataset(self, seed: int, start_step: int,
+                      segmentation_labels: bool = False) -> tf.data.Dataset:
         return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
                                   start_step=start_step, normalise=self.normalise,
                                   cache=getattr(self, "cache", None),
-                                  segmentation_labels=getattr(self, "segmentation_labels", False))
+                                  segmentation_labels=segmentation_labels)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         data = self.cfg["Data"]
@@ -289,7 +289,7 @@ class TiffStacks(PairSource):
     """2-D TIFF stacks (``[Data] format = tiff_stack``), see the module docstring. Images are
     scaled by their bit depth only, and distances are in pixels."""
 
-    def prepare(self, segmentation_labels: bool = False) -> None:
+    def prepare(self) -> None:
         self.stacks = open_stacks(self.cfg["Data"], "train_sequences")
         self.valid = open_stacks(self.cfg["Data"], "valid_sequences",
                                  num_classes=self.stacks.num_classes)
@@ -312,7 +312,8 @@ class TiffStacks(PairSource):
     def fixed_shape(self) -> tuple[int, ...]:
         return tuple(self.stacks.shape)
 
-    def train_dataset(self, seed: int, start_step: int) -> tf.data.Dataset:
+    def train_dataset(self, seed: int, start_step: int,
+                      segmentation_labels: bool = False) -> tf.data.Dataset:
         return configured_train_dataset(self.cfg["Data"], self.stacks,
                                         self.cfg["Train"]["minibatch_size"], seed, start_step)
 
