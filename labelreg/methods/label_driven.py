@@ -5,13 +5,10 @@ index and minimises
 
     multi-scale label loss(fixed label, warped moving label)
         + regulariser_weight * regulariser(ddf)
-        [+ segmentation_weight * Dice loss of the segmentations of ``centroid_align``]
         [+ image_loss_weight * image loss(fixed image, warped moving image)]
+        [+ the network's own terms, e.g. ``centroid_align``'s segmentation Dice and phases]
 
-with the losses taken from the loss registry by their ``[Loss]`` names (with ``[Loss]
-segmentation_only_steps = N``, the first N steps train ``centroid_align``'s segmentations alone,
-on their Dice loss, and the learning-rate schedule starts again at N; with ``freeze_segmentations``
-the steps after N train the LocalNet alone). Everything else (data,
+with the losses taken from the loss registry by their ``[Loss]`` names. Everything else (data,
 augmentation, the objective's arithmetic, validation, inference, export) is the shared pairwise
 base.
 """
@@ -38,9 +35,6 @@ class LabelDriven(PairwiseMethod):
                                          scales=tuple(loss["similarity_scales"]))
         self.label_weight = 1.0
         self.centroid_weight = float(loss["centroid_weight"])
-        self.segmentation_weight = float(loss["segmentation_weight"])
-        self.segmentation_only_steps = int(loss["segmentation_only_steps"])
-        self.freeze_segmentations = bool(loss["freeze_segmentations"])
         # An affine field has no bending energy, so label-reg adds no regulariser to GlobalNet.
         affine_only = getattr(models["model"], "affine_only", False)
         self.regulariser_weight = 0.0 if affine_only else float(loss["regulariser_weight"])

@@ -23,7 +23,8 @@ from labelreg._tf import tf
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
 from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
-from labelreg.losses.label import centroid_distance_loss, dice_loss
+from labelreg.losses.label import centroid_distance_loss
+from labelreg.losses.terms import ModelObjective, Monitor, Phase, Term, batch_keys, evaluate
 from labelreg.methods.base import Endpoint, Method
 from labelreg.methods.sources import PairSource, source_for
 from labelreg.networks.apply import network_ddf, register_pair
@@ -44,12 +45,12 @@ class PairwiseMethod(Method):
             + centroid_weight * centroid distance (mm) of those labels
             + image_weight * image_loss(fixed image, warped moving image)
             + regulariser_weight * regulariser(ddf)
-            + segmentation_weight * Dice loss of the network's segmentations
-              (``centroid_align``'s ``moving_segmentation`` and ``fixed_segmentation``)
-              against label 0 of each image
+            + the terms the network contributes (its ``training_objective``)
 
-    whose terms a subclass sets in :meth:`build` (a weight of 0 or a loss of ``None`` drops
-    the term; labels, when present, are always monitored with Dice and centroid distance).
+    whose weights and losses a subclass sets in :meth:`build` (a weight of 0 or a loss of
+    ``None`` drops the term; labels, when present, are always monitored with Dice and centroid
+    distance). The objective is a list of :class:`~labelreg.losses.terms.Term` objects; see
+    :meth:`objective`.
     """
 
     label_loss: Callable[..., tf.Tensor] | None = None
@@ -59,11 +60,6 @@ class PairwiseMethod(Method):
     image_weight: float = 0.0
     regulariser: Callable[..., tf.Tensor] | None = None
     regulariser_weight: float = 0.0
-    segmentation_weight: float = 0.0
-    #: The first steps train the segmentations alone (``[Loss] segmentation_only_steps``).
-    segmentation_only_steps: int = 0
-    #: After them, the segmentations stay as they are (``[Loss] freeze_segmentations``).
-    freeze_segmentations: bool = False
     #: ``[Network]`` keys whose constructor argument has another name.
     network_argument_names: dict[str, str] = {}
 
@@ -104,8 +100,10 @@ class PairwiseMethod(Method):
         return self.source.normalise
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
-        return self.source.train_dataset(seed, start_step,
-                                         segmentation_labels=self.segmentation_weight > 0)
+        needs = batch_keys(self.objective()[0])
+        return self.source.train_dataset(
+            seed, start_step, segmentation_labels=bool(needs & {"moving_seg_label",
+                                                                "fixed_seg_label"}))
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.source.preprocess(batch)
@@ -161,98 +159,70 @@ class PairwiseMethod(Method):
     def ddf_function(self, training: bool = False):
         return network_ddf(self.models["model"], training=training)
 
+    # -- objective ------------------------------------------------------------------------------
+
+    def objective(self) -> tuple[list[Term], list[Monitor], list[Phase]]:
+        """The terms, monitors and phases of the training objective (made once, after
+        :meth:`build`): the network's own terms first (``training_objective``, e.g.
+        CentroidAlignNet's segmentation Dice), then the label, centroid, regulariser and image
+        terms this method's settings weight, and the label figures as monitors."""
+        if getattr(self, "_objective", None) is None:
+            model = self.models["model"]
+            contribution = (model.training_objective(self.cfg["Loss"])
+                            if hasattr(model, "training_objective") else ModelObjective())
+            self._objective = ([*contribution.terms, *self.registration_terms()],
+                               [Monitor(_label_figures)], list(contribution.phases))
+        return self._objective
+
+    def registration_terms(self) -> list[Term]:
+        """The terms of the registration: each set in :meth:`build` with a weight > 0."""
+        terms = []
+        if self.label_loss is not None and self.label_weight > 0:
+            label_loss = self.label_loss
+            terms.append(Term("label_loss", self.label_weight, lambda batch, out: label_loss(
+                batch["fixed_label"], out["warped_label"]) if "warped_label" in out else None))
+        if self.centroid_weight > 0:
+            terms.append(Term("centroid_loss_mm", self.centroid_weight, _centroid_term))
+        if self.regulariser is not None and self.regulariser_weight > 0:
+            regulariser = self.regulariser
+            terms.append(Term("regulariser", self.regulariser_weight,
+                              lambda batch, out: regulariser(out["ddf"]) if "ddf" in out
+                              else None))
+        if self.image_loss is not None and self.image_weight > 0:
+            image_loss = self.image_loss
+            terms.append(Term("image_loss", self.image_weight, lambda batch, out: image_loss(
+                batch["fixed_image"], out["warped_moving_image"])
+                if "warped_moving_image" in out else None))
+        return terms
+
     def schedule_restarts(self) -> tuple[int, ...]:
-        return (self.segmentation_only_steps,) if self.segmentation_only_steps > 0 else ()
+        return tuple(phase.start for phase in self.objective()[2][1:])
 
     def phase_loss_terms(self, phase: int) -> Callable[[dict[str, tf.Tensor]],
                                                        dict[str, tf.Tensor]]:
-        if phase == 0 and self.segmentation_only_steps > 0:
-            return self.segmentation_terms
-        if self.freeze_segmentations and self.segmentation_only_steps > 0:
-            return functools.partial(self.loss_terms, train_segmentations=False)
-        return self.loss_terms
+        if phase == len(self.objective()[2]) - 1:
+            return self.loss_terms
+        return functools.partial(self._phase_terms, phase=phase)
 
-    def _segmentation_loss(self, batch: dict[str, tf.Tensor], moving_segmentation: tf.Tensor,
-                           fixed_segmentation: tf.Tensor) -> tf.Tensor:
-        """Mean of the Dice losses of the two segmentations against label 0 of their images,
-        ``[B]``."""
-        return 0.5 * (dice_loss(batch["moving_seg_label"], moving_segmentation)
-                      + dice_loss(batch["fixed_seg_label"], fixed_segmentation))
+    def loss_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The loss and monitored terms of one batch, per sample ``[B]``, in the objective's
+        last phase (see :meth:`objective`)."""
+        return self._phase_terms(batch, len(self.objective()[2]) - 1)
 
-    def segmentation_terms(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """The objective of the first ``segmentation_only_steps``: the segmentation loss alone
-        (``segmentation_weight`` times it), from the network's ``segmentations`` only, so the
-        registration part is neither run nor changed."""
-        maps = self.models["model"].segmentations(batch["moving_image"], batch["fixed_image"],
-                                                  training=True)
-        segmentation = self._segmentation_loss(batch, maps["moving_segmentation"],
-                                               maps["fixed_segmentation"])
-        return {"segmentation_loss": segmentation,
-                "loss": self.segmentation_weight * segmentation}
-
-    def loss_terms(self, batch: dict[str, tf.Tensor], train_segmentations: bool = True
-                   ) -> dict[str, tf.Tensor]:
-        """The loss and monitoring terms of one batch, per sample ``[B]``.
-
-        With ``train_segmentations=False`` (the second phase under ``freeze_segmentations``)
-        the segmentations run in inference mode without gradient, and their loss is logged
-        but not added."""
-        use_image = self.image_loss is not None and self.image_weight > 0
-        ddf_fn = self.ddf_function(training=True)
-        terms: dict[str, tf.Tensor] = {}
-        segmentation = None
-        if self.segmentation_weight > 0:
-            # One forward pass gives the DDF and the segmentations the extra term scores.
-            outputs = self.models["model"].forward(
-                [batch["moving_image"], batch["fixed_image"]], training=True,
-                train_segmentations=train_segmentations)
-            terms["segmentation_loss"] = self._segmentation_loss(
-                batch, outputs["moving_segmentation"], outputs["fixed_segmentation"])
-            if train_segmentations:
-                segmentation = terms["segmentation_loss"]
+    def _phase_terms(self, batch: dict[str, tf.Tensor], phase: int) -> dict[str, tf.Tensor]:
+        terms, monitors, phases = self.objective()
+        forward = phases[phase].forward
+        if forward is None:
+            ddf_fn = self.ddf_function(training=True)
+            outputs: dict[str, tf.Tensor] = {}
+        else:
+            outputs = dict(forward(batch))
             ddf_fn = lambda moving, fixed: outputs["ddf"]  # noqa: E731 - the DDF just computed
-        out = register_pair(ddf_fn, batch["moving_image"], batch["fixed_image"],
-                            batch.get("moving_label"), warp_image=use_image)
-        ddf = out["ddf"]
-        total = tf.zeros(tf.shape(ddf)[:1])
-        if segmentation is not None:
-            total += self.segmentation_weight * segmentation
-        if "warped_label" in out:
-            warped_label = out["warped_label"]
-            if self.label_loss is not None and self.label_weight > 0:
-                label = self.label_loss(batch["fixed_label"], warped_label)
-                terms["label_loss"] = label
-                total += self.label_weight * label
-            if self.centroid_weight > 0 and warped_label.shape[-1] == 1:
-                centroid = centroid_distance_loss(batch["fixed_label"], warped_label,
-                                                  spacing=batch["spacing"])
-                terms["centroid_loss_mm"] = centroid
-                total += self.centroid_weight * centroid
-            if warped_label.shape[-1] == 1:
-                terms["dice"] = metrics.dice(batch["fixed_label"], warped_label)
-                terms["centroid_distance_mm"] = metrics.centroid_distance(
-                    batch["fixed_label"], warped_label, spacing=batch["spacing"])
-                if "label_index" in batch:
-                    # The same figures as validation: the gland's Dice (label 0) and the
-                    # landmarks' centroid distance (labels 1..), each over the pairs that
-                    # sampled it (NaN elsewhere; the logged means skip NaN).
-                    gland = tf.equal(batch["label_index"], 0)
-                    nan = tf.fill(tf.shape(terms["dice"]), float("nan"))
-                    terms["dice_gland"] = tf.where(gland, terms["dice"], nan)
-                    terms["tre_mm"] = tf.where(gland, nan, terms["centroid_distance_mm"])
-            else:  # one-hot classes: the mean of the per-class Dice
-                terms["dice"] = tf.reduce_mean(
-                    metrics.dice_per_class(batch["fixed_label"], warped_label), axis=-1)
-        if self.regulariser is not None and self.regulariser_weight > 0:
-            reg = self.regulariser(ddf)
-            terms["regulariser"] = reg
-            total += self.regulariser_weight * reg
-        if use_image:
-            image = self.image_loss(batch["fixed_image"], out["warped_moving_image"])
-            terms["image_loss"] = image
-            total += self.image_weight * image
-        terms["loss"] = total
-        return terms
+        if forward is None or "ddf" in outputs:
+            use_image = any(t.name == "image_loss" and t.active(phase) for t in terms)
+            outputs.update(register_pair(ddf_fn, batch["moving_image"], batch["fixed_image"],
+                                         batch.get("moving_label"), warp_image=use_image))
+        return evaluate(terms, monitors, batch, outputs, phase)
 
     # -- around checkpoints ---------------------------------------------------------------------
 
@@ -317,3 +287,35 @@ class PairwiseMethod(Method):
 
 def _build_on_zeros(model: keras.Model, moving_shape, fixed_shape) -> None:
     model([tf.zeros([1, *moving_shape, 1]), tf.zeros([1, *fixed_shape, 1])], training=False)
+
+
+def _centroid_term(batch: Mapping[str, Any], out: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
+    """The soft centroid distance (mm) of a single sampled label, ``[B]``."""
+    if "warped_label" not in out or out["warped_label"].shape[-1] != 1:
+        return None
+    return centroid_distance_loss(batch["fixed_label"], out["warped_label"],
+                                  spacing=batch["spacing"])
+
+
+def _label_figures(batch: Mapping[str, Any], out: Mapping[str, tf.Tensor]
+                   ) -> dict[str, tf.Tensor]:
+    """The label figures logged beside the loss, per sample: ``dice`` and
+    ``centroid_distance_mm`` of a sampled label, and with ``label_index`` the gland's Dice
+    (label 0) and the landmarks' centroid distance (labels 1..) each over the pairs that
+    sampled it (NaN elsewhere; the logged means skip NaN), as validation reports them; the mean
+    per-class Dice of one-hot classes."""
+    if "warped_label" not in out:
+        return {}
+    fixed, warped = batch["fixed_label"], out["warped_label"]
+    if warped.shape[-1] != 1:
+        return {"dice": tf.reduce_mean(metrics.dice_per_class(fixed, warped), axis=-1)}
+    figures = {"dice": metrics.dice(fixed, warped),
+               "centroid_distance_mm": metrics.centroid_distance(fixed, warped,
+                                                                 spacing=batch["spacing"])}
+    if "label_index" in batch:
+        gland = tf.equal(batch["label_index"], 0)
+        nan = tf.fill(tf.shape(figures["dice"]), float("nan"))
+        figures["dice_gland"] = tf.where(gland, figures["dice"], nan)
+        figures["tre_mm"] = tf.where(gland, nan, figures["centroid_distance_mm"])
+    return figures
+

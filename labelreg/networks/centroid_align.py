@@ -13,13 +13,15 @@ only the images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.losses.label import dice_loss
+from labelreg.losses.terms import ModelObjective, Phase, Term
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -232,6 +234,39 @@ class CentroidAlignNet(RegistrationModel):
         p_moving, p_fixed = self.segment(moving, fixed, training=training)
         return self._on_image_grids(p_moving, p_fixed, moving, fixed)
 
+    def training_objective(self, loss: Mapping[str, Any]) -> ModelObjective:
+        """This network's part of its method's objective, from the ``[Loss]`` settings.
+
+        ``segmentation_weight`` times the mean of the Dice losses of the two segmentations
+        against label 0 of their images (logged as ``segmentation_loss``). With
+        ``segmentation_only_steps = N`` the first N steps are a phase that runs the
+        segmentations alone on that loss (LocalNet is neither run nor changed); with
+        ``freeze_segmentations`` the phase after it runs the segmentations in inference mode
+        without gradient, so LocalNet trains alone, and their loss is logged but not added.
+        """
+        weight = float(loss.get("segmentation_weight", 0.0))
+        if weight <= 0:
+            return ModelObjective()
+        needs = ("moving_seg_label", "fixed_seg_label")
+        only = int(loss.get("segmentation_only_steps", 0))
+        frozen = only > 0 and bool(loss.get("freeze_segmentations", False))
+
+        def segment_only(batch: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+            return self.segmentations(batch["moving_image"], batch["fixed_image"], training=True)
+
+        def register(batch: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+            # One forward pass gives the DDF and the segmentations the term scores.
+            return self.forward([batch["moving_image"], batch["fixed_image"]], training=True,
+                                train_segmentations=not frozen)
+
+        if only <= 0:
+            term = Term("segmentation_loss", weight, _segmentation_dice, needs=needs)
+            return ModelObjective((term,), (Phase(0, register),))
+        terms = (Term("segmentation_loss", weight, _segmentation_dice, phases=(0,), needs=needs),
+                 Term("segmentation_loss", 0.0 if frozen else weight, _segmentation_dice,
+                      phases=(1,), needs=needs))
+        return ModelObjective(terms, (Phase(0, segment_only), Phase(only, register)))
+
     @staticmethod
     def _on_image_grids(p_moving: tf.Tensor, p_fixed: tf.Tensor, moving: tf.Tensor,
                         fixed: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -251,3 +286,14 @@ class CentroidAlignNet(RegistrationModel):
             "translation_jitter": self.translation_jitter,
             "ddf_levels": list(self.ddf_levels),
         }
+
+
+def _segmentation_dice(batch: Mapping[str, Any], outputs: Mapping[str, tf.Tensor]
+                       ) -> tf.Tensor | None:
+    """Mean of the Dice losses of the two segmentations against label 0 of their images,
+    ``[B]``; ``None`` when the outputs hold no segmentation."""
+    if "moving_segmentation" not in outputs:
+        return None
+    return 0.5 * (dice_loss(batch["moving_seg_label"], outputs["moving_segmentation"])
+                  + dice_loss(batch["fixed_seg_label"], outputs["fixed_segmentation"]))
+
