@@ -58,6 +58,7 @@ class Registry:
         self.sort_names = sort_names
         self._entries: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
+        self._options: dict[str, Any] = {}
         for name, target in (builtins or {}).items():
             self.add(name, target)
 
@@ -65,11 +66,16 @@ class Registry:
     def key(name: Any) -> str:
         return str(name).strip().lower()
 
-    def add(self, name: str, target: Any, replace: bool = False, **info: Any) -> None:
+    def add(self, name: str, target: Any, replace: bool = False, options: Any = None,
+            **info: Any) -> None:
         """Register ``target`` (an object or a ``"module:attribute"`` string) under ``name``.
 
         ``info`` is free metadata kept beside the entry (e.g. a loss's kind), readable without
-        importing the target.
+        importing the target. ``options`` are the INI options the entry declares (a
+        :class:`labelreg.config.ComponentOptions`, or a ``"module:attribute"`` string naming
+        one in a module without TensorFlow, so a file is checked before TensorFlow loads); an
+        object registered without them may carry its own as the class attribute
+        ``ini_options``.
 
         Raises:
             ValueError: for an empty name, or a name taken by another object (unless
@@ -85,12 +91,13 @@ class Registry:
                 raise ValueError(f"{self.kind} name {key!r} is already registered to {resolved!r}.")
         self._entries[key] = target
         self._info[key] = dict(info)
+        self._options[key] = options
 
-    def register(self, name: str, **info: Any) -> Callable[[Any], Any]:
+    def register(self, name: str, options: Any = None, **info: Any) -> Callable[[Any], Any]:
         """Decorator form of :meth:`add`; returns the object unchanged."""
 
         def decorator(obj: Any) -> Any:
-            self.add(name, obj, **info)
+            self.add(name, obj, options=options, **info)
             return obj
 
         return decorator
@@ -99,6 +106,7 @@ class Registry:
         """Forget a name (for tests that register a temporary entry)."""
         self._entries.pop(self.key(name), None)
         self._info.pop(self.key(name), None)
+        self._options.pop(self.key(name), None)
 
     def names(self, **info: Any) -> tuple[str, ...]:
         """The registered names in registration order, optionally only those whose metadata
@@ -110,6 +118,17 @@ class Registry:
 
     def info(self, name: str) -> dict[str, Any]:
         return dict(self._info[self._known(name)])
+
+    def options(self, name: str) -> Any:
+        """The INI options ``name`` declares (see :meth:`add`), or ``None``; never imports a
+        target given as a string."""
+        key = self._known(name)
+        options = self._options.get(key)
+        if isinstance(options, str):
+            options = self._options[key] = import_target(options)
+        if options is None and not isinstance(self._entries[key], str):
+            options = getattr(self._entries[key], "ini_options", None)
+        return options
 
     def __contains__(self, name: object) -> bool:
         return self.key(name) in self._entries

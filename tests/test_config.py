@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labelreg import config
 from labelreg.config import REQUIRED, Config, Key, load, parse, schema_markdown
 from labelreg.errors import ConfigError
+from labelreg.methods import label_driven_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,12 +121,10 @@ EXPECTED_DEFAULTS = {
         "demo_data": None,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),
-                "moving_input": "resize", "num_channel_segment": 8, "segment_resolution": 0.5,
-                "segment_padding": 0, "translation_jitter": 0.0},
+                "moving_input": "resize"},
     "Loss": {
         "similarity_type": "dice", "similarity_scales": (0, 1, 2, 4, 8, 16),
-        "centroid_weight": 0.0, "segmentation_weight": 0.0, "segmentation_only_steps": 0,
-        "freeze_segmentations": False,
+        "centroid_weight": 0.0,
         "regulariser_type": "bending",
         "regulariser_weight": 0.5,
         "image_loss_type": "none", "image_loss_weight": 0.0,
@@ -156,7 +154,7 @@ def test_every_default(tmp_path):
     # Every schema key is covered above or derived below.
     derived = {("Train", "file_model_save"), ("Train", "dir_run"), ("Train", "dir_tensorboard"),
                ("Inference", "file_model_saved"), ("Inference", "dir_save")}
-    schema_keys = {(s, k) for s, keys in config.LABELREG_SCHEMA.items() for k in keys}
+    schema_keys = {(s, k) for s, keys in label_driven_config.label_driven_schema().items() for k in keys}
     covered = {(s, k) for s, keys in EXPECTED_DEFAULTS.items() for k in keys} | derived
     assert schema_keys == covered
     run = tmp_path / "runs"
@@ -178,7 +176,7 @@ def test_loss_choices_follow_the_registry():
         label = ("dice", "cross-entropy", "mean-squared", "jaccard")
         regularisers = ("bending", "gradient-l2", "gradient-l1")
         image = ("ssd", "lncc", "nmi", "mind")
-    loss = config.LABELREG_SCHEMA["Loss"]
+    loss = label_driven_config.label_driven_schema()["Loss"]
     assert loss["similarity_type"].choices == label
     assert loss["regulariser_type"].choices == regularisers
     assert loss["image_loss_type"].choices == ("none", *image)
@@ -548,8 +546,8 @@ def test_schema_markdown_lists_every_key():
 
 def test_docs_config_md_is_current():
     docs = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert config.generated_docs() in docs, "regenerate: python -m labelreg.config docs/config.md"
-    for section, keys in config.LABELREG_SCHEMA.items():
+    assert label_driven_config.generated_docs() in docs, "regenerate: python -m labelreg.methods.label_driven_config docs/config.md"
+    for section, keys in label_driven_config.label_driven_schema().items():
         assert f"### [{section}]" in docs
         for key in keys:
             assert f"| `{key}` |" in docs
@@ -559,11 +557,11 @@ def test_update_docs_replaces_only_the_generated_block(tmp_path):
     target = tmp_path / "c.md"
     target.write_text("intro\n\n<!-- BEGIN GENERATED: x -->\nold\n<!-- END GENERATED -->\noutro\n")
     # Only the marker names matter; the begin marker text must be the module's own.
-    target.write_text(target.read_text().replace("<!-- BEGIN GENERATED: x -->", config._BEGIN))
-    config.update_docs(target)
+    target.write_text(target.read_text().replace("<!-- BEGIN GENERATED: x -->", label_driven_config._BEGIN))
+    label_driven_config.update_docs(target)
     text = target.read_text()
     assert text.startswith("intro\n\n") and text.endswith("\noutro\n")
-    assert config.generated_docs() in text and "\nold\n" not in text
+    assert label_driven_config.generated_docs() in text and "\nold\n" not in text
 
 
 def test_required_sentinel_is_singleton():

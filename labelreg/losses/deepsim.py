@@ -175,8 +175,3 @@ class DeepSimLoss:
             f"DeepSimLoss(feature_extractor={type(self.feature_extractor).__name__}, "
             f"levels={self.levels}, eps={self.eps}, zero_mean={self.zero_mean})"
         )
-
-
-from labelreg.losses.registry import register_loss  # noqa: E402 - registers the class above
-
-register_loss("deepsim", kind="image", factory=True)(DeepSimLoss)

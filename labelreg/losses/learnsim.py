@@ -269,8 +269,3 @@ class LearnedSimilarity:
             f"LearnedSimilarity(encoder={encoder}, term={self.term!r}, window={self.window}, "
             f"frozen={self.frozen}, mask={'set' if self.mask is not None else None})"
         )
-
-
-from labelreg.losses.registry import register_loss  # noqa: E402 - registers the class above
-
-register_loss("learnsim", kind="image", factory=True)(LearnedSimilarity)

@@ -54,7 +54,7 @@ def register_loss(name: str, kind: str, factory: bool = False, **options: Any
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; received kind={kind!r}.")
-    return LOSSES.register(name, kind=kind, factory=factory, options=options)
+    return LOSSES.register(name, kind=kind, factory=factory, bound=options)
 
 
 for _name, _target, _kind, _options in (
@@ -71,15 +71,15 @@ for _name, _target, _kind, _options in (
     ("nmi", "labelreg.losses.image:nmi", "image", {}),
     ("mind", "labelreg.losses.image:mind_ssc", "image", {}),
 ):
-    LOSSES.add(_name, _target, kind=_kind, factory=False, options=_options)
+    LOSSES.add(_name, _target, kind=_kind, factory=False, bound=_options)
 # A factory: built with its frozen feature network, build_loss("deepsim", "image",
 # feature_extractor=net).
 LOSSES.add("deepsim", "labelreg.losses.deepsim:DeepSimLoss", kind="image", factory=True,
-           options={})
+           bound={})
 # A factory: a learned similarity metric (learnsim), build_loss("learnsim", "image",
 # encoder=net, term="ssd" | "lcc").
 LOSSES.add("learnsim", "labelreg.losses.learnsim:LearnedSimilarity", kind="image",
-           factory=True, options={})
+           factory=True, bound={})
 
 
 def available_losses(kind: str) -> tuple[str, ...]:
@@ -117,7 +117,7 @@ def build_loss(name: str, kind: str, **options: Any) -> Callable[..., Any]:
         )
     info = LOSSES.info(name)
     target = LOSSES.get(name)
-    bound = {**info["options"], **options}
+    bound = {**info["bound"], **options}
     if info["factory"]:
         return target(**bound)
     if not bound:

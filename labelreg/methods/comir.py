@@ -111,7 +111,6 @@ class CoMIR(Method):
     """``[Method] name = comir``, or any INI file with a ``[CoMIR]`` section."""
 
     name = "comir"
-    config_loader = "comir_tf.config:load"
     checkpoint_name = "comir.ckpt"
 
 

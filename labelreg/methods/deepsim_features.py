@@ -29,7 +29,6 @@ class DeepSimFeatures(Method):
     """``[Method] name = deepsim_features``: trains the DeepSim feature extractor."""
 
     name = "deepsim_features"
-    config_loader = "labelreg.methods.image_driven_config:load_features"
 
 
     @property

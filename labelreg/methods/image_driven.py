@@ -31,8 +31,6 @@ class ImageDriven(PairwiseMethod):
     """``[Method] name = image_driven``: unsupervised registration by image similarity."""
 
     name = "image_driven"
-    config_loader = "labelreg.methods.image_driven_config:load"
-    network_argument_names = {"inner_similarity": "similarity"}
 
     # -- model and objective --------------------------------------------------------------------
 

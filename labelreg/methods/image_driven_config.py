@@ -22,6 +22,7 @@ from typing import Any
 
 from labelreg import config
 from labelreg.config import Config, Key, Schema
+from labelreg.methods import label_driven_config
 
 __all__ = ["load", "load_features", "image_driven_schema", "features_schema",
            "parse_options", "STACK_KEYS"]
@@ -60,22 +61,12 @@ def _replace(key: Key, **changes: Any) -> Key:
 
 def image_driven_schema() -> Schema:
     """label-reg's sections with the image term first, plus the TIFF-stack keys."""
-    base = config.LABELREG_SCHEMA
+    base = label_driven_config.label_driven_schema()
     data = {**base["Data"], **STACK_KEYS}
-    network = {
-        **base["Network"],
-        "network_type": _replace(base["Network"]["network_type"], default="unet"),
-        "integration_steps": Key("int", 0, "0 = a DDF; > 0 = the network predicts a velocity "
-                                 "field integrated by this many scaling-and-squaring steps "
-                                 "(diffeomorphic; unet only).", min=0, max=16),
-        "use_batch_norm": Key("bool", False, "Batch normalisation in the U-Net's blocks."),
-        "depth": Key("int", 4, "Down-sampling steps of the U-Net.", min=1, max=6),
-        "num_levels": Key("int", 3, "GraDIRN: resolution levels of the unrolled descent.",
-                          min=1, max=6),
-        "num_repeat": Key("int", 3, "GraDIRN: unrolled steps per level.", min=1, max=20),
-        "inner_similarity": Key("str", "ssd", "GraDIRN: the energy whose gradient each unrolled "
-                                "step follows.", choices=("ssd", "ncc")),
-    }
+    # The keys of a network with options of its own (unet, gradirn, centroid_align) join
+    # [Network] when the file selects it (label_driven_config.SELECTORS).
+    network = {**base["Network"],
+               "network_type": _replace(base["Network"]["network_type"], default="unet")}
     image_names = tuple(n for n in base["Loss"]["image_loss_type"].choices if n != "none")
     loss = {
         "image_loss_type": Key("str", "ssd", "Image similarity of fixed and warped moving "
@@ -155,7 +146,8 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = config.parse_method(path, image_driven_schema(), overrides)
+    cfg = config.parse_method(path, image_driven_schema(), overrides,
+                              selectors=label_driven_config.SELECTORS)
     _check_data(cfg)
     parse_options(cfg, "Loss", "image_loss_options")
     loss = cfg["Loss"]
@@ -163,15 +155,12 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
         raise config.fail(cfg, "Loss", "feature_extractor",
                           "is required for image_loss_type = deepsim (the run folder written by "
                           "`python training.py configs/deepsim_features.ini`).")
-    if cfg["Network"]["integration_steps"] and cfg["Network"]["network_type"] != "unet":
-        raise config.fail(cfg, "Network", "integration_steps",
-                          "is only available with network_type = unet.")
     return cfg
 
 
 def features_schema() -> Schema:
     """The DeepSim feature extractor: a segmentation U-Net on TIFF-stack frames."""
-    base = config.LABELREG_SCHEMA
+    base = label_driven_config.label_driven_schema()
     return {
         "Method": config.method_section("deepsim_features"),
         "Data": {**STACK_KEYS, "format": _replace(STACK_KEYS["format"], default="tiff_stack",
@@ -211,6 +200,7 @@ def generated_docs() -> str:
     """The generated block of ``docs/image_driven.md``: both schemas as tables."""
     body = (
         "### `image_driven`\n\n" + config.schema_markdown(image_driven_schema())
+        + "\n" + config.components_markdown(label_driven_config.SELECTORS)
         + "\n### `deepsim_features`\n\n" + config.schema_markdown(features_schema())
     )
     return f"{_BEGIN}\n\n{body}\n{_END}"
@@ -224,6 +214,5 @@ def update_docs(path: str | os.PathLike) -> None:
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    from labelreg.config import docs_command
-
-    sys.exit(docs_command(sys.argv[1:], update_docs, "labelreg.methods.image_driven_config"))
+    sys.exit(config.docs_command(sys.argv[1:], update_docs,
+                                 "labelreg.methods.image_driven_config"))

@@ -25,7 +25,6 @@ class LabelDriven(PairwiseMethod):
     """label-reg's method: ``[Method] name = labelreg`` (the default of any INI file)."""
 
     name = "labelreg"
-    config_loader = "labelreg.config:load"
 
 
     def build(self):

@@ -99,7 +99,6 @@ class LearnSim(Method):
     """``[Method] name = learnsim``."""
 
     name = "learnsim"
-    config_loader = "labelreg.methods.learnsim_config:load"
     feature_network_key = "encoder"
 
 

@@ -60,8 +60,6 @@ class PairwiseMethod(Method):
     image_weight: float = 0.0
     regulariser: Callable[..., tf.Tensor] | None = None
     regulariser_weight: float = 0.0
-    #: ``[Network]`` keys whose constructor argument has another name.
-    network_argument_names: dict[str, str] = {}
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -113,15 +111,19 @@ class PairwiseMethod(Method):
     def network_arguments(self) -> dict[str, Any]:
         """Constructor arguments of the ``[Network]`` network beyond ``ndim``/``fixed_shape``:
         the keys set away from their defaults (so each network keeps its own defaults, and a
-        key the chosen network does not take is reported by the registry)."""
+        key the chosen network does not take is reported by the registry), the options the
+        network declares (``NETWORKS.options``) under their argument names."""
         net, schema = self.cfg["Network"], self.cfg.schema["Network"]
+        options = NETWORKS.options(net["network_type"]) if net["network_type"] in NETWORKS \
+            else None
+        renamed = dict(options.arguments) if options is not None else {}
         kwargs: dict[str, Any] = {}
         if net["num_channel_initial"] > 0:
             kwargs["num_channel_initial"] = net["num_channel_initial"]
         for name, value in net.items():
             if name not in ("network_type", "num_channel_initial") and \
                     value != schema[name].default:
-                kwargs[self.network_argument_names.get(name, name)] = value
+                kwargs[renamed.get(name, name)] = value
         return kwargs
 
     @property

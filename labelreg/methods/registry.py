@@ -29,7 +29,7 @@ METHODS = Registry("method")
 # Built-in methods name their TF-free config loader beside the (TensorFlow) class, so that a
 # file is validated before TensorFlow is imported.
 METHODS.add("labelreg", "labelreg.methods.label_driven:LabelDriven", section=None,
-            config="labelreg.config:load")
+            config="labelreg.methods.label_driven_config:load")
 METHODS.add("comir", "labelreg.methods.comir:CoMIR", section="CoMIR",
             config="comir_tf.config:load")
 METHODS.add("image_driven", "labelreg.methods.image_driven:ImageDriven", section=None,

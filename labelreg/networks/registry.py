@@ -19,20 +19,31 @@ NETWORKS = Registry("network type", {
     "local": "labelreg.networks.localnet:LocalNet",
     "global": "labelreg.networks.globalnet:GlobalNet",
     "composite": "labelreg.networks.composite:CompositeNet",
-    "centroid_align": "labelreg.networks.centroid_align:CentroidAlignNet",
-    "unet": "labelreg.networks.unet:UNet",
-    "gradirn": "labelreg.networks.gradirn:GraDIRN",
 }, sort_names=True)
+# A network with options of its own declares them beside its code, in a module without
+# TensorFlow, so that an INI file is checked before TensorFlow loads.
+NETWORKS.add("centroid_align", "labelreg.networks.centroid_align:CentroidAlignNet",
+             options="labelreg.networks.centroid_align_options:OPTIONS")
+NETWORKS.add("unet", "labelreg.networks.unet:UNet",
+             options="labelreg.networks.unet_options:OPTIONS")
+NETWORKS.add("gradirn", "labelreg.networks.gradirn:GraDIRN",
+             options="labelreg.networks.gradirn_options:OPTIONS")
 
 
-def register_network(name: str) -> Callable[[type], type]:
+def register_network(name: str, options: Any = None) -> Callable[[type], type]:
     """Class decorator adding a ``[moving, fixed] -> ddf`` network under ``name``
     (case-insensitive).
+
+    Args:
+        name: the ``[Network] network_type`` value.
+        options: the INI options the network declares (a
+            :class:`labelreg.config.ComponentOptions`; or give the class an ``ini_options``
+            attribute): its ``[Network]`` keys become constructor arguments when set.
 
     Raises:
         ValueError: when ``name`` is empty or already taken by another class.
     """
-    return NETWORKS.register(name)
+    return NETWORKS.register(name, options=options)
 
 
 def available_networks() -> tuple[str, ...]:
