@@ -28,8 +28,8 @@ from labelreg import metrics  # noqa: E402
 from labelreg._tf import tf  # noqa: E402
 from labelreg.data.stacks import make_stack_eval_pairs, open_stacks  # noqa: E402
 from labelreg.engine import train  # noqa: E402
-from labelreg.engine.checkpoints import load_trained_run  # noqa: E402
 from labelreg.methods.registry import load_config  # noqa: E402
+from labelreg.methods.runs import load_trained_run  # noqa: E402
 from labelreg.networks.apply import network_ddf, register_pair  # noqa: E402
 
 

@@ -22,7 +22,6 @@ Writes ``evaluation.csv`` (one row per pair) and ``evaluation.json`` (the summar
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -94,7 +93,7 @@ def evaluate(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     from comir_tf.data import ensure_data, read_pairs
     from comir_tf.generate import generate
     from comir_tf.register import corner_error, register_rigid, register_sift
-    from labelreg.engine.checkpoints import load_trained_run
+    from labelreg.methods.runs import load_trained_run
 
     ev, train_cfg = cfg["Evaluate"], cfg["Train"]
     methods = tuple(ev["methods"])
@@ -205,29 +204,28 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m comir_tf.evaluate config.ini [--set Section.key=value ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m comir_tf.evaluate",
-        description="Register known random rigid transforms of the test pairs with CoMIRs and "
-                    "with the raw images; report errors and success rates.")
-    parser.add_argument("config", help="a CoMIR INI file (with a [CoMIR] section)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-    from labelreg.logs import get_logger, log_line, parse_args
-
-    args = parse_args(parser, argv)
-    from comir_tf.config import load
+    from labelreg.cli import command_parser, run_command
     from labelreg.errors import LabelregError
+    from labelreg.logs import get_logger, log_line
 
-    try:
+    parser = command_parser(
+        "python -m comir_tf.evaluate",
+        "Register known random rigid transforms of the test pairs with CoMIRs and with the raw "
+        "images; report errors and success rates.",
+        config_help="a CoMIR INI file (with a [CoMIR] section)",
+        set_help="override one setting (repeatable)")
+
+    def body(args) -> int:
+        from comir_tf.config import load
+
         summary = evaluate(load(args.config, args.overrides), log=log_line)
-    except (LabelregError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    # evaluate() logs its summary table with the progress lines; --quiet hides those but not
-    # the result.
-    if not get_logger().isEnabledFor(logging.INFO):
-        print(format_summary(summary))
-    return 0
+        # evaluate() logs its summary table with the progress lines; --quiet hides those but
+        # not the result.
+        if not get_logger().isEnabledFor(logging.INFO):
+            print(format_summary(summary))
+        return 0
+
+    return run_command(parser, argv, body, errors=(LabelregError, ImportError))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.errors import shape_text
 
 __all__ = [
     "warp_volumes_by_ddf",
@@ -38,9 +39,6 @@ __all__ = [
 
 _ORDERS = ("ddf_then_affine", "affine_then_ddf")
 
-
-def _describe(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
 def warp_volumes_by_ddf(
@@ -75,8 +73,8 @@ def warp_volumes_by_ddf(
     if rank not in (n + 1, n + 2):
         raise ValueError(
             f"volumes must have shape [batch, {n} spatial axes] or [batch, {n} spatial axes, "
-            f"channels] to match the {n}-D ddf of shape {_describe(ddf.shape)}; received "
-            f"volumes shape {_describe(volumes.shape)}."
+            f"channels] to match the {n}-D ddf of shape {shape_text(ddf.shape)}; received "
+            f"volumes shape {shape_text(volumes.shape)}."
         )
     no_channels = rank == n + 1
     image = volumes[..., None] if no_channels else volumes
@@ -95,14 +93,14 @@ def _check_points(points: Any, ddf: tf.Tensor, name: str) -> tf.Tensor:
     if p.shape.rank != 3 or p.shape[-1] != n:
         raise ValueError(
             f"{name} must have shape [batch, points, {n}] or [points, {n}] (voxel coordinates "
-            f"in array-index order) for a {n}-D ddf of shape {_describe(ddf.shape)}; received "
-            f"shape {_describe(p.shape)}."
+            f"in array-index order) for a {n}-D ddf of shape {shape_text(ddf.shape)}; received "
+            f"shape {shape_text(p.shape)}."
         )
     b_p, b_d = p.shape[0], ddf.shape[0]
     if b_p is not None and b_d is not None and b_p != b_d:
         raise ValueError(
             f"{name} and ddf must have the same batch size; received {name} shape "
-            f"{_describe(p.shape)} and ddf shape {_describe(ddf.shape)}."
+            f"{shape_text(p.shape)} and ddf shape {shape_text(ddf.shape)}."
         )
     return p
 
@@ -243,7 +241,7 @@ def invert_ddf(
     if len(shape) != n or any(s is None or s < 1 for s in shape):
         raise ValueError(
             f"moving_shape must list {n} positive sizes for the {n}-D ddf of shape "
-            f"{_describe(u.shape)}; received moving_shape={moving_shape!r}."
+            f"{shape_text(u.shape)}; received moving_shape={moving_shape!r}."
         )
     if int(max_iterations) < 1:
         raise ValueError(f"max_iterations must be >= 1; received max_iterations={max_iterations}.")
@@ -302,7 +300,7 @@ def compose_affine(
     if theta.shape.rank != 3 or tuple(theta.shape[1:]) != (n, n + 1):
         raise ValueError(
             f"theta must have shape [batch, {n}, {n + 1}] for the {n}-D ddf of shape "
-            f"{_describe(u.shape)}; received theta shape {_describe(theta.shape)}."
+            f"{shape_text(u.shape)}; received theta shape {shape_text(theta.shape)}."
         )
     if order == "ddf_then_affine":
         if output_shape is not None:
@@ -320,6 +318,6 @@ def compose_affine(
     if len(shape) != n or any(s is None for s in shape):
         raise ValueError(
             f"output_shape must list {n} sizes (needed when the ddf's spatial shape is not "
-            f"static); received output_shape={output_shape!r} for ddf shape {_describe(u.shape)}."
+            f"static); received output_shape={output_shape!r} for ddf shape {shape_text(u.shape)}."
         )
     return ops.compose(u, ops.affine_to_ddf(theta, shape))

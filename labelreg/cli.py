@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from labelreg.errors import LabelregError, PartialFailure
 from labelreg.logs import get_logger, log_line, parse_args
 
-__all__ = ["train_main", "infer_main"]
+__all__ = ["train_main", "infer_main", "command_parser", "fail", "run_command"]
 
 _SET_HELP = (
     "override one setting, e.g. --set Train.learning_rate=1e-4 (repeatable; values are parsed "
@@ -41,17 +41,41 @@ _SET_HELP = (
 )
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+def command_parser(prog: str, description: str,
+                   config_help: str = "the INI file (see docs/config.md)",
+                   set_help: str = _SET_HELP) -> argparse.ArgumentParser:
+    """The parser every command starts from: the INI file and repeatable ``--set`` overrides
+    (``-v``/``-q`` are added by :func:`run_command`)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("config", help="the INI file (see docs/config.md)")
+    parser.add_argument("config", help=config_help)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+                        metavar="SECTION.KEY=VALUE", help=set_help)
     return parser
 
 
-def _fail(err: BaseException) -> int:
+def fail(err: BaseException) -> int:
+    """Print ``error: <message>`` to stderr; the exit code of a configuration or data error."""
     print(f"error: {err}", file=sys.stderr)
     return 2
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                body: Callable[[argparse.Namespace], int],
+                errors: tuple[type[BaseException], ...] = (LabelregError,)) -> int:
+    """Parse ``argv`` (with ``-v/--verbose`` and ``-q/--quiet``, :func:`labelreg.logs.parse_args`),
+    run ``body(args)`` and return its exit code; one of ``errors`` becomes one ``error:`` line
+    and exit code 2, Ctrl-C exit code 130."""
+    args = parse_args(parser, argv)
+    try:
+        return body(args)
+    except errors as err:
+        return fail(err)
+    except KeyboardInterrupt:
+        return 130
+
+
+_parser = command_parser
+_fail = fail
 
 
 def _load(config: str, overrides: Sequence[str]):

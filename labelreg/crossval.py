@@ -41,7 +41,6 @@ every fold trained and writes the tables.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -57,14 +56,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labelreg.cli import command_parser, run_command
 from labelreg.data.nifti import PairedDataset
 from labelreg.errors import ConfigError, DataError, LabelregError
-from labelreg.evaluation import (
+from labelreg.files import atomic_write_text
+from labelreg.logs import log_line
+from labelreg.scoring import (
     CaseResult,
     EvaluationTable,
     evaluate,
 )
-from labelreg.files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from labelreg.config import Config
@@ -509,17 +510,14 @@ def _plot_folds(directory: Path, result: CrossValidation, log: Callable[[str], N
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m labelreg.crossval``; returns the exit code (0 done, 2 a configuration or data
     error, 130 interrupted: rerun to resume)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m labelreg.crossval",
-        description="k-fold cross-validation: train on k-1 folds, evaluate gland Dice and "
-                    "landmark TRE on the held-out fold.")
-    parser.add_argument("config", help="the INI file")
+    parser = command_parser(
+        "python -m labelreg.crossval",
+        "k-fold cross-validation: train on k-1 folds, evaluate gland Dice and landmark TRE on "
+        "the held-out fold.", config_help="the INI file",
+        set_help="override one setting of every fold (repeatable)")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shuffle assigning cases to folds (default 0)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE",
-                        help="override one setting of every fold (repeatable)")
     parser.add_argument("--dir", dest="directory", default=None,
                         help="cross-validation folder (default: <dir_run>/crossval)")
     parser.add_argument("--groups", default=None, metavar="CSV",
@@ -528,22 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", dest="only", type=int, action="append", default=None,
                         metavar="K", help="run only fold K (repeatable; 1-based); no table is "
                         "written, so folds can run in parallel processes sharing --dir")
-    from labelreg.logs import log_line, parse_args
 
-    args = parse_args(parser, argv)
-    try:
+    def body(args) -> int:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
                                 args.directory, log=log_line, only=args.only,
                                 groups=args.groups)
-    except (LabelregError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    if args.only is None:
-        print(result.format())
-        print(f"wrote {result.directory / 'crossval.csv'}")
-    return 0
+        if args.only is None:
+            print(result.format())
+            print(f"wrote {result.directory / 'crossval.csv'}")
+        return 0
+
+    return run_command(parser, argv, body, errors=(LabelregError, FloatingPointError))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,17 @@
-"""Exceptions raised by labelreg for bad configuration and bad data."""
+"""Exceptions raised by labelreg for bad configuration and bad data, and the shape text their
+messages use."""
 
 from __future__ import annotations
 
-__all__ = ["LabelregError", "ConfigError", "DataError", "PartialFailure"]
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["LabelregError", "ConfigError", "DataError", "PartialFailure", "shape_text"]
+
+
+def shape_text(shape: Iterable[Any]) -> str:
+    """A shape as messages write it, e.g. ``(2, None, 64)`` (an unknown size is ``None``)."""
+    return "(" + ", ".join("None" if d is None else str(int(d)) for d in shape) + ")"
 
 
 class LabelregError(Exception):

@@ -46,10 +46,10 @@ from labelreg import metrics, ops
 from labelreg.config import Config
 from labelreg.data.nifti import case_name, is_nifti, spatial_and_labels
 from labelreg.data.pipeline import normalise_intensity
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
 from labelreg.files import nifti_image, write_csv, write_png
 from labelreg.item_outputs import ItemFailure, ItemOutputs, ItemsResult
+from labelreg.methods.runs import load_trained_run
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.precision import with_precision
 from labelreg.visualise import overlay_figure

@@ -35,15 +35,13 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
+from labelreg.errors import shape_text
 from labelreg.ops.checks import check_ddf, check_image, check_number
 from labelreg.ops.integrate import integrate_svf
 from labelreg.ops.sobolev import sobolev_smooth
 
 __all__ = ["SVFPosterior", "velocity_regulariser", "transformation"]
 
-
-def _describe(shape: Sequence[Any]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
 def _sum_per_pair(x: tf.Tensor) -> tf.Tensor:
@@ -58,7 +56,7 @@ def _check_seed(seed: Any) -> tf.Tensor:
     if not t.dtype.is_integer or t.shape.rank != 1 or t.shape[0] not in (None, 2):
         raise ValueError(
             "seed must be an integer or an integer tensor of shape [2]; received "
-            f"dtype={t.dtype.name}, shape={_describe(t.shape.as_list() if t.shape.rank else [])}."
+            f"dtype={t.dtype.name}, shape={shape_text(t.shape.as_list() if t.shape.rank else [])}."
         )
     return tf.cast(t, tf.int64)
 
@@ -170,8 +168,8 @@ class SVFPosterior(tf.Module):
         v = check_ddf(v, "v")
         if v.shape.is_fully_defined() and tuple(v.shape) != self.shape:
             raise ValueError(
-                f"v must have the posterior's shape {_describe(self.shape)}; received shape "
-                f"{_describe(v.shape)}."
+                f"v must have the posterior's shape {shape_text(self.shape)}; received shape "
+                f"{shape_text(v.shape)}."
             )
         sigma = self.sigma
         r = (v - self.mu) / sigma

@@ -17,11 +17,11 @@ from labelreg.data import PairedDataset
 from labelreg.data.augment import augment_batch, step_seed
 from labelreg.data.pipeline import CaseCache, make_train_dataset, normalise_intensity
 from labelreg.engine import train
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import ConfigError
 from labelreg.export import registration as export
 from labelreg.losses.label import dice_loss
 from labelreg.methods.label_driven import LabelDriven
+from labelreg.methods.runs import load_trained_run
 from labelreg.networks import CentroidAlignNet, build_network
 from tests.test_pipeline_e2e import ball_label, write_config, write_dataset
 

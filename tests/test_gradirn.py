@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.losses.image import ssd
 from labelreg.networks.gradirn import (
     GraDIRN,
     _fixed_to_moving_voxels,
@@ -20,7 +21,6 @@ from labelreg.networks.gradirn import (
     ncc_energy,
     pyramid_shapes,
     similarity_gradient,
-    ssd_energy,
 )
 
 # Small networks for the tests that run the model; the CNN width does not change the algorithm.
@@ -237,7 +237,7 @@ def test_similarity_gradient_matches_finite_differences(similarity):
     ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.25, 0.75, (2, *shape, 2))
     direction = rng.standard_normal(ddf.shape)
     grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
-    energy_fn = {"ssd": ssd_energy, "ncc": ncc_energy}[similarity]
+    energy_fn = {"ssd": ssd, "ncc": ncc_energy}[similarity]
 
     def energy(offset):  # float64 NumPy warp at ddf + offset; TF energies in float64
         warped = [np_warp(moving[b, ..., 0].astype(np.float64), ddf[b], offset[b]) for b in (0, 1)]
@@ -254,7 +254,7 @@ def test_energies_against_numpy():
     rng = np.random.default_rng(4)
     t = rng.random((3, 5, 4, 2))
     w = rng.random((3, 5, 4, 2))
-    np.testing.assert_allclose(ssd_energy(t, w).numpy(), ((t - w) ** 2).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose(ssd(t, w).numpy(), ((t - w) ** 2).mean(axis=(1, 2, 3)))
     tc = t - t.mean(axis=(1, 2, 3), keepdims=True)
     wc = w - w.mean(axis=(1, 2, 3), keepdims=True)
     expected = -((tc * wc).sum((1, 2, 3)) ** 2) / (
@@ -276,7 +276,7 @@ def test_every_descent_step_lowers_its_energy(ndim, similarity):
     moving, fixed = blob_pairs(ndim, shifts)
     model = built(ndim, num_levels=2, num_repeat=3, channels=4, similarity=similarity)
     zero_cnn_output(model)
-    energy_fn = {"ssd": ssd_energy, "ncc": ncc_energy}[similarity]
+    energy_fn = {"ssd": ssd, "ncc": ncc_energy}[similarity]
     moving_levels, fixed_levels = model.pyramids(moving, fixed)
     steps = model.forward([moving, fixed])["ddf_steps"]
 

@@ -14,7 +14,7 @@ import numpy as np
 from labelreg.cli import infer_main, train_main
 from labelreg.data.stacks import StackDataset, make_stack_eval_pairs
 from labelreg.data.synthetic_stacks import write_synthetic_stacks
-from labelreg.engine.checkpoints import load_trained_run
+from labelreg.methods.runs import load_trained_run
 
 INI = """
 [Method]

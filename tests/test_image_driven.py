@@ -13,10 +13,10 @@ import tifffile
 from labelreg.cli import infer_main, train_main
 from labelreg.data.synthetic_stacks import write_synthetic_stacks
 from labelreg.engine import train
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import ConfigError
 from labelreg.methods.image_driven import STACK_METRIC_COLUMNS, jacobian_statistics
 from labelreg.methods.registry import load_config
+from labelreg.methods.runs import load_trained_run
 
 FEATURES_INI = """
 [Method]

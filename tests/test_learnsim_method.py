@@ -14,8 +14,8 @@ import tensorflow as tf
 from labelreg.cli import infer_main, train_main
 from labelreg.data.synthetic_volumes import write_synthetic_volumes
 from labelreg.engine import train
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.methods.registry import get_method, load_config
+from labelreg.methods.runs import load_trained_run
 from labelreg.variational import SVFPosterior
 
 INI = """

@@ -20,7 +20,6 @@ from labelreg.cli import infer_main, train_main
 from labelreg.config import Key, method_section, parse, train_section
 from labelreg.engine.checkpoints import (
     load_model_description,
-    load_trained_run,
     make_checkpoint,
     save_model_description,
 )
@@ -28,6 +27,7 @@ from labelreg.errors import ConfigError, DataError
 from labelreg.losses.registry import LOSSES, build_loss, register_loss
 from labelreg.methods.base import Method
 from labelreg.methods.registry import METHODS, method_name, register_method
+from labelreg.methods.runs import load_trained_run
 from labelreg.networks.apply import register_pair
 from labelreg.networks.registry import NETWORKS
 

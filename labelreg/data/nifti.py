@@ -22,7 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from labelreg.errors import DataError
+from labelreg.errors import DataError, shape_text
 
 __all__ = ["NIFTI_SUFFIXES", "NiftiReader", "PairedDataset", "case_name", "is_nifti",
            "spatial_and_labels"]
@@ -66,9 +66,6 @@ def _voxel_type(image: Any, dtype: np.dtype) -> str:
     except Exception:  # a header without NIfTI type codes
         return str(dtype)
 
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
 class NiftiReader:
@@ -129,7 +126,7 @@ class NiftiReader:
             except ValueError:
                 raise DataError(
                     f"{path}: expected a 2-D, 3-D or 4-D (labels on the 4th axis) NIfTI image; "
-                    f"received shape {_shape_text(image.shape)}."
+                    f"received shape {shape_text(image.shape)}."
                 ) from None
             dtype = np.dtype(image.get_data_dtype())
             if dtype.kind not in "biuf":  # complex, RGB or another compound voxel type
@@ -144,8 +141,8 @@ class NiftiReader:
         for path, spatial in zip(kept, self._shapes, strict=True):
             if spatial != self.data_shape:
                 raise DataError(
-                    f"{path}: spatial shape {_shape_text(spatial)} differs from "
-                    f"{_shape_text(self.data_shape)} of the first file {kept[0].name}; every file "
+                    f"{path}: spatial shape {shape_text(spatial)} differs from "
+                    f"{shape_text(self.data_shape)} of the first file {kept[0].name}; every file "
                     "of a folder must have the same shape."
                 )
         self.ndim = len(self.data_shape)
@@ -416,8 +413,8 @@ class PairedDataset:
             if label.data_shape != image.data_shape:
                 first = label.files[0]
                 raise DataError(
-                    f"{first}: label spatial shape {_shape_text(label.data_shape)} differs from "
-                    f"the image shape {_shape_text(image.data_shape)} of {image.directory}."
+                    f"{first}: label spatial shape {shape_text(label.data_shape)} differs from "
+                    f"the image shape {shape_text(image.data_shape)} of {image.directory}."
                 )
         self.num_labels: list[int] = [1] * self.num_cases
         if self.moving_label is not None and self.fixed_label is not None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 
-from labelreg.errors import DataError
+from labelreg.errors import DataError, shape_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from labelreg._tf import tf
@@ -51,9 +51,6 @@ __all__ = [
 TIFF_SUFFIXES = (".tif", ".tiff")
 _EXPECTED = "expected a multi-page TIFF stack [frames, height, width]"
 
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
 def _read_tiff(path: str | os.PathLike) -> tuple[Path, np.ndarray]:
@@ -77,7 +74,7 @@ def _read_tiff(path: str | os.PathLike) -> tuple[Path, np.ndarray]:
     if data.ndim != 3:
         hint = " (a single image: save it as a stack of frames)" if data.ndim == 2 else ""
         raise DataError(
-            f"{path}: {_EXPECTED} of one grey channel; received shape {_shape_text(data.shape)}"
+            f"{path}: {_EXPECTED} of one grey channel; received shape {shape_text(data.shape)}"
             f"{hint}."
         )
     return path, data
@@ -233,14 +230,14 @@ class StackDataset:
             image, label = read_stack(image_file), read_label_stack(label_file)
             if image.shape != label.shape:
                 raise DataError(
-                    f"{label_file}: label stack shape {_shape_text(label.shape)} differs from the "
-                    f"image stack shape {_shape_text(image.shape)} of {image_file}; expected one "
+                    f"{label_file}: label stack shape {shape_text(label.shape)} differs from the "
+                    f"image stack shape {shape_text(image.shape)} of {image_file}; expected one "
                     "class label per image pixel of every frame."
                 )
             if self.images and image.shape[1:] != self.images[0].shape[1:]:
                 raise DataError(
-                    f"{image_file}: frame shape {_shape_text(image.shape[1:])} differs from "
-                    f"{_shape_text(self.images[0].shape[1:])} of {self.image_files[0]}; every "
+                    f"{image_file}: frame shape {shape_text(image.shape[1:])} differs from "
+                    f"{shape_text(self.images[0].shape[1:])} of {self.image_files[0]}; every "
                     "sequence of a dataset must have the same frame shape."
                 )
             self.images.append(image)

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,6 @@ __all__ = [
     "restore_latest",
     "UnreadableCheckpoint",
     "prepare_run_dir",
-    "TrainedRun",
-    "load_trained_run",
 ]
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -267,37 +264,3 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Path]:
         + ", ".join(str(folder) for folder, _ in candidates)
         + ". Train first with `python training.py <config.ini>`."
     )
-
-
-@dataclass
-class TrainedRun:
-    """A training run restored for inference or export (see :func:`load_trained_run`)."""
-
-    method: type
-    models: dict[str, keras.Model]
-    meta: dict[str, Any]
-    prefix: str
-    run_dir: Path
-    description: dict[str, Any]
-
-
-def load_trained_run(path: str | os.PathLike) -> TrainedRun:
-    """Rebuild the networks of a training run of any method and restore their weights.
-
-    Args:
-        path: anything :func:`resolve_checkpoint` accepts.
-
-    Raises:
-        DataError: no checkpoint or model description, or weights that do not fit.
-        ConfigError: a run of a method that is not registered.
-    """
-    from labelreg.methods.registry import get_method
-
-    prefix, run_dir = resolve_checkpoint(path)
-    description = load_model_description(run_dir)
-    method = get_method(description["method"])
-    models = method.rebuild(description)
-    # The optimizers and step of the training checkpoint are not needed here; every model
-    # weight is.
-    restore_checkpoint(models, prefix, partial=True)
-    return TrainedRun(method, models, dict(description["meta"]), prefix, run_dir, description)

@@ -1,8 +1,9 @@
 """Export trained models as TF-Serving SavedModels (and, optionally, to ONNX).
 
 - :mod:`labelreg.export.publish`: versioned publishing for any method (staging, never
-  overwriting, ``<base>/<name>/<version>/``), :func:`export_saved_model` of a training run (the
-  signatures come from the run's method), :func:`export_onnx`.
+  overwriting, ``<base>/<name>/<version>/``).
+- :mod:`labelreg.export.runs`: :func:`export_saved_model` of a training run (the signatures
+  come from the run's method), :func:`export_onnx`.
 - :mod:`labelreg.export.registration`: the signatures of a registration network
   (``serving_default``, ``warp_labels``, ``register_with_labels``) and :func:`export_model` for
   an in-memory network.
@@ -12,8 +13,6 @@ from labelreg.export.publish import (
     METADATA_DIR,
     SERVING_DEFAULT,
     export_endpoints,
-    export_onnx,
-    export_saved_model,
     list_versions,
     next_version,
     training_step,
@@ -27,6 +26,7 @@ from labelreg.export.registration import (
     export_model,
     normalise_intensity,
 )
+from labelreg.export.runs import export_onnx, export_saved_model
 
 __all__ = [
     "METADATA_DIR",

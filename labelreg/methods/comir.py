@@ -25,9 +25,9 @@ from comir_tf.generate import comir_margin, encoder_signature, generate, write_c
 from comir_tf.tiramisu import Tiramisu
 from labelreg._tf import tf
 from labelreg.config import Config
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.engine.step import make_train_step as make_engine_step
 from labelreg.methods.base import Endpoint, Method
+from labelreg.methods.runs import load_trained_run
 
 __all__ = ["CoMIR", "build_models", "restore_models", "make_train_step"]
 

@@ -107,7 +107,7 @@ class DeepSimFeatures(Method):
 
     def infer(self, overwrite: bool = False) -> list[str]:
         """Per-class Dice (or the autoencoder's error) on the validation stacks."""
-        from labelreg.engine.checkpoints import load_trained_run
+        from labelreg.methods.runs import load_trained_run
 
         self.prepare_data()
         self.models = load_trained_run(self.cfg["Train"]["dir_run"]).models

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import keras
 
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import ConfigError
 from labelreg.losses.registry import LOSSES, build_loss, get_label_loss, get_regulariser
 from labelreg.methods import image_driven_config
 from labelreg.methods.pairwise import PairwiseMethod
+from labelreg.methods.runs import load_trained_run
 from labelreg.methods.sources import STACK_METRIC_COLUMNS, jacobian_statistics
 
 __all__ = ["ImageDriven", "STACK_METRIC_COLUMNS", "jacobian_statistics"]

@@ -36,12 +36,12 @@ from labelreg import metrics, ops
 from labelreg._tf import tf
 from labelreg.data import PairedDataset
 from labelreg.data.pipeline import normalise_intensity
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
 from labelreg.files import nifti_image, write_csv
 from labelreg.item_outputs import ItemOutputs, raise_if_failed
 from labelreg.losses.learnsim import learned_lcc, learned_ssd
 from labelreg.methods.base import Endpoint, Method
+from labelreg.methods.runs import load_trained_run
 from labelreg.networks.learnsim import SimilarityEncoder
 from labelreg.ops.sobolev import sobolev_smooth
 from labelreg.pair_inference import InferencePair, NiftiInferencePairs

@@ -21,11 +21,11 @@ import numpy as np
 from labelreg import metrics
 from labelreg._tf import tf
 from labelreg.engine.batchnorm import batch_norm_layers, recalibrate_batch_norm
-from labelreg.engine.checkpoints import load_trained_run
 from labelreg.errors import DataError
 from labelreg.losses.label import centroid_distance_loss
 from labelreg.losses.terms import ModelObjective, Monitor, Phase, Term, batch_keys, evaluate
 from labelreg.methods.base import Endpoint, Method
+from labelreg.methods.runs import load_trained_run
 from labelreg.methods.sources import PairSource, source_for
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network

@@ -7,7 +7,7 @@ needs and holds no branch on the format. Two formats exist:
 
 - :class:`NiftiPairs`: label-reg's four folders of NIfTI files paired by file name, with
   label-reg's two-stage label sampling and affine augmentation; validation is the gland Dice
-  and landmark TRE of :func:`labelreg.evaluation.evaluate`; inference writes one folder per
+  and landmark TRE of :func:`labelreg.scoring.evaluate`; inference writes one folder per
   pair (:mod:`labelreg.pair_inference`).
 - :class:`TiffStacks`: 2-D TIFF stacks of microscopy sequences (DeepSim's layout), frame pairs
   within ``max_offset`` for training and consecutive frames for validation and inference.
@@ -38,6 +38,7 @@ from labelreg.files import write_csv, write_png
 from labelreg.item_outputs import ItemFailure, ItemOutputs, raise_if_failed
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.pair_inference import infer as infer_pairs
+from labelreg.scoring import evaluate
 from labelreg.visualise import overlay_figure
 
 __all__ = ["PairSource", "NiftiPairs", "TiffStacks", "SOURCES", "source_for",
@@ -222,7 +223,7 @@ class NiftiPairs(PairSource):
             yield [batch["moving_image"], batch["fixed_image"]]
 
     def validate(self, ddf_function: DDFFunction) -> dict[str, float]:
-        """Registration accuracy on the validation pairs (:func:`labelreg.evaluation.evaluate`).
+        """Registration accuracy on the validation pairs (:func:`labelreg.scoring.evaluate`).
 
         Returns:
             ``{}`` without validation data, else ``dice``: the median over cases of the gland
@@ -234,8 +235,6 @@ class NiftiPairs(PairSource):
         """
         if self.valid is None:
             return {}
-        from labelreg.evaluation import evaluate
-
         # Read once and kept: validation runs at every checkpoint on the same files.
         if self._valid_cache is None:
             self._valid_cache = CaseCache(self.valid, normalise=self.normalise)

@@ -9,7 +9,7 @@ import keras
 
 from labelreg import ops
 from labelreg._tf import tf
-from labelreg.networks.globalnet import check_fixed_shape, resolve_fixed_shape
+from labelreg.networks.globalnet import AffineStage, check_fixed_shape, resolve_fixed_shape
 from labelreg.networks.layers import (
     AffineRegressor,
     RegistrationModel,
@@ -23,7 +23,7 @@ __all__ = ["CompositeNet"]
 
 
 @keras.saving.register_keras_serializable(package="labelreg")
-class CompositeNet(RegistrationModel):
+class CompositeNet(AffineStage, RegistrationModel):
     """An affine stage (GlobalNet) then a dense stage (LocalNet), composed.
 
     1. GlobalNet's regressor gives ``theta`` and the affine DDF ``ddf_global`` (see
@@ -122,16 +122,9 @@ class CompositeNet(RegistrationModel):
         ddf = ops.compose(ddf_global, ddf_local)
         return {"ddf": ddf, "theta": theta, "ddf_global": ddf_global, "ddf_local": ddf_local}
 
-    def theta(self, inputs: Any, training: bool | None = False) -> tf.Tensor:
-        """The affine stage's transform ``[B, n, n+1]``."""
-        moving, fixed = self._pair(inputs)
-        check_fixed_shape(self, fixed, self.fixed_shape)
-        return self.regressor(self.network_input(moving, fixed), training=training)
-
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "fixed_shape": None if self.fixed_shape is None else list(self.fixed_shape),
             "num_channel_initial": self.num_channel_initial,
             "num_channel_initial_global": self.num_channel_initial_global,
             "ddf_levels": list(self.ddf_levels),

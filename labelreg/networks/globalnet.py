@@ -9,6 +9,7 @@ import keras
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.errors import shape_text
 from labelreg.networks.layers import (
     AffineRegressor,
     RegistrationModel,
@@ -17,7 +18,7 @@ from labelreg.networks.layers import (
     pair_shapes,
 )
 
-__all__ = ["GlobalNet", "check_fixed_shape"]
+__all__ = ["AffineStage", "GlobalNet", "check_fixed_shape"]
 
 
 def check_fixed_shape(
@@ -39,20 +40,17 @@ def check_fixed_shape(
     if any(s is None for s in spatial):
         raise ValueError(
             f"{type(network).__name__} needs a static fixed_image spatial shape (its dense layer "
-            f"depends on it); received fixed_image shape {_describe(full)}."
+            f"depends on it); received fixed_image shape {shape_text(full)}."
         )
     shape = tuple(int(s) for s in spatial)
     if fixed_shape is not None and shape != tuple(fixed_shape):
         raise ValueError(
             f"{type(network).__name__} was built for fixed images of spatial shape "
             f"{tuple(fixed_shape)} (its dense layer depends on it); received fixed_image shape "
-            f"{_describe(full)}."
+            f"{shape_text(full)}."
         )
     return shape
 
-
-def _describe(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
 def resolve_fixed_shape(
@@ -71,8 +69,26 @@ def resolve_fixed_shape(
     return check_spatial_shape(fixed_shape, ndim, "fixed_shape")
 
 
+class AffineStage:
+    """What the networks with an affine regressor share (GlobalNet, CompositeNet): ``theta``,
+    and the ``fixed_shape`` their dense layer depends on in their config. Mixed in before
+    :class:`~labelreg.networks.layers.RegistrationModel`; needs ``self.regressor`` and
+    ``self.fixed_shape``."""
+
+    def theta(self, inputs: Any, training: bool | None = False) -> tf.Tensor:
+        """The affine transform ``[B, n, n+1]`` of a pair (see GlobalNet's docstring for its
+        grid)."""
+        moving, fixed = self._pair(inputs)
+        check_fixed_shape(self, fixed, self.fixed_shape)
+        return self.regressor(self.network_input(moving, fixed), training=training)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(),
+                "fixed_shape": None if self.fixed_shape is None else list(self.fixed_shape)}
+
+
 @keras.saving.register_keras_serializable(package="labelreg")
-class GlobalNet(RegistrationModel):
+class GlobalNet(AffineStage, RegistrationModel):
     """label-reg's GlobalNet: an encoder and a dense layer predicting an affine transform.
 
     The encoder is LocalNet's (four ``DownResBlock`` s with a 7^n first kernel and a bottom
@@ -154,15 +170,5 @@ class GlobalNet(RegistrationModel):
         theta = self.regressor(self.network_input(moving, fixed), training=training)
         return {"ddf": ops.affine_to_ddf(theta, shape), "theta": theta}
 
-    def theta(self, inputs: Any, training: bool | None = False) -> tf.Tensor:
-        """The affine transform ``[B, n, n+1]`` of a pair (see the class docstring for its grid)."""
-        moving, fixed = self._pair(inputs)
-        check_fixed_shape(self, fixed, self.fixed_shape)
-        return self.regressor(self.network_input(moving, fixed), training=training)
-
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "num_channel_initial": self.num_channel_initial,
-            "fixed_shape": None if self.fixed_shape is None else list(self.fixed_shape),
-        }
+        return {**super().get_config(), "num_channel_initial": self.num_channel_initial}

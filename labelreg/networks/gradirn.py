@@ -30,6 +30,7 @@ import keras
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.losses.image import ssd
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -47,7 +48,6 @@ __all__ = [
     "GraDIRN",
     "GradientStep",
     "SIMILARITIES",
-    "ssd_energy",
     "ncc_energy",
     "similarity_gradient",
     "pyramid_shapes",
@@ -81,19 +81,6 @@ def _sample_axes(x: tf.Tensor) -> list[int]:
     return list(range(1, x.shape.rank))
 
 
-def ssd_energy(target: Any, warped: Any) -> tf.Tensor:
-    """Per-sample mean squared difference, ``mean((t - w)²)`` over ``[*S, C]``.
-
-    Args:
-        target, warped: ``[B, *S, C]``.
-
-    Returns:
-        ``[B]``.
-    """
-    target, warped = _as_pair(target, warped)
-    return tf.reduce_mean(tf.square(target - warped), axis=_sample_axes(target))
-
-
 def ncc_energy(target: Any, warped: Any) -> tf.Tensor:
     """Per-sample negative squared global NCC, GraDIRN's ``ncc`` energy.
 
@@ -118,7 +105,8 @@ def ncc_energy(target: Any, warped: Any) -> tf.Tensor:
     return -tf.square(cov) / (var_t * var_w + _NCC_EPS)
 
 
-_ENERGIES = {"ssd": ssd_energy, "ncc": ncc_energy}
+# The ssd energy is the image loss of the same name (mean squared difference per sample).
+_ENERGIES = {"ssd": ssd, "ncc": ncc_energy}
 
 
 def similarity_gradient(

@@ -33,6 +33,7 @@ import numpy as np
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.errors import shape_text
 from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = [
@@ -121,9 +122,6 @@ def check_spatial_shape(shape: Any, ndim: int, name: str) -> tuple[int, ...]:
     return tuple(int(s) for s in values)
 
 
-def _describe(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
-
 
 def with_channels(shape: Sequence[int | None], channels: int) -> tuple[int | None, ...]:
     """``shape`` with its last entry replaced by ``channels``."""
@@ -136,7 +134,7 @@ def known_channels(shape: Sequence[int | None], name: str) -> int:
     if channels is None:
         raise ValueError(
             f"{name} needs a known channel count to create its weights; received shape "
-            f"{_describe(shape)}."
+            f"{shape_text(shape)}."
         )
     return int(channels)
 
@@ -189,7 +187,7 @@ def static_spatial_shape(x: tf.Tensor, name: str = "tensor") -> tuple[int, ...]:
     if any(s is None for s in spatial):
         raise ValueError(
             f"{name} must have a static spatial shape (only the batch may be unknown); "
-            f"received shape {_describe(x.shape)}."
+            f"received shape {shape_text(x.shape)}."
         )
     return tuple(int(s) for s in spatial)
 
@@ -264,8 +262,8 @@ def check_pair_shapes(moving_shape: Any, fixed_shape: Any, ndim: int, network: s
     moving_shape = tuple(moving_shape)
     fixed_shape = tuple(fixed_shape)
     shapes = (
-        f"received moving_image shape {_describe(moving_shape)} and fixed_image shape "
-        f"{_describe(fixed_shape)}"
+        f"received moving_image shape {shape_text(moving_shape)} and fixed_image shape "
+        f"{shape_text(fixed_shape)}"
     )
     for name, shape in (("moving_image", moving_shape), ("fixed_image", fixed_shape)):
         if len(shape) != ndim + 2:
@@ -652,7 +650,7 @@ class UpResBlock(keras.layers.Layer):
         if known_channels(input_shape, self.name) != 2 * self.filters:
             raise ValueError(
                 f"{self.name} has {self.filters} filters, so its input needs "
-                f"{2 * self.filters} channels; received shape {_describe(input_shape)}."
+                f"{2 * self.filters} channels; received shape {shape_text(input_shape)}."
             )
         self.deconv.build(tuple(input_shape))
         # The output grid is the skip's, unknown here; only the channels matter for weights.
@@ -820,7 +818,7 @@ class AffineRegressor(keras.layers.Layer):
         if any(s is None for s in spatial_shape):
             raise ValueError(
                 f"{self.name} needs a static spatial input shape (its dense layer depends on it); "
-                f"received spatial shape {_describe(spatial_shape)}."
+                f"received spatial shape {shape_text(spatial_shape)}."
             )
         bottom = Encoder.bottom_shape(spatial_shape)
         return math.prod(bottom) * self.num_channel_initial * 2**Encoder.num_levels

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from labelreg._tf import tf
+from labelreg.errors import shape_text
 
 __all__ = ["check_image", "check_ddf", "check_finite", "check_integer", "check_number",
            "spatial_rank"]
@@ -69,9 +70,6 @@ def check_integer(value: Any, name: str, minimum: int = 0, *, odd: bool = False,
         raise ValueError(f"{name} must be {kind}; received {name}={value!r}.")
     return int(value)
 
-
-def _describe(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
 def _real_tensor(x: Any, name: str) -> tf.Tensor:
@@ -133,13 +131,13 @@ def check_image(
             else "[batch, *spatial, channels] with 2 or 3 spatial axes (rank 4 or 5)"
         )
         raise ValueError(
-            f"{name} must have shape {expected}; received shape {_describe(t.shape)} "
+            f"{name} must have shape {expected}; received shape {shape_text(t.shape)} "
             f"(rank {rank})."
         )
     if channels is not None and t.shape[-1] is not None and t.shape[-1] != channels:
         raise ValueError(
             f"{name} must have {channels} channel(s) on its last axis; received shape "
-            f"{_describe(t.shape)}."
+            f"{shape_text(t.shape)}."
         )
     return t
 
@@ -163,7 +161,7 @@ def check_ddf(ddf: Any, name: str = "ddf", ndim: int | None = None) -> tf.Tensor
         raise ValueError(
             f"{name} has {t.shape[-1]} displacement components on its last axis but {n} spatial "
             f"axes; a DDF must have shape [batch, *spatial, {n}]. Received shape "
-            f"{_describe(t.shape)}."
+            f"{shape_text(t.shape)}."
         )
     return t
 
@@ -190,5 +188,5 @@ def check_finite(x: Any, name: str) -> None:
         if bad.any():
             raise ValueError(
                 f"{name} contains {int(bad.sum())} NaN or Inf value(s) out of {values.size} "
-                f"(shape {_describe(values.shape)}); registration inputs must be finite."
+                f"(shape {shape_text(values.shape)}); registration inputs must be finite."
             )
