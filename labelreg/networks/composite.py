@@ -111,10 +111,7 @@ class CompositeNet(AffineStage, RegistrationModel):
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         """``ddf``, ``theta``, ``ddf_global`` and ``ddf_local`` (all on the fixed grid)."""
         moving, fixed = self._pair(inputs)
-        shape = check_fixed_shape(self, fixed, self.fixed_shape)
-        if self.fixed_shape is None:  # forward() called before build()
-            self.fixed_shape = shape
-        theta = self.regressor(self.network_input(moving, fixed), training=training)
+        theta, shape = self._affine(moving, fixed, training)
         ddf_global = ops.affine_to_ddf(theta, shape)
         warped = ops.warp(moving, ddf_global)
         ddf_local = self.local_net([warped, fixed], training=training)

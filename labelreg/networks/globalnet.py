@@ -75,6 +75,14 @@ class AffineStage:
     :class:`~labelreg.networks.layers.RegistrationModel`; needs ``self.regressor`` and
     ``self.fixed_shape``."""
 
+    def _affine(self, moving: tf.Tensor, fixed: tf.Tensor, training: bool | None
+                ) -> tuple[tf.Tensor, tuple[int, ...]]:
+        """``theta [B, n, n+1]`` and the fixed grid's shape, which is fixed at the first call."""
+        shape = check_fixed_shape(self, fixed, self.fixed_shape)
+        if self.fixed_shape is None:  # forward() called before build()
+            self.fixed_shape = shape
+        return self.regressor(self.network_input(moving, fixed), training=training), shape
+
     def theta(self, inputs: Any, training: bool | None = False) -> tf.Tensor:
         """The affine transform ``[B, n, n+1]`` of a pair (see GlobalNet's docstring for its
         grid)."""
@@ -163,11 +171,7 @@ class GlobalNet(AffineStage, RegistrationModel):
 
     def forward(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         """``{"ddf": [B, *S_fix, n], "theta": [B, n, n+1]}``."""
-        moving, fixed = self._pair(inputs)
-        shape = check_fixed_shape(self, fixed, self.fixed_shape)
-        if self.fixed_shape is None:  # forward() called before build()
-            self.fixed_shape = shape
-        theta = self.regressor(self.network_input(moving, fixed), training=training)
+        theta, shape = self._affine(*self._pair(inputs), training)
         return {"ddf": ops.affine_to_ddf(theta, shape), "theta": theta}
 
     def get_config(self) -> dict[str, Any]:
