@@ -697,12 +697,16 @@ def test_reading_huge_float32_intensities_keeps_them(data: Path) -> None:
 def _schemas() -> list[dict]:
     """The schemas of the built-in methods (their loaders import no TensorFlow)."""
     from comir_tf.config import COMIR_SCHEMA
-    from labelreg.config import LABELREG_SCHEMA
     from labelreg.methods.image_driven_config import features_schema, image_driven_schema
+    from labelreg.methods.label_driven_config import label_driven_schema
     from labelreg.methods.learnsim_config import learnsim_schema
+    from labelreg.networks.registry import NETWORKS
 
-    return [LABELREG_SCHEMA, image_driven_schema(), features_schema(), learnsim_schema(),
-            COMIR_SCHEMA]
+    # The options each network declares join a schema when a file selects the network.
+    options = [NETWORKS.options(name).keys for name in NETWORKS
+               if NETWORKS.options(name) is not None]
+    return [label_driven_schema(), image_driven_schema(), features_schema(), learnsim_schema(),
+            COMIR_SCHEMA, *options]
 
 
 def _known_names() -> tuple[dict[str, list[str]], list[str]]:

@@ -22,9 +22,10 @@ from labelreg.config.sections import (
     parse_method,
     train_section,
 )
+from labelreg.errors import ConfigError
 from labelreg.registry import import_target
 
-__all__ = ["load", "Key", "Schema", "REQUIRED", "KINDS", "Config", "parse", "fail", "check_pair",
+__all__ = ["load", "ConfigError", "Key", "Schema", "REQUIRED", "KINDS", "Config", "parse", "fail", "check_pair",
            "ComponentOptions", "Selector", "parse_with_components", "schema_markdown",
            "components_markdown", "replace_generated_block", "docs_command", "method_section",
            "train_section", "derive_run_paths", "parse_method", "check_train"]
