@@ -237,11 +237,14 @@ def test_similarity_gradient_matches_finite_differences(similarity):
     ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.25, 0.75, (2, *shape, 2))
     direction = rng.standard_normal(ddf.shape)
     grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
-    energy_fn = {"ssd": ssd, "ncc": ncc_energy}[similarity]
+    # The references in float64: the ssd energy (losses.image.ssd, which computes in float32)
+    # by its formula in NumPy, the ncc energy by the TF function on float64 inputs.
+    energy_fn = {"ssd": lambda t, w: np.mean((np.asarray(t) - w) ** 2, axis=(1, 2, 3)),
+                 "ncc": lambda t, w: ncc_energy(t, w).numpy()}[similarity]
 
-    def energy(offset):  # float64 NumPy warp at ddf + offset; TF energies in float64
+    def energy(offset):  # float64 NumPy warp at ddf + offset; energies in float64
         warped = [np_warp(moving[b, ..., 0].astype(np.float64), ddf[b], offset[b]) for b in (0, 1)]
-        return energy_fn(tf.constant(target, tf.float64), np.stack(warped)[..., None]).numpy()
+        return energy_fn(tf.constant(target, tf.float64), np.stack(warped)[..., None])
 
     h = 1e-4
     numel = math.prod(shape)
