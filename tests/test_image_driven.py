@@ -203,6 +203,11 @@ def test_configuration_errors_name_the_key(stacks, tmp_path):
     ini = _registration_ini(tmp_path, stacks, "lncc", extra="image_loss_options = [window]")
     with pytest.raises(ConfigError, match="image_loss_options.*name=value"):
         load_config(ini)
+    # feature_extractor is an option of the learned similarities only.
+    ini = _registration_ini(tmp_path, stacks, "ssd", extra=f"feature_extractor = {tmp_path}")
+    with pytest.raises(ConfigError, match=r"\[Loss\] feature_extractor = .*an option of "
+                                          r"image_loss_type = deepsim.*image_loss_type = ssd"):
+        load_config(ini)
     ini = _registration_ini(tmp_path, stacks, "nmi", extra="image_loss_options = [window=3]")
     assert train_main([str(ini)]) == 2  # reported as a config error naming the option
 

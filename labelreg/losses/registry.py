@@ -75,11 +75,11 @@ for _name, _target, _kind, _options in (
 # A factory: built with its frozen feature network, build_loss("deepsim", "image",
 # feature_extractor=net).
 LOSSES.add("deepsim", "labelreg.losses.deepsim:DeepSimLoss", kind="image", factory=True,
-           bound={})
+           bound={}, options="labelreg.losses.learned_options:DEEPSIM_OPTIONS")
 # A factory: a learned similarity metric (learnsim), build_loss("learnsim", "image",
 # encoder=net, term="ssd" | "lcc").
 LOSSES.add("learnsim", "labelreg.losses.learnsim:LearnedSimilarity", kind="image",
-           factory=True, bound={})
+           factory=True, bound={}, options="labelreg.losses.learned_options:LEARNSIM_OPTIONS")
 
 
 def available_losses(kind: str) -> tuple[str, ...]:

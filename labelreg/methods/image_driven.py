@@ -39,8 +39,8 @@ class ImageDriven(PairwiseMethod):
         loss = self.cfg["Loss"]
         options = image_driven_config.parse_options(self.cfg, "Loss", "image_loss_options")
         # A factory similarity (deepsim) owns a feature network; plain functions take none.
-        if loss["feature_extractor"] is not None and LOSSES.info(loss["image_loss_type"])[
-                "factory"]:
+        if loss.get("feature_extractor") is not None and LOSSES.info(
+                loss["image_loss_type"])["factory"]:
             run = load_trained_run(loss["feature_extractor"])
             self.extractor = run.models[run.method.feature_network_key]
             self.extractor.trainable = False  # frozen: not trained, not in this run's checkpoint

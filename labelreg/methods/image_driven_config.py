@@ -21,13 +21,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from labelreg import config
-from labelreg.config import Config, Key, Schema
+from labelreg.config import Config, Key, Schema, Selector
+from labelreg.losses.registry import LOSSES
 from labelreg.methods import label_driven_config
 
 __all__ = ["load", "load_features", "image_driven_schema", "features_schema",
            "parse_options", "STACK_KEYS"]
 
 _FORMATS = ("nifti", "tiff_stack")
+
+#: The keys that select a component whose options join the schema: the network, and the image
+#: similarity (deepsim and learnsim own ``[Loss] feature_extractor``).
+SELECTORS = (*label_driven_config.SELECTORS, Selector("Loss", "image_loss_type", LOSSES))
 
 #: ``[Data]`` keys of TIFF-stack data (shared by both methods).
 STACK_KEYS: dict[str, Key] = {
@@ -75,8 +80,6 @@ def image_driven_schema() -> Schema:
         "image_loss_options": Key("str_list", (), "Options of the image similarity as "
                                   "name=value, e.g. [window=9] for lncc, [bins=64, "
                                   "sample_fraction=0.1] for nmi."),
-        "feature_extractor": Key("path", None, "Run folder of a trained feature extractor "
-                                 "(deepsim_features); required for deepsim."),
         "regulariser_type": _replace(base["Loss"]["regulariser_type"], default="gradient-l2"),
         "regulariser_weight": _replace(base["Loss"]["regulariser_weight"], default=0.01,
                                        doc="Weight of the regulariser (DeepSim's lambda)."),
@@ -146,15 +149,9 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     Raises:
         ConfigError: any problem, naming the file, section, key and value.
     """
-    cfg = config.parse_method(path, image_driven_schema(), overrides,
-                              selectors=label_driven_config.SELECTORS)
+    cfg = config.parse_method(path, image_driven_schema(), overrides, selectors=SELECTORS)
     _check_data(cfg)
     parse_options(cfg, "Loss", "image_loss_options")
-    loss = cfg["Loss"]
-    if loss["image_loss_type"] == "deepsim" and loss["feature_extractor"] is None:
-        raise config.fail(cfg, "Loss", "feature_extractor",
-                          "is required for image_loss_type = deepsim (the run folder written by "
-                          "`python training.py configs/deepsim_features.ini`).")
     return cfg
 
 
@@ -200,7 +197,7 @@ def generated_docs() -> str:
     """The generated block of ``docs/image_driven.md``: both schemas as tables."""
     body = (
         "### `image_driven`\n\n" + config.schema_markdown(image_driven_schema())
-        + "\n" + config.components_markdown(label_driven_config.SELECTORS)
+        + "\n" + config.components_markdown(SELECTORS)
         + "\n### `deepsim_features`\n\n" + config.schema_markdown(features_schema())
     )
     return f"{_BEGIN}\n\n{body}\n{_END}"
