@@ -58,7 +58,8 @@ class CentroidAlignNet(RegistrationModel):
     axis to ``t`` before step 3. On training cases the segmentations are better than on new
     ones, so without it LocalNet only ever sees well-centred pairs and never learns to correct
     the centroid error it meets at inference; the label loss of the jittered composition is
-    meant to teach it (on the prostate MR/TRUS data, 400 steps of it did not pay: README).
+    meant to teach it (on the prostate MR/TRUS data, 400 steps of it did not pay:
+    docs/results.md).
 
     LocalNet's heads start at zero, so an untrained network applies the translation alone.
 
