@@ -17,7 +17,7 @@ SHARED_METHOD_MODULES = {"base", "registry", "pairwise", "sources", "runs", "__i
 #: covers its modules). A module may import its own layer and the layers before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("labelreg._tf", "labelreg.errors", "labelreg.registry", "labelreg.files",
-              "labelreg.item_outputs", "labelreg.logs")),
+              "labelreg.item_outputs", "labelreg.logs", "labelreg.cpu")),
     ("config", ("labelreg.config", "comir_tf.config")),
     ("building blocks", ("labelreg.ops", "labelreg.metrics", "labelreg.losses",
                          "labelreg.networks", "labelreg.data", "labelreg.visualise",

@@ -49,12 +49,16 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import keras
 
+from labelreg._tf import tf
+from labelreg.cpu import bfloat16_note
 from labelreg.errors import ConfigError
+from labelreg.logs import log_line
 
 __all__ = [
     "PRECISIONS",
@@ -115,12 +119,23 @@ def precision_scope(precision: str) -> Iterator[str]:
         ConfigError: for an unknown precision (before the policy changes).
     """
     policy = policy_name(precision)
+    if policy != "float32":
+        _note_emulated_bfloat16()
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
         yield policy
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@functools.cache
+def _note_emulated_bfloat16() -> None:
+    """Say once per process when bfloat16 runs emulated: on a CPU without bfloat16 hardware
+    and no GPU, where it is slower than float32."""
+    note = bfloat16_note()
+    if note is not None and not tf.config.list_physical_devices("GPU"):
+        log_line(note)
 
 
 def model_precision(model: keras.Layer) -> str:
