@@ -78,16 +78,19 @@ _parser = command_parser
 _fail = fail
 
 
-def _load(config: str, overrides: Sequence[str]):
+def _load(config: str, overrides: Sequence[str], command: str | None = None):
     """The method and its validated config, without TensorFlow; deprecation notes to stderr.
+    With ``command`` (``"train"``, ``"infer"``) the input folders it reads must exist.
 
     The method's progress lines go through the ``labelreg`` logger (see :mod:`labelreg.logs`).
     """
-    from labelreg.methods.registry import get_method, load_config
+    from labelreg.methods.registry import check_inputs, get_method, load_config
 
     if not Path(config).is_file():
         raise LabelregError(f"{config}: config file not found.")
     name, cfg = load_config(config, overrides)
+    if command is not None:
+        check_inputs(name, cfg, command)
     for note in cfg.notes:
         print(f"note: {note}", file=sys.stderr)
     get_logger().debug(f"method {name}, config {cfg.path}")
@@ -105,7 +108,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                              "moved aside, not deleted)")
     args = parse_args(parser, argv)
     try:
-        method, _ = _load(args.config, args.overrides)
+        method, _ = _load(args.config, args.overrides, command="train")
         from labelreg.engine import train
 
         result = train(method, fresh=args.fresh)
@@ -141,8 +144,9 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
                         help="instead of inference, export the trained model for TF-Serving "
                              "to BASE_DIR/<name>/<version>/")
     parser.add_argument("--name", default=None,
-                        help="model name for --export (default: the method's name, e.g. "
-                             "labelreg or comir)")
+                        help="model name for --export (default: the INI file's name, e.g. "
+                             "demo for configs/demo.ini, so two configs of one method do not "
+                             "share a model folder)")
     parser.add_argument("--version", type=int, default=None,
                         help="version for --export (default: next free integer)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
@@ -152,14 +156,15 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
                              "[Inference] precision")
     args = parse_args(parser, argv)
     try:
-        method, _ = _load(args.config, args.overrides)
+        method, _ = _load(args.config, args.overrides,
+                          command=None if args.export else "infer")
         if args.export:
             from labelreg.export import export_saved_model
 
             source, options = method.checkpoint_for_export()
             if args.precision:
                 options["precision"] = args.precision
-            path = export_saved_model(source, args.export, args.name or method.name,
+            path = export_saved_model(source, args.export, args.name or Path(args.config).stem,
                                       args.version, **options)
             print(f"exported {path}")
             return 0

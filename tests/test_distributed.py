@@ -70,6 +70,8 @@ def _config(tmp_path: Path, data: Path, name: str, **train: str) -> Path:
     return write_config(tmp_path / f"{name}.ini", data, Train=values)
 
 
+# Two virtual devices in a fresh process, two trainings: about a minute (make test-slow).
+@pytest.mark.slow
 def test_mirrored_step_equals_single_device_step(tmp_path):
     data = write_dataset(tmp_path / "data", num_cases=4)
     single = _config(tmp_path, data, "single")

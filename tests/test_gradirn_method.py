@@ -85,7 +85,7 @@ def test_gradirn_trains_infers_and_exports_with_its_inner_gradient(tmp_path):
     np.savez(tmp_path / "x.npz", moving=pair["moving_image"], fixed=pair["fixed_image"])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", LOAD, str(tmp_path / "exports" / "image_driven" / "1"),
+        [sys.executable, "-c", LOAD, str(tmp_path / "exports" / "gradirn" / "1"),
          str(tmp_path / "x.npz"), str(tmp_path / "ddf.npy")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

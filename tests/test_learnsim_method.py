@@ -62,11 +62,18 @@ def test_generated_atlas_pairs(tmp_path):
     assert 0 < np.abs(moving - fixed[0]).mean() < 0.2 and set(np.unique(labels)) <= {0.0, 1.0}
 
 
-def test_learnsim_trains_infers_and_learns_the_metric(tmp_path):
-    ini = _ini(tmp_path)
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A two-step learnsim run (the metric learned), shared by the tests that read it."""
+    folder = tmp_path_factory.mktemp("learnsim")
+    ini = _ini(folder)
     name, cfg = load_config(ini)
     method = get_method(name)(cfg, log=lambda line: None)
-    result = train(method)
+    return folder, ini, method, train(method)
+
+
+def test_learnsim_trains_infers_and_learns_the_metric(learned):
+    tmp_path, ini, method, result = learned
     assert result.last_step == 2 and np.isfinite(result.last_values["loss"])
     assert result.last_values["sigma"] > 0
     cached = np.stack([values[1] for values in method._cache.values()])  # log sigma^2
@@ -118,13 +125,12 @@ def test_the_baseline_metric_is_not_trained(tmp_path):
     assert np.abs(run.models["encoder"](image) - image).max() < 1e-4
 
 
-def test_vxm_with_the_frozen_learned_metric(tmp_path):
+def test_vxm_with_the_frozen_learned_metric(tmp_path, learned):
     """"VXM + learnt": the trained metric as the image loss of a U-Net registration network."""
-    ini = _ini(tmp_path)
-    assert train_main([str(ini), "--set", "Train.total_iterations=1"]) == 0
-    encoder = load_trained_run(tmp_path / "run_ssd_true").models["encoder"]
+    learnsim = learned[0]
+    encoder = load_trained_run(learnsim / "run_ssd_true").models["encoder"]
     before = [w.copy() for w in encoder.get_weights()]
-    data = tmp_path / "data"
+    data = learnsim / "data"
     vxm = tmp_path / "vxm.ini"
     vxm.write_text(f"""
 [Method]
@@ -141,7 +147,7 @@ depth = 2
 
 [Loss]
 image_loss_type = learnsim
-feature_extractor = {tmp_path}/run_ssd_true
+feature_extractor = {learnsim}/run_ssd_true
 regulariser_weight = 1.0
 
 [Train]

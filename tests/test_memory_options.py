@@ -73,6 +73,9 @@ def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data"))
 
 
+# Three trainings, one emulating bfloat16 on CPUs without it; the networks' own checkpointing
+# equivalence is tested above in the default suite (make test-slow).
+@pytest.mark.slow
 def test_trainer_options_keep_the_loss(tmp_path, dataset):
     plain = _run(tmp_path, dataset, "plain")
     remat = _run(tmp_path, dataset, "remat", gradient_checkpointing="true")

@@ -150,7 +150,7 @@ def test_a_method_added_from_a_test_file_trains_infers_and_exports(toy_method, t
     method.models = run.models
     assert method.infer()[0].startswith("shift [")
     assert infer_main([str(ini), "--export", str(tmp_path / "exports")]) == 0
-    loaded = tf.saved_model.load(str(tmp_path / "exports" / "translation-test" / "1"))
+    loaded = tf.saved_model.load(str(tmp_path / "exports" / "toy" / "1"))
     ddf = loaded.signatures["serving_default"](image=tf.zeros([1, *SHAPE, 1]))["ddf"].numpy()
     np.testing.assert_allclose(ddf[0, 3, 5], shift, rtol=1e-6)
     assert int(loaded.training_step[0]) == 30

@@ -93,6 +93,21 @@ def test_train_resume_infer_end_to_end(tmp_path, dataset, capsys):
     assert "step 1/5" not in out
     assert (run / "checkpoints" / "model.ckpt-5.index").is_file()
 
+    # The resumed run reaches the weights of one uninterrupted 5-step run.
+    straight = config.load(write_config(tmp_path / "a" / "a.ini", dataset,
+                                        Train={"total_iterations": "5"}))
+    result = train(straight, log=lambda line: None)
+    assert result.first_step == 0 and result.last_step == 5
+    import tensorflow as tf
+
+    reader_a = tf.train.load_checkpoint(str(tmp_path / "a" / "run" / "checkpoints" / "model.ckpt-5"))
+    reader_b = tf.train.load_checkpoint(str(run / "checkpoints" / "model.ckpt-5"))
+    names = [n for n in reader_a.get_variable_to_shape_map() if n.startswith("model/")]
+    assert len(names) > 20
+    for name in names:
+        np.testing.assert_allclose(reader_a.get_tensor(name), reader_b.get_tensor(name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
     assert infer_main([str(ini), "--set", "Train.total_iterations=5"]) == 0
     out_dir = tmp_path / "out"
     cases = sorted(p.name for p in out_dir.iterdir() if p.is_dir())
@@ -121,25 +136,6 @@ def test_train_resume_infer_end_to_end(tmp_path, dataset, capsys):
         assert 0.0 <= float(row["folding_ratio"]) <= 1.0
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, dataset):
-    straight = config.load(write_config(tmp_path / "a" / "a.ini", dataset,
-                                        Train={"total_iterations": "4"}))
-    ini_b = write_config(tmp_path / "b" / "b.ini", dataset, Train={"total_iterations": "2"})
-    train(straight, log=lambda line: None)
-    train(config.load(ini_b), log=lambda line: None)
-    result = train(config.load(ini_b, ["Train.total_iterations=4"]), log=lambda line: None)
-    assert result.first_step == 2 and result.last_step == 4
-    import tensorflow as tf
-
-    reader_a = tf.train.load_checkpoint(str(tmp_path / "a" / "run" / "checkpoints" / "model.ckpt-4"))
-    reader_b = tf.train.load_checkpoint(str(tmp_path / "b" / "run" / "checkpoints" / "model.ckpt-4"))
-    names = [n for n in reader_a.get_variable_to_shape_map() if n.startswith("model/")]
-    assert len(names) > 20
-    for name in names:
-        np.testing.assert_allclose(reader_a.get_tensor(name), reader_b.get_tensor(name),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
-
-
 def test_ctrl_c_saves_a_checkpoint(tmp_path, dataset):
     cfg = config.load(write_config(tmp_path / "c.ini", dataset, Train={"total_iterations": "50",
                                                                        "freq_model_save": "100"}))
@@ -153,6 +149,8 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, dataset):
     assert (tmp_path / "run" / "checkpoints" / "model.ckpt-2.index").is_file()
 
 
+# The full-size LocalNet (c=32, six Dice scales), one step (make test-slow).
+@pytest.mark.slow
 def test_label_reg_config_demo_trains_with_only_paths_changed(tmp_path, dataset):
     # label-reg's config_demo.ini, key for key, with its paths pointed at the tiny dataset.
     text = f"""[Data]
@@ -195,23 +193,7 @@ dir_fixed_label = {dataset}/fixed_labels
 
 
 def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
-    data = Path(mrus_sample_dir)
-    ini = write_config(tmp_path / "real.ini", data, Train={"total_iterations": "1",
-                                                          "minibatch_size": "2"})
-    result = train(config.load(ini), log=lambda line: None)
-    assert result.last_step == 1
-    assert 0.0 <= result.last_values["dice"] <= 1.0 and np.isfinite(result.last_values["loss"])
-    # The gland's Dice and the landmarks' distance, each over the pairs that sampled it (NaN
-    # when no pair of the step did); together they cover both pairs.
-    gland, tre = result.last_values["dice_gland"], result.last_values["tre_mm"]
-    assert np.isfinite(gland) or np.isfinite(tre)
-    assert not np.isfinite(gland) or 0.0 <= gland <= 1.0
-    assert not np.isfinite(tre) or tre >= 0.0
-
-
-def test_centroid_term_and_shift_augmentation_train_on_the_shared_real_data(tmp_path,
-                                                                            mrus_sample_dir):
-    # With the random shifts and the intensity augmentation on.
+    # With the centroid term, the random shifts and the intensity augmentation on.
     data = Path(mrus_sample_dir)
     ini = write_config(tmp_path / "real.ini", data,
                        Train={"total_iterations": "1", "minibatch_size": "2"},
@@ -220,7 +202,15 @@ def test_centroid_term_and_shift_augmentation_train_on_the_shared_real_data(tmp_
                              "intensity_noise": "0.05"},
                        Network={"moving_input": "identity"})
     result = train(config.load(ini), log=lambda line: None)
+    assert result.last_step == 1
     values = result.last_values
+    assert 0.0 <= values["dice"] <= 1.0 and np.isfinite(values["loss"])
+    # The gland's Dice and the landmarks' distance, each over the pairs that sampled it (NaN
+    # when no pair of the step did); together they cover both pairs.
+    gland, tre = values["dice_gland"], values["tre_mm"]
+    assert np.isfinite(gland) or np.isfinite(tre)
+    assert not np.isfinite(gland) or 0.0 <= gland <= 1.0
+    assert not np.isfinite(tre) or tre >= 0.0
     # The centroid term is logged and, at the first step (zero field), equals the label
     # distance the monitoring metric measures on the same augmented pair.
     assert np.isfinite(values["centroid_loss_mm"])
@@ -296,8 +286,51 @@ def _expect_failure(capsys, argv, *fragments):
 def test_missing_folder(tmp_path, dataset, capsys):
     ini = write_config(tmp_path / "x.ini", dataset,
                        Data={"dir_moving_image": str(tmp_path / "nowhere")})
-    _expect_failure(capsys, [str(ini)], "nowhere")
+    _expect_failure(capsys, [str(ini)], "x.ini", "[Data] dir_moving_image", "nowhere",
+                    "folder not found")
     assert not (tmp_path / "run").exists()
+    # Inference names its own key; --export reads no test folder.
+    ini = write_config(tmp_path / "y.ini", dataset,
+                       Inference={"dir_fixed_label": str(tmp_path / "gone")})
+    assert infer_main([str(ini)]) == 2
+    err = capsys.readouterr().err
+    assert "[Inference] dir_fixed_label" in err and "gone" in err and "folder not found" in err
+
+
+MISSING_FOLDER_SCRIPT = """
+import sys
+from labelreg.cli import infer_main, train_main
+main = train_main if sys.argv[1] == "train" else infer_main
+code = main([sys.argv[2]])
+print(code, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "infer"])
+def test_a_missing_folder_is_reported_before_tensorflow_loads(tmp_path, dataset, command):
+    import subprocess
+    import sys
+
+    section = "Data" if command == "train" else "Inference"
+    ini = write_config(tmp_path / "x.ini", dataset,
+                       **{section: {"dir_fixed_image": str(tmp_path / "nowhere")}})
+    done = subprocess.run([sys.executable, "-c", MISSING_FOLDER_SCRIPT, command, str(ini)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert f"[{section}] dir_fixed_image" in done.stderr and "folder not found" in done.stderr
+
+
+def test_a_demo_dataset_still_to_be_generated_is_not_a_missing_folder(tmp_path):
+    from labelreg.methods.label_driven_config import check_inputs
+
+    root = tmp_path / "demo_data"
+    ini = write_config(tmp_path / "demo.ini", root / "train",
+                       Data={"demo_data": str(root)})
+    cfg = config.load(ini)
+    check_inputs(cfg, "train")  # generated on first use
+    root.mkdir()
+    with pytest.raises(config.ConfigError, match=r"\[Data\] dir_moving_image.*folder not found"):
+        check_inputs(cfg, "train")
 
 
 def test_folders_with_different_names(tmp_path, capsys):
@@ -355,21 +388,35 @@ def test_minibatch_larger_than_the_dataset(tmp_path, dataset, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_dir_save(tmp_path, dataset, capsys):
+@pytest.fixture(scope="module")
+def trained_ini(tmp_path_factory, dataset) -> Path:
+    """A one-step run on the module's dataset, for the tests that only read a checkpoint."""
+    ini = write_config(tmp_path_factory.mktemp("trained") / "trained.ini", dataset,
+                       Train={"total_iterations": "1"})
+    assert train_main([str(ini)]) == 0
+    return ini
+
+
+def test_unwritable_dir_save(tmp_path, dataset, trained_ini, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    ini = write_config(tmp_path / "x.ini", dataset, Inference={"dir_save": str(blocker / "out")})
-    assert train_main([str(ini), "--set", "Train.total_iterations=1"]) == 0
+    ini = write_config(tmp_path / "x.ini", dataset, Inference={
+        "dir_save": str(blocker / "out"),
+        "file_model_saved": str(trained_ini.parent / "run" / "model.ckpt")})
     assert infer_main([str(ini)]) == 2
     err = capsys.readouterr().err
     assert "dir_save" in err and "a-file" in err
 
 
-def test_inference_failure_keeps_the_other_pairs(tmp_path, capsys):
+def test_inference_failure_keeps_the_other_pairs(tmp_path, dataset, trained_ini, capsys):
     # One unreadable file fails its own pair (exit code 1); the other pairs are written whole.
-    data = write_dataset(tmp_path / "data", num_cases=3)
-    ini = write_config(tmp_path / "x.ini", data, Train={"total_iterations": "1"})
-    assert train_main([str(ini)]) == 0
+    import shutil
+
+    data = Path(shutil.copytree(dataset, tmp_path / "data"))
+    for folder in data.iterdir():
+        (folder / "case03.nii.gz").unlink()
+    ini = write_config(tmp_path / "x.ini", data, Inference={
+        "file_model_saved": str(trained_ini.parent / "run" / "model.ckpt")})
     (data / "fixed_images" / "case02.nii.gz").write_bytes(b"garbage")
     assert infer_main([str(ini)]) == 1
     assert "case02.nii.gz" in capsys.readouterr().out

@@ -297,6 +297,8 @@ def _sigkill_config(tmp_path: Path, dataset: Path, name: str) -> Path:
         "file_model_save": str(tmp_path / name / "run" / "model.ckpt")})
 
 
+# Three training.py processes, one killed mid-run: about 40 s (make test-slow).
+@pytest.mark.slow
 def test_sigkill_then_rerun_reaches_the_uninterrupted_weights(tmp_path, dataset):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, str(ROOT / "training.py")]

@@ -143,6 +143,23 @@ def _check_data(cfg: Config) -> None:
                                   "NIfTI files).")
 
 
+def check_inputs(cfg: Config, command: str) -> None:
+    """Every set input folder of ``command`` exists (NIfTI pairs: as
+    :func:`label_driven_config.check_inputs`; TIFF stacks: ``[Data] dir_stacks`` unless the
+    synthetic stacks are still to be generated).
+
+    Raises:
+        ConfigError: naming the file, section, key and folder.
+    """
+    data = cfg["Data"] if cfg.has_section("Data") else {}
+    if data.get("format") == "tiff_stack":
+        folder = data["dir_stacks"]
+        if folder is not None and not data["synthetic_stacks"] and not os.path.isdir(folder):
+            raise config.fail(cfg, "Data", "dir_stacks", f"folder not found: {folder}")
+        return
+    label_driven_config.check_inputs(cfg, command)
+
+
 def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Parse and validate an image-driven registration INI file.
 

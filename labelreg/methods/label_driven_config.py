@@ -215,6 +215,37 @@ def cross_check(cfg: Config) -> None:
 
 
 
+#: The folders each command reads, as ``(section, key)``: checked by :func:`check_inputs`
+#: before TensorFlow is imported.
+INPUT_FOLDERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": tuple(("Data", f"dir_{split}{role}") for split in ("", "valid_")
+                   for role in ("moving_image", "fixed_image", "moving_label", "fixed_label")),
+    "infer": tuple(("Inference", f"dir_{role}") for role in (
+        "moving_image", "fixed_image", "moving_label", "fixed_label")),
+}
+
+
+def check_inputs(cfg: Config, command: str) -> None:
+    """Every set input folder of ``command`` (``"train"`` or ``"infer"``) exists, so a missing
+    one is reported in a second, naming its key, instead of after TensorFlow has loaded.
+
+    Folders of a demo dataset not generated yet (``[Data] demo_data``) are not checked: the
+    method generates them on first use.
+
+    Raises:
+        ConfigError: naming the file, section, key and folder.
+    """
+    demo = cfg["Data"].get("demo_data") if cfg.has_section("Data") else None
+    if demo is not None and not os.path.isdir(demo):
+        return
+    for section, key in INPUT_FOLDERS.get(command, ()):
+        if not cfg.has_section(section) or key not in cfg[section]:
+            continue
+        folder = cfg[section][key]
+        if folder is not None and not os.path.isdir(folder):
+            raise config.fail(cfg, section, key, f"folder not found: {folder}")
+
+
 def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Parse a label-driven INI file and check keys against each other.
 

@@ -21,7 +21,7 @@ from labelreg.errors import ConfigError
 from labelreg.registry import Registry, import_target
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "register_method", "get_method", "method_name",
-           "load_config"]
+           "load_config", "check_inputs"]
 
 DEFAULT_METHOD = "labelreg"
 
@@ -29,11 +29,13 @@ METHODS = Registry("method")
 # Built-in methods name their TF-free config loader beside the (TensorFlow) class, so that a
 # file is validated before TensorFlow is imported.
 METHODS.add("labelreg", "labelreg.methods.label_driven:LabelDriven", section=None,
-            config="labelreg.methods.label_driven_config:load")
+            config="labelreg.methods.label_driven_config:load",
+            inputs="labelreg.methods.label_driven_config:check_inputs")
 METHODS.add("comir", "labelreg.methods.comir:CoMIR", section="CoMIR",
             config="comir_tf.config:load")
 METHODS.add("image_driven", "labelreg.methods.image_driven:ImageDriven", section=None,
-            config="labelreg.methods.image_driven_config:load")
+            config="labelreg.methods.image_driven_config:load",
+            inputs="labelreg.methods.image_driven_config:check_inputs")
 METHODS.add("learnsim", "labelreg.methods.learnsim:LearnSim", section=None,
             config="labelreg.methods.learnsim_config:load")
 METHODS.add("deepsim_features", "labelreg.methods.deepsim_features:DeepSimFeatures",
@@ -122,3 +124,16 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple
     if loader is None:
         return name, get_method(name).load_config(path, overrides)
     return name, import_target(loader)(path, overrides)
+
+
+def check_inputs(name: str, cfg: Config, command: str) -> None:
+    """The method's own check that the input folders of ``command`` (``"train"``, ``"infer"``)
+    exist, run before TensorFlow loads; a method without one (``inputs=`` of its registry
+    entry) checks its data when it loads them.
+
+    Raises:
+        ConfigError: naming the file, section, key and folder.
+    """
+    checker = METHODS.info(name).get("inputs")
+    if checker is not None:
+        import_target(checker)(cfg, command)

@@ -35,6 +35,7 @@ import numpy as np
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.networks.activations import leaky_relu
 from labelreg.networks.layers import (
     as_float32,
     check_ndim,
@@ -147,8 +148,8 @@ class Stage(keras.layers.Layer):
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if self.norm is not None:
             x = self.norm(x, training=training)
-        x = tf.nn.leaky_relu(self.conv0(x), alpha=_LEAKY_SLOPE)
-        x = tf.nn.leaky_relu(self.conv1(x), alpha=_LEAKY_SLOPE)
+        x = leaky_relu(self.conv0(x), _LEAKY_SLOPE)
+        x = leaky_relu(self.conv1(x), _LEAKY_SLOPE)
         if self.drop is not None:
             x = self.drop(x, training=training)
         return x
@@ -340,7 +341,7 @@ class DeepSimUNet(keras.Model):
             if self.skip_connections:
                 h = tf.concat([h, skip], axis=-1)
         for conv in self.head_convs:
-            h = tf.nn.leaky_relu(conv(h), alpha=_LEAKY_SLOPE)
+            h = leaky_relu(conv(h), _LEAKY_SLOPE)
         logits = self.head_out(h)
         if self.head == "softmax":
             return tf.nn.softmax(logits, axis=-1)

@@ -31,6 +31,7 @@ import keras
 from labelreg import ops
 from labelreg._tf import tf
 from labelreg.losses.image import ssd
+from labelreg.networks.activations import leaky_relu
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -313,7 +314,7 @@ class GradientStep(keras.layers.Layer):
         gradient, warped = similarity_gradient(self.similarity, target, moving, ddf)
         x = tf.concat([ddf, target, warped], axis=-1)
         for conv in self.convs[:-1]:
-            x = tf.nn.leaky_relu(conv(x), alpha=_LEAK)
+            x = leaky_relu(conv(x), _LEAK)
         correction = as_float32(self.convs[-1](x))
         step = self.tau * self.train_scale
         return ddf - step * gradient - correction

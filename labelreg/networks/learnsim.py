@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from labelreg._tf import tf
+from labelreg.networks.activations import leaky_relu
 from labelreg.networks.layers import (
     as_float32,
     check_ndim,
@@ -195,7 +196,7 @@ class DiracConv(keras.layers.Layer):
     def call(self, x: tf.Tensor) -> tf.Tensor:
         padded = replicate_pad(x, self.kernel_size // 2)
         y = tf.nn.convolution(padded, self.kernel, padding="VALID") + self.bias
-        return tf.nn.leaky_relu(y, alpha=self.slope)
+        return leaky_relu(y, self.slope)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         return (*tuple(input_shape)[:-1], self.filters)

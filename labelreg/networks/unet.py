@@ -9,6 +9,7 @@ import keras
 
 from labelreg import ops
 from labelreg._tf import tf
+from labelreg.networks.activations import leaky_relu
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -75,7 +76,7 @@ class LeakyConvBlock(keras.layers.Layer):
             x = conv(x)
             if self.use_batch_norm:
                 x = self.norms[i](x, training=training)
-            x = tf.nn.leaky_relu(x, alpha=_LEAKY_SLOPE)
+            x = leaky_relu(x, _LEAKY_SLOPE)
         return x
 
     def get_config(self) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class UNetBackbone(keras.Model):
         for down, block in zip(self.downsamplers, self.encoder_blocks[1:], strict=True):
             h = down(features[-1])
             if not self.pooling:
-                h = tf.nn.leaky_relu(h, alpha=_LEAKY_SLOPE)
+                h = leaky_relu(h, _LEAKY_SLOPE)
             features.append(checkpointed(block, remat, training=training)(h))
         return features
 
