@@ -164,8 +164,11 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
             source, options = method.checkpoint_for_export()
             if args.precision:
                 options["precision"] = args.precision
-            path = export_saved_model(source, args.export, args.name or Path(args.config).stem,
-                                      args.version, **options)
+            name = args.name or Path(args.config).stem
+            # Tracing and saving the signatures takes a minute or more on a 2-core CPU.
+            log_line(f"exporting {source} to {Path(args.export) / name}/ (tracing the serving "
+                     "signatures) ...")
+            path = export_saved_model(source, args.export, name, args.version, **options)
             print(f"exported {path}")
             return 0
         lines = method.infer(overwrite=args.overwrite)

@@ -149,7 +149,12 @@ def test_a_method_added_from_a_test_file_trains_infers_and_exports(toy_method, t
     method = toy_method(cfg)
     method.models = run.models
     assert method.infer()[0].startswith("shift [")
+    capsys.readouterr()
     assert infer_main([str(ini), "--export", str(tmp_path / "exports")]) == 0
+    # Named after the INI file; a line says what is being exported before the wait.
+    out = capsys.readouterr().out
+    assert f"to {tmp_path / 'exports' / 'toy'}/" in out and out.index("exporting") < out.index(
+        "exported")
     loaded = tf.saved_model.load(str(tmp_path / "exports" / "toy" / "1"))
     ddf = loaded.signatures["serving_default"](image=tf.zeros([1, *SHAPE, 1]))["ddf"].numpy()
     np.testing.assert_allclose(ddf[0, 3, 5], shift, rtol=1e-6)
