@@ -7,14 +7,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-slow test-all lint bench clean
 
-# editable_mode=compat: a plain .pth entry for the checkout (setuptools' default finder for a
-# flat layout prints a multi-line "Editable installation" warning box despite --quiet).
 # The gRPC client tests need the TF-Serving protos; tensorflow-serving-api requires the full
 # `tensorflow` wheel, which tensorflow-cpu already provides, hence --no-deps.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e ".[cpu,test]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,test]"
 	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.*"
 	touch $(STAMP)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
@@ -27,3 +28,27 @@ def mrus_sample_dir() -> str:
     if not os.path.isdir(path):
         pytest.fail(f"the shared sample data is missing at {path}; set LABELREG_MRUS_SAMPLE")
     return path
+
+
+def save_untrained_run(ini: str | os.PathLike) -> Path:
+    """Save the freshly built (untrained) network of a label-driven INI file as
+    ``training.py`` would after training (``model.json`` and ``checkpoints/`` in the run folder
+    of ``[Train] file_model_save``); returns that ``file_model_save`` prefix.
+
+    For tests of inference, export and their errors: what they check is the handling of pairs,
+    files and arguments, not the quality of the registration, and skipping the training (graph
+    building included) saves most of their time."""
+    from labelreg._tf import tf
+    from labelreg.engine.checkpoints import make_checkpoint, save_model_description
+    from labelreg.methods.registry import get_method, load_config
+
+    name, cfg = load_config(str(ini))
+    method = get_method(name)(cfg, log=lambda line: None)
+    method.prepare_data()
+    method.models = method.build()
+    prefix = Path(cfg["Train"]["file_model_save"])
+    run = prefix.parent
+    save_model_description(method.models, run, method=method.name, **method.meta())
+    tf.train.CheckpointManager(make_checkpoint(method.models), str(run / "checkpoints"),
+                               max_to_keep=1, checkpoint_name="model.ckpt").save()
+    return prefix

@@ -32,6 +32,7 @@ from labelreg.data import NiftiReader, PairedDataset
 from labelreg.data.pipeline import CaseCache, normalise_intensity
 from labelreg.errors import ConfigError, DataError
 from labelreg.methods.registry import METHODS, load_config
+from tests.conftest import save_untrained_run
 from tests.test_data_nifti import write_nifti
 from tests.test_pipeline_e2e import write_config
 
@@ -349,7 +350,7 @@ def test_inference_refuses_an_unknown_inference_key(tmp_path: Path, data: Path, 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The config of a run trained for one step (a narrow LocalNet on the tiny dataset)."""
+    """The config of a saved (untrained) run: a narrow LocalNet on the tiny dataset."""
     root = tmp_path_factory.mktemp("trained")
     ini = write_config(
         root / "run.ini", write_tiny_dataset(root / "data"),
@@ -358,7 +359,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Train={"total_iterations": "1", "freq_model_save": "1"},
         Inference={"save_png": "false"},
     )
-    assert train_main([str(ini)]) == 0
+    save_untrained_run(ini)
     return ini
 
 

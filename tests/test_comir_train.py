@@ -112,6 +112,9 @@ def test_restore_loads_every_weight(trained):
     assert all(changed)
 
 
+# A second full CoMIR training (20 steps); the trainer's resume equality is also tested on a
+# label-driven run in the default suite (make test-slow).
+@pytest.mark.slow
 def test_ctrl_c_saves_and_the_resumed_run_equals_the_uninterrupted_one(trained, tmp_path):
     path, _ = trained
     text = TINY_INI.replace("data/train", str(path.parent / "data/train")).replace(

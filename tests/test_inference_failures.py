@@ -15,14 +15,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from labelreg import config
 from labelreg.cli import infer_main
-from labelreg.engine.checkpoints import make_checkpoint, save_model_description
 from labelreg.errors import DataError
 from labelreg.infer import infer
-from labelreg.methods.registry import get_method, load_config
+from tests.conftest import save_untrained_run
 from tests.test_pipeline_e2e import write_config, write_dataset
 
 CASES = ["case00", "case01", "case02"]
@@ -31,20 +29,11 @@ OUTPUTS = ("ddf.nii.gz", "warped_image.nii.gz", "warped_label.nii.gz", "metrics.
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """An untrained label-driven network saved as ``training.py`` saves one (``model.json`` and
-    ``checkpoints/``); returns its ``file_model_save``. What is tested is the handling of the
-    pairs, not the quality of the registration, and skipping training saves most of the time."""
+    """An untrained label-driven network saved as ``training.py`` saves one; returns its
+    ``file_model_save`` (see :func:`tests.conftest.save_untrained_run`)."""
     root = tmp_path_factory.mktemp("untrained")
     ini = write_config(root / "train.ini", write_dataset(root / "data", num_cases=2))
-    name, cfg = load_config(str(ini))
-    method = get_method(name)(cfg, log=lambda line: None)
-    method.prepare_data()
-    method.models = method.build()
-    run = root / "run"
-    save_model_description(method.models, run, method=method.name, **method.meta())
-    tf.train.CheckpointManager(make_checkpoint(method.models), str(run / "checkpoints"),
-                               max_to_keep=1, checkpoint_name="model.ckpt").save()
-    return run / "model.ckpt"
+    return save_untrained_run(ini)
 
 
 def _setup(tmp_path: Path, checkpoint: Path, **inference: str) -> tuple[Path, Path, Path]:

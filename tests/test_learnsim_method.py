@@ -96,6 +96,7 @@ def test_learnsim_trains_infers_and_learns_the_metric(learned):
     std = nib.load(out / "case000" / "ddf_std.nii.gz").get_fdata()
     assert std.shape == (16, 16, 12, 3) and np.all(std >= 0) and std.max() > 0
     assert (out / "case000" / "ddf_sample_0.nii.gz").is_file()
+    assert (out / "case000" / "overlay.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("term", ["ssd", "lcc"])

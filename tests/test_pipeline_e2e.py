@@ -390,10 +390,12 @@ def test_minibatch_larger_than_the_dataset(tmp_path, dataset, capsys):
 
 @pytest.fixture(scope="module")
 def trained_ini(tmp_path_factory, dataset) -> Path:
-    """A one-step run on the module's dataset, for the tests that only read a checkpoint."""
-    ini = write_config(tmp_path_factory.mktemp("trained") / "trained.ini", dataset,
-                       Train={"total_iterations": "1"})
-    assert train_main([str(ini)]) == 0
+    """A saved (untrained) network for the module's dataset, for the tests that only read a
+    checkpoint."""
+    from tests.conftest import save_untrained_run
+
+    ini = write_config(tmp_path_factory.mktemp("trained") / "trained.ini", dataset)
+    save_untrained_run(ini)
     return ini
 
 

@@ -37,7 +37,7 @@ from labelreg._tf import tf
 from labelreg.data import PairedDataset
 from labelreg.data.pipeline import normalise_intensity
 from labelreg.errors import DataError
-from labelreg.files import nifti_image, write_csv
+from labelreg.files import nifti_image, write_csv, write_png
 from labelreg.item_outputs import ItemOutputs, raise_if_failed
 from labelreg.losses.learnsim import learned_lcc, learned_ssd
 from labelreg.methods.base import Endpoint, Method
@@ -46,6 +46,7 @@ from labelreg.networks.learnsim import SimilarityEncoder
 from labelreg.ops.sobolev import sobolev_smooth
 from labelreg.pair_inference import InferencePair, NiftiInferencePairs
 from labelreg.variational import SVFPosterior, transformation, velocity_regulariser
+from labelreg.visualise import overlay_figure
 
 __all__ = ["LearnSim", "NegativeImages", "METRIC_COLUMNS"]
 
@@ -331,6 +332,8 @@ class LearnSim(Method):
                     *[f"ddf_sample_{k}.nii.gz" for k in range(samples)]]
         if labelled:
             expected += ["warped_label.nii.gz", "metrics.csv"]
+        if inference["save_png"]:
+            expected.append("overlay.png")
         outputs = ItemOutputs(inference["dir_save"], expected, overwrite=overwrite, log=self.log)
         outputs.check()
         pairs = NiftiInferencePairs({**inference, "dir_moving_label": inference["dir_moving_label"]
@@ -398,6 +401,7 @@ class LearnSim(Method):
                    metrics.jacobian_determinant(mean_ddf).numpy() <= 0))}
         result = {"mean_ddf": mean_ddf.numpy()[0], "samples": samples,
                   "warped": ops.warp(moving, mean_ddf).numpy()[0, ..., 0],
+                  "overlay": None,
                   "affine": fixed_pair.affine, "header": fixed_pair.header,
                   "warped_labels": None, "row": row}
         if pair.moving_label is not None and fixed_pair.fixed_label is not None:
@@ -419,12 +423,20 @@ class LearnSim(Method):
                 "asd_mm": float(np.nanmean(metrics.average_surface_distance(
                     target, after, spacing=spacing).numpy())),
             })
+        if self.cfg["Inference"]["save_png"]:
+            first = {}
+            if result["warped_labels"] is not None:
+                first = {"fixed_label": target[0, ..., 0], "moving_label": stacked[0, ..., 0],
+                         "warped_label": after[0, ..., 0]}
+            result["overlay"] = overlay_figure(
+                fixed_pair.fixed, moving.numpy()[0, ..., 0], result["warped"],
+                spacing=fixed_pair.spacing, **first)
         return result
 
     @staticmethod
     def _write_pair(folder: Path, mean_ddf: np.ndarray, samples: np.ndarray, warped: np.ndarray,
                     affine: np.ndarray, header: Any, warped_labels: np.ndarray | None,
-                    row: dict[str, Any]) -> None:
+                    row: dict[str, Any], overlay: np.ndarray | None = None) -> None:
         """One pair's files (see :meth:`infer`) into its staging ``folder``."""
         def save(name: str, data: np.ndarray) -> None:
             nib.save(nifti_image(data, affine, header), folder / name)
@@ -437,6 +449,8 @@ class LearnSim(Method):
         if warped_labels is not None:
             save("warped_label.nii.gz", warped_labels)
             write_csv(folder / "metrics.csv", [row], METRIC_COLUMNS)
+        if overlay is not None:
+            write_png(folder / "overlay.png", overlay)
 
     @classmethod
     def serving_endpoints(cls, models: Mapping[str, keras.Model], meta: Mapping[str, Any],

@@ -74,6 +74,9 @@ def learnsim_schema() -> Schema:
             "dir_save": Key("path", None, "Output folder; unset = <dir_run>/inference."),
             "learned": Key("bool", True, "Use the trained metric (false: the initial one, i.e. "
                            "plain SSD / LCC)."),
+            "save_png": Key("bool", True, "Also write overlay.png per pair: the mid-planes of "
+                            "fixed | moving | warped | checkerboard, with the first label's "
+                            "contours when labels are given."),
         },
     }
 
