@@ -31,9 +31,9 @@ def mrus_sample_dir() -> str:
 
 
 def save_untrained_run(ini: str | os.PathLike) -> Path:
-    """Save the freshly built (untrained) network of a label-driven INI file as
-    ``training.py`` would after training (``model.json`` and ``checkpoints/`` in the run folder
-    of ``[Train] file_model_save``); returns that ``file_model_save`` prefix.
+    """Save the freshly built (untrained) networks of a method's INI file as ``training.py``
+    would after training (``model.json`` and ``checkpoints/`` in ``[Train] dir_run``); returns
+    the checkpoint prefix ``<dir_run>/model.ckpt``.
 
     For tests of inference, export and their errors: what they check is the handling of pairs,
     files and arguments, not the quality of the registration, and skipping the training (graph
@@ -46,8 +46,8 @@ def save_untrained_run(ini: str | os.PathLike) -> Path:
     method = get_method(name)(cfg, log=lambda line: None)
     method.prepare_data()
     method.models = method.build()
-    prefix = Path(cfg["Train"]["file_model_save"])
-    run = prefix.parent
+    run = Path(cfg["Train"]["dir_run"])
+    prefix = run / "model.ckpt"
     save_model_description(method.models, run, method=method.name, **method.meta())
     tf.train.CheckpointManager(make_checkpoint(method.models), str(run / "checkpoints"),
                                max_to_keep=1, checkpoint_name="model.ckpt").save()

@@ -125,14 +125,15 @@ dir_save = {run}/inference
 
 
 def test_tiff_stack_inference_keeps_the_contract(tmp_path, capsys):
-    from labelreg.cli import infer_main, train_main
+    from labelreg.cli import infer_main
     from labelreg.data.synthetic_stacks import IMAGE_FOLDER, write_synthetic_stacks
+    from tests.conftest import save_untrained_run
 
     stacks = write_synthetic_stacks(tmp_path / "stacks", sequences=("01", "02", "03"),
                                     frames=4, size=(32, 32), motion=2.0)
     ini = tmp_path / "stacks.ini"
     ini.write_text(STACK_INI.format(stacks=stacks, run=tmp_path / "run"))
-    assert train_main([str(ini)]) == 0
+    save_untrained_run(ini)  # an untrained network: the contract is the subject
     bad = next((stacks / IMAGE_FOLDER).glob("03.*"))
     bad.write_bytes(b"II*\x00 not a TIFF")  # a damaged test sequence
     capsys.readouterr()
@@ -184,11 +185,12 @@ dir_run = {run}
 
 
 def test_learnsim_inference_keeps_the_contract(tmp_path, capsys):
-    from labelreg.cli import infer_main, train_main
+    from labelreg.cli import infer_main
+    from tests.conftest import save_untrained_run
 
     ini = tmp_path / "learnsim.ini"
     ini.write_text(LEARNSIM_INI.format(data=tmp_path / "data", run=tmp_path / "run"))
-    assert train_main([str(ini)]) == 0
+    save_untrained_run(ini)  # the metric's initial (SSD) encoder: the contract is the subject
     test = tmp_path / "test"
     shutil.copytree(tmp_path / "data", test)
     bad = test / "moving_images" / "case001.nii.gz"
