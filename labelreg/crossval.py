@@ -7,15 +7,22 @@
    ``[Data] dir_valid_*`` are set with labels, are pooled by case name and shuffled with
    ``--seed`` (NumPy's ``default_rng``), then cut into ``--folds`` folds of near-equal size
    (``numpy.array_split``). Every case is validated in exactly one fold. With ``--groups CSV``
-   (``case,group`` rows, e.g. a patient ID per case) whole groups are shuffled and dealt to the
-   smallest fold instead, so the cases of one patient never sit on both sides of a fold.
-2. Fold ``k`` (1-based) gets ``DIR/fold<k>/train/`` and ``DIR/fold<k>/valid/``, each with the
-   four folders ``moving_images``, ``fixed_images``, ``moving_labels``, ``fixed_labels`` of
-   symbolic links to the original files (copies where links cannot be made).
+   (``case,group`` rows, e.g. a patient ID per case; default the config's ``[Data]
+   case_groups``) whole groups are shuffled and dealt to the smallest fold instead, so the
+   cases of one patient never sit on both sides of a fold. With ``--inner-valid FRACTION``
+   whole groups of each fold's training cases, about that fraction, are set aside as the
+   fold's inner validation split (:func:`make_inner_split`, seeded with ``seed + k``).
+2. Fold ``k`` (1-based) gets ``DIR/fold<k>/train/``, ``DIR/fold<k>/valid/`` (its held-out
+   cases) and, with an inner split, ``DIR/fold<k>/inner/``, each with the four folders
+   ``moving_images``, ``fixed_images``, ``moving_labels``, ``fixed_labels`` of symbolic links
+   to the original files (copies where links cannot be made).
 3. The config is trained with those folders as ``[Data] dir_*`` / ``dir_valid_*`` and the run
    folder ``DIR/fold<k>/run`` (``--set`` overrides apply to every fold), through the one trainer
-   (:func:`labelreg.engine.train`), so validation at checkpoints reports the held-out fold.
-4. The latest checkpoint of the fold is evaluated on its held-out cases with
+   (:func:`labelreg.engine.train`). Validation at checkpoints (the curve, ``keep_best``) uses
+   the inner split when there is one, else the held-out fold; ``keep_best`` without an inner
+   split is refused, since it would choose the checkpoint on the cases reported.
+4. The fold's checkpoint (the one ``keep_best`` kept, else the latest;
+   :func:`fold_checkpoint`) is evaluated on its held-out cases with
    :func:`labelreg.evaluation.evaluate` (gland Dice and landmark TRE beside the identity;
    ``DIR/fold<k>/evaluation.csv``).
 
@@ -71,7 +78,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from labelreg.config import Config
 
 __all__ = ["CROSSVAL_COLUMNS", "FOLDERS", "FoldResult", "CrossValidation", "pool_cases",
-           "make_folds", "read_groups", "cross_validate", "main"]
+           "make_folds", "make_inner_split", "read_groups", "fold_checkpoint", "cross_validate",
+           "main"]
 
 #: ``(role, folder name)`` of the four folders of a fold's ``train/`` and ``valid/``.
 FOLDERS = (("moving_image", "moving_images"), ("fixed_image", "fixed_images"),
@@ -234,6 +242,39 @@ def make_folds(names: Sequence[str], folds: int, seed: int = 0,
     return [sorted(part) for part in parts]
 
 
+def make_inner_split(names: Sequence[str], fraction: float, seed: int = 0,
+                     groups: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Split one fold's training cases into ``(train, inner)``: ``inner`` validates the run
+    (checkpoint selection with ``[Train] keep_best``, the validation curve), so nothing is
+    chosen on the held-out fold.
+
+    Whole groups (e.g. patients) are shuffled with ``seed`` and moved to ``inner`` until it
+    holds at least ``fraction`` of the cases (at least one group), keeping at least one group
+    for training.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1), or fewer than two groups.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ConfigError(f"--inner-valid {fraction}: expected a fraction of the training cases "
+                          "strictly between 0 and 1 (e.g. 0.2).")
+    names = sorted(names)
+    members: dict[str, list[str]] = {}
+    for name in names:
+        members.setdefault(groups[name] if groups is not None else name, []).append(name)
+    if len(members) < 2:
+        raise ConfigError(f"--inner-valid {fraction}: a fold trains on {len(names)} case(s) in "
+                          f"{len(members)} group(s); an inner validation split needs at least 2.")
+    keys = sorted(members)
+    inner: list[str] = []
+    rng = np.random.default_rng(int(seed))
+    for i in rng.permutation(len(keys))[:-1]:  # the last group always trains
+        if len(inner) >= fraction * len(names):
+            break
+        inner += members[keys[i]]
+    return sorted(set(names) - set(inner)), sorted(inner)
+
+
 def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
     """``{case: group}`` from a CSV file with the columns ``case`` and ``group`` (other columns
     are ignored); every one of ``names`` must be listed, once. Cases of one group (for example one
@@ -270,20 +311,24 @@ def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]
     return {name: groups[name] for name in names}
 
 
-def _check_split(directory: Path, folds: list[list[str]], seed: int) -> None:
+def _check_split(directory: Path, folds: list[list[str]], seed: int,
+                 inner: list[list[str]] | None = None) -> None:
     """Record the split in ``folds.json``, or check that it is the one recorded there."""
     path = directory / "folds.json"
-    record = {"folds": len(folds), "seed": int(seed), "valid": folds}
+    record: dict[str, Any] = {"folds": len(folds), "seed": int(seed), "valid": folds}
+    if inner is not None:
+        record["inner"] = inner
     if path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: unreadable ({err}); remove it or pass another --dir.") \
                 from err
-        if old.get("valid") != folds:
+        if old.get("valid") != folds or old.get("inner") != record.get("inner"):
             raise ConfigError(
                 f"{directory}: holds a cross-validation of another split (--folds "
-                f"{old.get('folds')}, --seed {old.get('seed')}, other --groups, or other cases); "
+                f"{old.get('folds')}, --seed {old.get('seed')}, other --groups or --inner-valid, "
+                "or other cases); "
                 "its runs would be mixed with this one's. Pass another --dir, or remove that "
                 "folder.")
         return
@@ -308,15 +353,20 @@ def _place(source: Path, target: Path) -> None:
 
 
 def make_fold_folders(fold_dir: Path, train: Sequence[str], valid: Sequence[str],
-                      files: dict[str, dict[str, Path]]) -> dict[str, dict[str, Path]]:
-    """Fill ``fold_dir/train`` and ``fold_dir/valid`` (see the module docstring), removing any
-    entry an earlier run left that is not part of this fold.
+                      files: dict[str, dict[str, Path]],
+                      inner: Sequence[str] | None = None) -> dict[str, dict[str, Path]]:
+    """Fill ``fold_dir/train``, ``fold_dir/valid`` (the held-out cases) and, with ``inner``,
+    ``fold_dir/inner`` (see the module docstring), removing any entry an earlier run left that
+    is not part of this fold.
 
     Returns:
-        ``{"train": {role: folder}, "valid": {role: folder}}``.
+        ``{"train": {role: folder}, "valid": {role: folder}[, "inner": {role: folder}]}``.
     """
     out: dict[str, dict[str, Path]] = {}
-    for part, cases in (("train", train), ("valid", valid)):
+    parts = [("train", train), ("valid", valid)]
+    if inner is not None:
+        parts.append(("inner", inner))
+    for part, cases in parts:
         out[part] = {}
         for role, name in FOLDERS:
             folder = fold_dir / part / name
@@ -334,9 +384,10 @@ def make_fold_folders(fold_dir: Path, train: Sequence[str], valid: Sequence[str]
 def fold_overrides(cfg: Config, folders: dict[str, dict[str, Path]], run_dir: Path) -> list[str]:
     """The ``Section.key=value`` settings that point a config at one fold's folders and run."""
     overrides = []
+    validation = folders.get("inner", folders["valid"])
     for role, _ in FOLDERS:
         overrides.append(f"Data.dir_{role}={folders['train'][role]}")
-        overrides.append(f"Data.dir_valid_{role}={folders['valid'][role]}")
+        overrides.append(f"Data.dir_valid_{role}={validation[role]}")
     checkpoint = Path(cfg["Train"]["file_model_save"]).name
     overrides += [f"Train.dir_run={run_dir}", f"Train.file_model_save={run_dir / checkpoint}",
                   f"Train.dir_tensorboard={run_dir / 'tensorboard'}"]
@@ -358,13 +409,22 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def fold_checkpoint(cfg: Config, run_dir: Path) -> Path:
+    """The checkpoint a fold is evaluated with: the one ``[Train] keep_best`` kept
+    (``<run>/best``) when the config keeps one, else the run's latest."""
+    best = run_dir / "best"
+    if cfg["Train"].get("keep_best", "none") != "none" and (best / "best.json").is_file():
+        return best
+    return run_dir
+
+
 def _evaluate_fold(cfg: Config, run_dir: Path, valid: dict[str, Path]) -> EvaluationTable:
-    """The held-out cases of a fold registered by the latest checkpoint of its run."""
+    """The held-out cases of a fold registered by its checkpoint (:func:`fold_checkpoint`)."""
     from labelreg.infer import load_trained_model
     from labelreg.networks.apply import network_ddf
 
     paired = PairedDataset(*(valid[role] for role, _ in FOLDERS))
-    model, meta, _ = load_trained_model(run_dir)
+    model, meta, _ = load_trained_model(fold_checkpoint(cfg, run_dir))
     inference = cfg["Inference"] if "Inference" in cfg else {}
     return evaluate(network_ddf(model), paired,
                     spacing=paired.fixed_spacings(tuple(cfg["Data"].get("voxel_spacing", ()))),
@@ -382,6 +442,7 @@ def cross_validate(
     log: Callable[[str], None] = print,
     only: Sequence[int] | None = None,
     groups: str | os.PathLike | None = None,
+    inner_valid: float = 0.0,
 ) -> CrossValidation:
     """Run (or resume) a k-fold cross-validation of an INI config; see the module docstring.
 
@@ -395,7 +456,12 @@ def cross_validate(
         only: 1-based folds to train and evaluate (default all). With a subset the result holds
             those folds and no table or picture is written.
         groups: a CSV file of ``case,group`` rows (:func:`read_groups`), e.g. patient IDs: the
-            cases of one group are validated in the same fold.
+            cases of one group are validated in the same fold. Default: the config's
+            ``[Data] case_groups``, if set.
+        inner_valid: the fraction of each fold's training cases (whole groups,
+            :func:`make_inner_split`) that validates its run instead of the held-out fold, so
+            that ``keep_best`` and the validation curve choose nothing on the cases reported;
+            0 = validate on the held-out fold (then ``keep_best`` is refused).
 
     Returns:
         The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written when every
@@ -421,10 +487,24 @@ def cross_validate(
 
         generate_demo_data(cfg["Data"]["demo_data"])
     files = pool_cases(cfg)
-    split = make_folds(list(files), folds, seed,
-                       None if groups is None else read_groups(groups, list(files)))
+    if groups is None:
+        groups = cfg["Data"].get("case_groups")
+    group_of = None if groups is None else read_groups(groups, list(files))
+    split = make_folds(list(files), folds, seed, group_of)
+    keep_best = cfg["Train"].get("keep_best", "none")
+    if keep_best != "none" and not inner_valid:
+        raise ConfigError(
+            f"{cfg.path}: [Train] keep_best = {keep_best} would choose each fold's checkpoint on "
+            "the held-out cases it reports; pass --inner-valid (e.g. 0.2) to choose it on "
+            "training patients, or --set Train.keep_best=none.")
+    inner_split = None
+    if inner_valid:
+        inner_split = [make_inner_split([n for n in files if n not in set(valid)], inner_valid,
+                                        seed + k, group_of)[1]
+                       for k, valid in enumerate(split, start=1)]
     batch = int(cfg["Train"]["minibatch_size"])
-    smallest = len(files) - max(len(part) for part in split)
+    smallest = min(len(files) - len(part) - (len(inner_split[k]) if inner_split else 0)
+                   for k, part in enumerate(split))
     if smallest < batch:
         raise ConfigError(f"{cfg.path}: [Train] minibatch_size = {batch}, but with {len(split)} "
                           f"folds of {len(files)} cases a fold trains on only {smallest}; use "
@@ -440,8 +520,11 @@ def cross_validate(
     except OSError as err:
         raise DataError(f"{directory}: cannot create the cross-validation folder ({err}).") \
             from err
-    _check_split(directory, split, seed)
-    log(f"{len(split)}-fold cross-validation of {len(files)} cases (seed {seed}) in {directory}")
+    _check_split(directory, split, seed, inner_split)
+    grouping = "" if group_of is None else f" of {len(set(group_of.values()))} groups"
+    log(f"{len(split)}-fold cross-validation of {len(files)} cases{grouping} (seed {seed}) in "
+        f"{directory}" + (f"; each fold validates on {inner_valid:g} of its training cases"
+                          if inner_split else ""))
 
     from labelreg.engine import train
 
@@ -450,13 +533,18 @@ def cross_validate(
         if k not in selected:
             continue
         fold_dir = directory / f"fold{k}"
-        training = [name for name in files if name not in set(valid)]
-        folders = make_fold_folders(fold_dir, training, valid, files)
+        inner = inner_split[k - 1] if inner_split else None
+        training = [name for name in files if name not in set(valid) | set(inner or ())]
+        folders = make_fold_folders(fold_dir, training, valid, files, inner)
         run_dir = fold_dir / "run"
         _, fold_cfg = load_config(config, [*overrides, *fold_overrides(cfg, folders, run_dir)])
         prefix = f"[fold {k}/{len(split)}] "
-        log(f"{prefix}training on {len(training)} cases, validating on {len(valid)}: "
-            f"{', '.join(valid)}")
+        if inner:
+            log(f"{prefix}training on {len(training)} cases, choosing on {len(inner)} "
+                f"({', '.join(inner)}), reporting {len(valid)}: {', '.join(valid)}")
+        else:
+            log(f"{prefix}training on {len(training)} cases, validating on {len(valid)}: "
+                f"{', '.join(valid)}")
         record_path = fold_dir / "fold.json"
         record = _read_json(record_path)
         tic = time.perf_counter()
@@ -465,7 +553,8 @@ def cross_validate(
         if trained.last_step > trained.first_step:
             seconds += time.perf_counter() - tic
         atomic_write_text(record_path, json.dumps(
-            {"valid": valid, "train_seconds": seconds, "last_step": trained.last_step},
+            {"valid": valid, "inner": inner or [], "train_seconds": seconds,
+             "last_step": trained.last_step},
             indent=2) + "\n")
         if trained.interrupted:
             log(f"{prefix}interrupted at step {trained.last_step}; rerun the same command to "
@@ -523,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", default=None, metavar="CSV",
                         help="CSV file of case,group rows (e.g. patient IDs); a group's cases "
                         "stay in one fold")
+    parser.add_argument("--inner-valid", dest="inner_valid", type=float, default=0.0,
+                        metavar="FRACTION", help="validate each fold's run on this fraction of "
+                        "its training cases (whole groups) instead of the held-out fold, so "
+                        "keep_best chooses nothing on the reported cases (default 0: validate "
+                        "on the held-out fold; keep_best is then refused)")
     parser.add_argument("--fold", dest="only", type=int, action="append", default=None,
                         metavar="K", help="run only fold K (repeatable; 1-based); no table is "
                         "written, so folds can run in parallel processes sharing --dir")
@@ -530,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(args) -> int:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
                                 args.directory, log=log_line, only=args.only,
-                                groups=args.groups)
+                                groups=args.groups, inner_valid=args.inner_valid)
         if args.only is None:
             print(result.format())
             print(f"wrote {result.directory / 'crossval.csv'}")

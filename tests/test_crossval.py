@@ -134,3 +134,79 @@ def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_pat
     assert main([str(ini), "--folds", "2", "--dir", str(tmp_path / "grouped"), "--groups",
                  str(groups)]) == 2
     assert "no group for 1 of the 4 cases (case03)" in capsys.readouterr().err
+
+
+def test_make_inner_split_sets_whole_groups_aside():
+    from labelreg.crossval import make_inner_split
+
+    names = [f"case{i}" for i in range(10)]
+    groups = {name: f"patient{i // 2}" for i, name in enumerate(names)}  # 5 patients of 2
+    train, inner = make_inner_split(names, 0.3, seed=3, groups=groups)
+    assert sorted(train + inner) == names and not set(train) & set(inner)
+    assert len(inner) == 4  # whole patients until >= 30% of the cases: 2 of them
+    for name in inner:
+        assert {n for n in names if groups[n] == groups[name]} <= set(inner)
+    assert make_inner_split(names, 0.3, seed=3, groups=groups) == (train, inner)
+    assert len({tuple(make_inner_split(names, 0.3, seed=k, groups=groups)[1])
+                for k in range(6)}) > 1  # the seed chooses the patients
+    # At least one group on each side, whatever the fraction.
+    assert len(make_inner_split(names, 0.01, groups=groups)[1]) == 2
+    assert len(make_inner_split(names, 0.99, groups=groups)[0]) == 2
+    # Without groups every case is its own.
+    assert len(make_inner_split(names, 0.2)[1]) == 2
+    for fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(ConfigError, match="--inner-valid"):
+            make_inner_split(names, fraction)
+    with pytest.raises(ConfigError, match="at least 2"):
+        make_inner_split(["a", "b"], 0.5, groups={"a": "p", "b": "p"})
+
+
+def test_keep_best_chooses_on_the_inner_split_and_is_refused_without_one(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", num_cases=8)
+    patients = {"case00": "p0", "case01": "p0", "case02": "p1", "case03": "p2", "case04": "p3",
+                "case05": "p3", "case06": "p4", "case07": "p5"}
+    groups = tmp_path / "groups.csv"
+    groups.write_text("case,group\n" + "".join(f"{c},{g}\n" for c, g in patients.items()))
+    ini = write_config(tmp_path / "cv.ini", data, Network={"network_type": "global"},
+                       Data={"case_groups": str(groups)},
+                       Loss={"similarity_scales": "[0]"},
+                       Train={"total_iterations": "2", "freq_model_save": "1",
+                              "keep_best": "dice", "minibatch_size": "1"})
+    directory = tmp_path / "cv"
+    # Choosing the checkpoint on the reported cases is refused before anything is trained.
+    assert main([str(ini), "--folds", "2", "--dir", str(directory)]) == 2
+    assert "--inner-valid" in capsys.readouterr().err and not directory.exists()
+
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--inner-valid", "0.25",
+                 "--fold", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "of 6 groups" in out and "choosing on" in out
+    split = json.loads((directory / "folds.json").read_text())
+    fold = directory / "fold1"
+    held_out = sorted(p.name.split(".")[0] for p in (fold / "valid" / "moving_images").iterdir())
+    inner = sorted(p.name.split(".")[0] for p in (fold / "inner" / "moving_images").iterdir())
+    train = sorted(p.name.split(".")[0] for p in (fold / "train" / "moving_images").iterdir())
+    assert held_out == split["valid"][0] and inner == split["inner"][0] and inner
+    assert sorted(held_out + inner + train) == sorted(patients)
+    sides = [{patients[c] for c in part} for part in (held_out, inner, train)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    # The run validated on the inner cases and the fold was evaluated with the kept checkpoint.
+    best = json.loads((fold / "run" / "best" / "best.json").read_text())
+    assert best["metric"] == "dice" and "kept" in out
+    evaluated = [r["case"] for r in _read(fold / "evaluation.csv") if r["row"] == "case"]
+    assert evaluated == held_out
+    # Another inner fraction is another split: the folder is not reused for it.
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--inner-valid", "0.5",
+                 "--fold", "1"]) == 2
+    assert "--inner-valid" in capsys.readouterr().err
+
+
+def test_fold_checkpoint_prefers_the_kept_best(tmp_path):
+    from labelreg.crossval import fold_checkpoint
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    assert fold_checkpoint({"Train": {"keep_best": "dice"}}, run) == run  # nothing kept yet
+    (run / "best" / "best.json").write_text("{}")
+    assert fold_checkpoint({"Train": {"keep_best": "dice"}}, run) == run / "best"
+    assert fold_checkpoint({"Train": {"keep_best": "none"}}, run) == run

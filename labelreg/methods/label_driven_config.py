@@ -78,6 +78,12 @@ def label_driven_schema() -> Schema:
                 "path", None, "When set, the deterministic demo dataset is generated into this "
                 "folder on first use (configs/demo.ini); unset for real data.",
             ),
+            "case_groups": Key(
+                "path", None, "CSV of case,group rows (e.g. a patient per case; python -m "
+                "labelreg.data.patients writes one): python -m labelreg.crossval keeps each "
+                "group's cases together in its folds and inner validation splits; unset = every "
+                "case its own group. Training itself does not read it.",
+            ),
         },
         "Network": {
             "network_type": Key(
