@@ -15,9 +15,12 @@ Public names (see ``docs/api.md``):
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import sys
 from typing import Any
 
+from labelreg import cpu as _cpu
 from labelreg.errors import ConfigError, DataError, LabelregError
 
 # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 class features; on
@@ -25,6 +28,11 @@ from labelreg.errors import ConfigError, DataError, LabelregError
 # step 7 times slower (14.0 s against 1.9 s for the demo). Prefer oneDNN unless the user chose
 # (TF_ENABLE_ONEDNN_OPTS=0 still turns it off). It must be set before TensorFlow loads, so here,
 # before any sub-module imports it.
+# A script that imported TensorFlow first already has its setting: say so once, in one line
+# (through logging, so it shows without configuration and a logging setup can silence it).
+_onednn_note = _cpu.onednn_import_note("tensorflow" in sys.modules)
+if _onednn_note is not None:
+    logging.getLogger("labelreg").warning(_onednn_note)
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"

@@ -3,6 +3,8 @@ once, with what they cost, instead of running silently slower."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from labelreg import cpu
@@ -62,3 +64,45 @@ def test_no_note_with_bfloat16_hardware_or_unknown_flags(monkeypatch, flags):
         assert lines == []
     finally:
         precision._note_emulated_bfloat16.cache_clear()
+
+
+AVX2_ONLY = ("fpu", "sse4_2", "avx", "avx2", "fma")
+
+
+def test_onednn_default_follows_tensorflows_rule():
+    from labelreg.cpu import onednn_default
+
+    assert onednn_default(AVX2_ONLY) is False
+    assert onednn_default((*AVX2_ONLY, "avx512f", "avx512_vnni")) is True
+    assert onednn_default((*AVX2_ONLY, "avx_vnni")) is True
+    assert onednn_default(()) is None
+
+
+def test_the_import_order_note_names_the_cost_and_the_fix():
+    from labelreg.cpu import onednn_import_note
+
+    note = onednn_import_note(True, {}, AVX2_ONLY)
+    assert note is not None and "\n" not in note
+    assert "2.3x slower" in note and "TF_ENABLE_ONEDNN_OPTS=1" in note and "before" in note
+    # Nothing to say: TensorFlow not loaded yet (labelreg turns oneDNN on), the user chose, or
+    # TensorFlow turns it on by itself on this CPU.
+    assert onednn_import_note(False, {}, AVX2_ONLY) is None
+    assert onednn_import_note(True, {"TF_ENABLE_ONEDNN_OPTS": "0"}, AVX2_ONLY) is None
+    assert onednn_import_note(True, {}, (*AVX2_ONLY, "avx512_vnni")) is None
+    assert onednn_import_note(True, {}, ()) is None
+
+
+def test_importing_tensorflow_first_prints_the_note_once_where_it_applies():
+    import subprocess
+    import sys
+
+    from labelreg.cpu import onednn_default
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([sys.executable, "-c", "import tensorflow, labelreg, labelreg.ops"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    notes = [line for line in done.stderr.splitlines() if "imported before labelreg" in line]
+    # On this machine's CPU: one line where TensorFlow leaves oneDNN off, none where it is on.
+    assert len(notes) == (1 if onednn_default() is False else 0), done.stderr[-2000:]

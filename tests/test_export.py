@@ -34,8 +34,14 @@ CONFIG_TEXT = "[Train]\nlearning_rate = 1e-5\n"
 
 
 def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """A TensorFlow-only process as a server runs it, with the settings each export's README
+    tells a server to use."""
+    from labelreg.export.publish import SERVER_ENVIRONMENT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
+                                                            "TF_ENABLE_ONEDNN_OPTS")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.update(SERVER_ENVIRONMENT)
     return env
 
 
@@ -287,6 +293,13 @@ def test_bad_inputs_fail_with_named_errors(fresh_process, ndim):
     assert "moving_label must have the batch and spatial shape of moving_image" in (
         errors["label_grid"])
     assert "Shape of tensor ddf" in errors["ddf_components"]
+
+
+def test_each_version_folder_says_how_to_serve_it(exported):
+    for case in exported.values():
+        text = (case["path"] / "README.md").read_text()
+        assert "TF_ENABLE_ONEDNN_OPTS=1" in text and "serving_default" in text
+        assert "moving_image" in text and "tensorflow/serving" in text
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
