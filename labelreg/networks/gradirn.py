@@ -9,7 +9,9 @@ correction from a small CNN:
            - CNN_l([u, target_l, warp(moving_l, u)])
 
 Here ``u`` is the displacement at pyramid level ``l`` in that level's voxels. ``E`` is the
-per-sample mean squared difference (``"ssd"``) or the negative squared global NCC (``"ncc"``).
+per-sample mean squared difference (``"ssd"``), the negative squared global NCC (``"ncc"``), or
+any image loss of :mod:`labelreg.losses.registry` that needs no network (``"mind"`` and ``"nmi"``
+for images of two modalities, ``"lncc"``, ``"gncc"``; :func:`inner_similarities`).
 ``numel`` is the voxel-times-channel count of one target image at that level, so for SSD the step
 follows the gradient of the sum of squared differences. ``tau_l`` is a learned scalar per level.
 ``CNN_l`` is five 3^n convolutions, and both are shared across the repeats of a level.
@@ -31,6 +33,7 @@ import keras
 from labelreg import ops
 from labelreg._tf import tf
 from labelreg.losses.image import ssd
+from labelreg.losses.registry import LOSSES, available_losses, build_loss
 from labelreg.networks.activations import leaky_relu
 from labelreg.networks.layers import (
     RegistrationModel,
@@ -49,12 +52,23 @@ __all__ = [
     "GraDIRN",
     "GradientStep",
     "SIMILARITIES",
+    "inner_similarities",
     "ncc_energy",
     "similarity_gradient",
     "pyramid_shapes",
 ]
 
-SIMILARITIES = ("ssd", "ncc")
+def inner_similarities() -> tuple[str, ...]:
+    """The energies a descent step can follow: GraDIRN's ``ssd`` and ``ncc``, then every image
+    loss of the registry that is a plain function of two images (not a factory that needs a
+    trained network, as ``deepsim`` and ``learnsim`` do), registered ones included."""
+    plain = [name for name in available_losses("image")
+             if not LOSSES.info(name).get("factory") and name not in ("ssd", "none")]
+    return ("ssd", "ncc", *plain)
+
+
+#: The built-in energies (:func:`inner_similarities` at import).
+SIMILARITIES = inner_similarities()
 
 _NUM_CONVS = 5
 _LEAK = 0.2
@@ -110,6 +124,19 @@ def ncc_energy(target: Any, warped: Any) -> tf.Tensor:
 _ENERGIES = {"ssd": ssd, "ncc": ncc_energy}
 
 
+def energy_function(similarity: str) -> Any:
+    """``(target, warped) -> [B]`` of one of :func:`inner_similarities`.
+
+    Raises:
+        ValueError: an unknown name, naming the choices.
+    """
+    choices = inner_similarities()
+    if similarity not in choices:
+        raise ValueError(f"similarity must be one of {choices}; received "
+                         f"similarity={similarity!r}.")
+    return _ENERGIES.get(similarity) or build_loss(similarity, "image")
+
+
 def similarity_gradient(
     similarity: str, target: tf.Tensor, moving: tf.Tensor, ddf: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -123,7 +150,7 @@ def similarity_gradient(
     slope (``floor``).
 
     Args:
-        similarity: ``"ssd"`` or ``"ncc"``.
+        similarity: one of :func:`inner_similarities`.
         target: ``[B, *S, C_t]``.
         moving: ``[B, *S, C_m]``, on the same grid as ``target``.
         ddf: ``[B, *S, n]`` in voxels of that grid.
@@ -131,11 +158,7 @@ def similarity_gradient(
     Returns:
         ``(gradient [B, *S, n], warped [B, *S, C_m])``; ``numel = prod(S) · C_t``.
     """
-    if similarity not in _ENERGIES:
-        raise ValueError(
-            f"similarity must be one of {SIMILARITIES}; received similarity={similarity!r}."
-        )
-    energy_fn = _ENERGIES[similarity]
+    energy_fn = energy_function(similarity)
     target = tf.convert_to_tensor(target, tf.float32)
     ddf = tf.convert_to_tensor(ddf, tf.float32)
     with tf.GradientTape() as tape:
@@ -239,7 +262,7 @@ class GradientStep(keras.layers.Layer):
 
     Args:
         ndim: 2 or 3.
-        similarity: ``"ssd"`` or ``"ncc"``.
+        similarity: one of :func:`inner_similarities`.
         channels: width of the CNN's hidden convolutions.
         tau_init: initial value of the learned step size ``tau``.
         train_scale: constant factor on ``tau`` (a learning-rate rescaling of ``tau``).
@@ -265,10 +288,7 @@ class GradientStep(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")  # the descent's arithmetic; see the docstring
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
-        if similarity not in SIMILARITIES:
-            raise ValueError(
-                f"similarity must be one of {SIMILARITIES}; received similarity={similarity!r}."
-            )
+        energy_function(similarity)  # an unknown name fails here, naming the choices
         self.similarity = similarity
         self.channels = check_positive_int(channels, "channels")
         self.tau_init = check_number(tau_init, "tau_init", 0.0)
@@ -383,8 +403,9 @@ class GraDIRN(RegistrationModel):
         ndim: 2 or 3 spatial axes.
         num_levels: number of pyramid levels (resolutions), each with its own step layer.
         num_repeat: gradient steps per level (they share weights).
-        similarity: ``"ssd"`` (mean squared difference) or ``"ncc"`` (negative squared global
-            NCC) as the energy of the descent.
+        similarity: the energy of the descent: ``"ssd"`` (mean squared difference), ``"ncc"``
+            (negative squared global NCC), or a plain image loss of the registry such as
+            ``"mind"`` or ``"nmi"`` for two modalities (:func:`inner_similarities`).
         channels: width of the CNNs.
         tau_init: initial step size ``tau`` of every level.
         train_scale: fixed factor on ``tau`` (effective initial step ``tau_init · train_scale``).
