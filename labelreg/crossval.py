@@ -31,7 +31,8 @@ the validated cases, the median gland Dice and median TRE (mm) over them, identi
 registered, the counted and lost landmarks, and the training wall time in seconds (summed over
 the runs of the command that trained the fold). The pooled row takes the medians over all
 validated cases of all folds; ``DIR/crossval_cases.csv`` holds those cases' evaluation rows.
-``DIR/crossval_curves.png`` draws every fold's validation Dice and TRE against the step
+``DIR/crossval_curves.png`` draws every fold's validation Dice and TRE against the step, and
+``DIR/crossval_tre.png`` every held-out case's TRE before and after registration
 (:mod:`labelreg.curves`; skipped with a note when matplotlib is not installed).
 
 Rerunning the command resumes: a fold whose run already reached ``[Train] total_iterations`` is
@@ -581,8 +582,18 @@ def cross_validate(
 
 
 def _plot_folds(directory: Path, result: CrossValidation, log: Callable[[str], None]) -> None:
-    """``DIR/crossval_curves.png``: every fold's validation curve, when matplotlib is there."""
-    from labelreg.curves import plot_learning_curves
+    """``DIR/crossval_curves.png``: every fold's validation curve, and ``DIR/crossval_tre.png``:
+    every held-out case's TRE, identity and registered, when matplotlib is there."""
+    from labelreg.curves import plot_case_tre, plot_learning_curves, read_cases
+
+    try:
+        path = plot_case_tre(read_cases(directory / "crossval_cases.csv"),
+                             directory / "crossval_tre.png",
+                             title=f"{len(result.folds)}-fold cross-validation: every held-out "
+                                   "case, sorted by registered TRE")
+        log(f"wrote {path}")
+    except LabelregError as err:  # no matplotlib, or no landmarks
+        log(f"no per-case TRE picture: {err}")
 
     runs = {f"fold {fold.fold}": directory / f"fold{fold.fold}" / "run" for fold in result.folds}
     pooled = result.rows()[-1]

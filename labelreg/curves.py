@@ -9,6 +9,12 @@ figure with one line per run, e.g. the folds of a cross-validation::
     python -m labelreg.curves runs/crossval/fold*/run --output curves.png \\
         --hline dice=0.505:identity --hline tre_mm=18.98:identity
 
+``--cases`` draws every case of evaluation CSVs instead (``python -m labelreg.evaluation``,
+``crossval_cases.csv``): its landmark TRE before and after registration, cases sorted by the
+registered TRE::
+
+    python -m labelreg.curves --cases runs/crossval/crossval_cases.csv --output tre.png
+
 Needs matplotlib (``pip install .[plot]``); no TensorFlow import.
 """
 
@@ -26,7 +32,8 @@ from pathlib import Path
 from labelreg.errors import ConfigError, DataError, LabelregError
 from labelreg.files import atomic_write_bytes
 
-__all__ = ["FIGURE_TITLES", "read_history", "plot_learning_curves", "main"]
+__all__ = ["FIGURE_TITLES", "read_history", "plot_learning_curves", "read_cases",
+           "plot_case_tre", "main"]
 
 #: Panel titles of the figures that label-driven validation reports.
 FIGURE_TITLES = {
@@ -135,6 +142,84 @@ def plot_learning_curves(
     return atomic_write_bytes(output, buffer.getvalue())
 
 
+def read_cases(path: str | os.PathLike) -> list[dict[str, float | str]]:
+    """The ``row = case`` rows of an evaluation CSV (``python -m labelreg.evaluation``,
+    ``crossval_cases.csv``): ``case``, ``tre_mm_identity``, ``tre_mm``, ``dice_identity``,
+    ``dice`` (NaN where empty).
+
+    Raises:
+        DataError: the file is missing, unreadable or has none of those columns.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            rows = list(csv.DictReader(stream))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the evaluation ({err}).") from err
+    wanted = ("case", "tre_mm_identity", "tre_mm", "dice_identity", "dice")
+    if not rows or any(column not in rows[0] for column in wanted):
+        raise DataError(f"{path}: expected an evaluation CSV with the columns "
+                        f"{', '.join(wanted)} (python -m labelreg.evaluation writes one).")
+    return [{"case": row["case"], **{k: _number(row[k]) for k in wanted[1:]}}
+            for row in rows if row.get("row", "case") == "case"]
+
+
+def plot_case_tre(cases: Sequence[Mapping[str, float | str]], output: str | os.PathLike,
+                  title: str | None = None) -> Path:
+    """Per-case landmark TRE, identity and registered, cases sorted by their registered TRE;
+    a segment per case from one to the other, dashed lines at the two medians.
+
+    Args:
+        cases: rows as :func:`read_cases` gives them.
+        output: the PNG to write (atomically).
+        title: the figure's title.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ConfigError: matplotlib is not installed, or no case has a registered TRE.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError("the per-case plot needs matplotlib: pip install '.[plot]'") from err
+    shown = sorted((c for c in cases if math.isfinite(float(c["tre_mm"]))),
+                   key=lambda c: float(c["tre_mm"]))
+    if not shown:
+        raise ConfigError("no case has a registered TRE to plot (no landmarks found).")
+    x = list(range(len(shown)))
+    before = [float(c["tre_mm_identity"]) for c in shown]
+    after = [float(c["tre_mm"]) for c in shown]
+    fig, axis = plt.subplots(figsize=(max(6.0, 0.16 * len(shown) + 2.0), 3.8))
+    axis.vlines(x, before, after, color="lightgrey", linewidth=1)
+    axis.scatter(x, before, s=14, color="tab:grey", label="identity")
+    axis.scatter(x, after, s=16, color="tab:blue", label="registered")
+    for values, color, name in ((before, "tab:grey", "identity"), (after, "tab:blue",
+                                                                    "registered")):
+        finite = sorted(v for v in values if math.isfinite(v))
+        if finite:
+            median = finite[len(finite) // 2] if len(finite) % 2 else 0.5 * (
+                finite[len(finite) // 2 - 1] + finite[len(finite) // 2])
+            axis.axhline(median, linestyle="--", color=color, linewidth=1)
+            axis.annotate(f"{name} median {median:.2f} mm", (0.01, median),
+                          xycoords=("axes fraction", "data"), va="bottom", fontsize=8,
+                          color=color)
+    axis.set_xticks(x)
+    axis.set_xticklabels([str(c["case"]) for c in shown], rotation=90, fontsize=6)
+    axis.set_ylabel("landmark TRE (mm), mean per case")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
+    axis.set_title(title or f"{len(shown)} cases, sorted by registered TRE", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(output, buffer.getvalue())
+
+
 def _parse_hline(text: str) -> tuple[str, float, str]:
     """``FIGURE=VALUE[:LABEL]`` -> ``(figure, value, label)``."""
     head, _, label = text.partition(":")
@@ -166,9 +251,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a horizontal reference line, e.g. dice=0.505:identity "
                              "(repeatable)")
     parser.add_argument("--title", default=None, help="the figure's title")
+    parser.add_argument("--cases", action="store_true",
+                        help="the inputs are evaluation CSVs (python -m labelreg.evaluation, "
+                             "crossval_cases.csv): draw every case's TRE, identity and "
+                             "registered, instead of learning curves")
     from labelreg.logs import parse_args
 
     args = parse_args(parser, argv)
+    if args.cases:
+        try:
+            cases = [row for path in args.runs for row in read_cases(path)]
+            output = plot_case_tre(cases, args.output, args.title)
+        except LabelregError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {output}")
+        return 0
     labels = args.labels or [_run_label(run) for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"--labels needs one label per run ({len(args.runs)}); "

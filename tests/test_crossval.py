@@ -97,6 +97,8 @@ def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_pat
     assert all(float(r["train_seconds"]) > 0 for r in rows)
     validated = [r["case"] for r in _read(directory / "crossval_cases.csv") if r["row"] == "case"]
     assert sorted(validated) == ["case00", "case01", "case02", "case03"]  # each exactly once
+    # The per-case TRE picture of the held-out cases (matplotlib is a test dependency).
+    assert (directory / "crossval_tre.png").stat().st_size > 0
     for k, fold in enumerate(result.folds, start=1):
         fold_dir = directory / f"fold{k}"
         held_out = {p.name.removesuffix(".nii.gz") for p in

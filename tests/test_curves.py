@@ -75,3 +75,36 @@ def test_command_writes_the_png_and_reports_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(run), "--output", str(out), "--labels", "a", "b"])
     assert "one label per run" in capsys.readouterr().err
+
+
+CASES_CSV = """row,case,label_index,dice_identity,dice,tre_mm_identity,tre_mm,landmarks,lost,lost_identity
+case,obs001,0,0.4,0.8,12.0,4.0,2,0,0
+landmark,obs001,1,0.1,0.5,11.0,3.0,1,0,0
+case,obs002,0,0.5,0.85,9.0,,0,0,0
+case,obs003,0,0.3,0.7,20.0,8.5,3,1,0
+"""
+
+
+def test_case_tre_plot_draws_every_case_with_a_tre(tmp_path, capsys):
+    from labelreg.curves import plot_case_tre, read_cases
+
+    path = tmp_path / "crossval_cases.csv"
+    path.write_text(CASES_CSV)
+    cases = read_cases(path)
+    assert [c["case"] for c in cases] == ["obs001", "obs002", "obs003"]
+    assert cases[0]["tre_mm"] == 4.0 and math.isnan(cases[1]["tre_mm"])
+    out = plot_case_tre(cases, tmp_path / "tre.png")
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    # The registered TREs (blue) and the identity's (grey) are both drawn.
+    blue = np.all(np.abs(pixels.astype(int) - (31, 119, 180)) < 30, axis=-1)
+    grey = np.all(np.abs(pixels.astype(int) - (127, 127, 127)) < 20, axis=-1)
+    assert blue.sum() > 30 and grey.sum() > 30
+    with pytest.raises(ConfigError, match="no case has a registered TRE"):
+        plot_case_tre([cases[1]], tmp_path / "none.png")
+    # The command, and a CSV that is not an evaluation.
+    assert main(["--cases", str(path), "--output", str(tmp_path / "cmd.png")]) == 0
+    assert (tmp_path / "cmd.png").stat().st_size > 0
+    (tmp_path / "other.csv").write_text("step,dice\n1,0.5\n")
+    assert main(["--cases", str(tmp_path / "other.csv"), "--output", str(tmp_path / "x.png")]) == 2
+    assert "expected an evaluation CSV" in capsys.readouterr().err
