@@ -118,7 +118,7 @@ EXPECTED_DEFAULTS = {
         "dir_valid_moving_label": None, "dir_valid_fixed_label": None, "normalise": True,
         "augmentation": True, "affine_scale": 0.1, "translation": 0.0, "intensity_gamma": 0.0,
         "intensity_noise": 0.0, "flip_axes": (), "voxel_spacing": (),
-        "demo_data": None, "case_groups": None,
+        "demo_data": None, "label0_probability": None, "case_groups": None,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),
                 "moving_input": "resize"},

@@ -88,3 +88,39 @@ def test_bad_arguments(kwargs, message):
         PairSampler([], 1)
     with pytest.raises(ValueError, match="step must be >= 0"):
         PairSampler([1, 1], 1).sample(-1)
+
+
+def test_label0_probability_sets_how_often_the_gland_is_drawn():
+    # Cases of 4 labels (a gland and 3 landmarks) and one case with the gland alone.
+    sampler = PairSampler([4] * 9 + [1], minibatch_size=5, seed=7, label0_probability=0.25)
+    labels, cases = [], []
+    for step in range(2000):
+        c, lab = sampler.sample(step)
+        cases.append(c)
+        labels.append(lab)
+    cases, labels = np.concatenate(cases), np.concatenate(labels)
+    several = cases != 9
+    assert np.all(labels[~several] == 0)  # one label: always label 0
+    share = np.mean(labels[several] == 0)
+    assert abs(share - 0.25) < 0.02  # label-reg's uniform draw gives 0.25 only by chance here
+    counts = np.bincount(labels[several], minlength=4)[1:]
+    assert np.all(np.abs(counts / counts.sum() - 1 / 3) < 0.03)  # the landmarks share the rest
+    # A pure function of (seed, step), as the uniform draw.
+    again = PairSampler([4] * 9 + [1], minibatch_size=5, seed=7, label0_probability=0.25)
+    np.testing.assert_array_equal(again.sample(123)[1], sampler.sample(123)[1])
+    # 0 never draws the gland where there are landmarks; 1 always does.
+    never = PairSampler([3] * 4, 2, seed=1, label0_probability=0.0)
+    assert all(np.all(never.sample(s)[1] > 0) for s in range(50))
+    always = PairSampler([3] * 4, 2, seed=1, label0_probability=1.0)
+    assert all(np.all(always.sample(s)[1] == 0) for s in range(50))
+    with pytest.raises(ValueError, match="label0_probability must be in"):
+        PairSampler([3] * 4, 2, label0_probability=1.5)
+
+
+def test_the_uniform_draw_is_unchanged_without_label0_probability():
+    sampler = PairSampler([5, 3, 1, 4], minibatch_size=2, seed=3)
+    # label-reg's draw, floor(u * L) with u from the (seed, stream 1, step) generator.
+    for step in range(20):
+        cases, labels = sampler.sample(step)
+        u = np.random.default_rng([3, 1, step]).random(cases.size)
+        np.testing.assert_array_equal(labels, np.floor(u * np.array([5, 3, 1, 4])[cases]))

@@ -426,3 +426,17 @@ def test_inference_failure_keeps_the_other_pairs(tmp_path, dataset, trained_ini,
     assert sorted(p.name for p in out.iterdir()) == ["case00", "case01", "failed.csv",
                                                      "metrics.csv"]
     assert "case02.nii.gz" in (out / "failed.csv").read_text()
+
+
+@pytest.mark.parametrize(("probability", "expected"), [("1", {0}), ("0", {1})])
+def test_label0_probability_reaches_the_training_stream(tmp_path, dataset, probability,
+                                                       expected):
+    from labelreg.methods.label_driven import LabelDriven
+
+    ini = write_config(tmp_path / "x.ini", dataset, Data={"label0_probability": probability})
+    method = LabelDriven(config.load(ini), log=lambda line: None)
+    method.prepare_data()
+    labels = set()
+    for batch in method.source.train_dataset(seed=0, start_step=0).take(4):
+        labels |= set(batch["label_index"].numpy().tolist())
+    assert labels == expected  # write_case: a gland (0) and one landmark (1) per case

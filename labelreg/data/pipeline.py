@@ -254,6 +254,7 @@ def make_train_dataset(
     num_workers: int | None = None,
     cache: CaseCache | None = None,
     segmentation_labels: bool = False,
+    label0_probability: float | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream of label-reg's two-stage sampling.
 
@@ -273,6 +274,8 @@ def make_train_dataset(
             ``None`` reads it here.
         segmentation_labels: also yield ``moving_seg_label`` / ``fixed_seg_label``, label 0
             of each pair (see :meth:`CaseCache.batch`).
+        label0_probability: how often label 0 is the sampled label (``None``: uniform over a
+            case's labels; :class:`~labelreg.data.sampling.PairSampler`).
 
     Returns:
         An infinite, prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
@@ -288,7 +291,8 @@ def make_train_dataset(
     """
     if int(start_step) < 0:
         raise ValueError(f"start_step must be >= 0; received start_step={start_step}.")
-    sampler = PairSampler(paired.num_labels, minibatch_size, seed)
+    sampler = PairSampler(paired.num_labels, minibatch_size, seed,
+                          label0_probability=label0_probability)
     if cache is None:
         cache = CaseCache(paired, normalise=normalise, num_workers=num_workers)
 

@@ -3,7 +3,9 @@
 Stage 1 picks a minibatch of cases: the case indices are shuffled once per epoch and cut into
 ``num_cases // minibatch_size`` minibatches (the leftover cases of an epoch are dropped, as in
 label-reg). Stage 2 picks one label index per pair, uniformly among that case's labels, the same
-index for the moving and the fixed label.
+index for the moving and the fixed label; or, with ``label0_probability = p``, label 0 (the
+gland of the MR/TRUS data) with probability ``p`` and otherwise one of the others (landmarks)
+uniformly, so the small landmarks can be sampled more often than one in ``L``.
 
 Every draw comes from a NumPy generator seeded by ``(seed, epoch)`` or ``(seed, step)``, so the
 minibatch of any step can be computed directly: resuming training at step ``k`` needs nothing but
@@ -32,6 +34,9 @@ class PairSampler:
         num_labels: labels per case (1 for a case without labels); its length is the case count.
         minibatch_size: pairs per step, at most the number of cases.
         seed: non-negative integer seed.
+        label0_probability: ``None`` for label-reg's uniform draw; else the probability, in
+            [0, 1], of drawing label 0, the other labels sharing the rest uniformly (a case with
+            one label always gives label 0).
 
     Attributes:
         num_cases: number of cases.
@@ -44,7 +49,8 @@ class PairSampler:
         ValueError: a non-positive minibatch size or label count, or a negative seed.
     """
 
-    def __init__(self, num_labels: Sequence[int], minibatch_size: int, seed: int = 0) -> None:
+    def __init__(self, num_labels: Sequence[int], minibatch_size: int, seed: int = 0,
+                 label0_probability: float | None = None) -> None:
         self.num_labels = np.asarray([int(n) for n in num_labels], dtype=np.int64)
         self.num_cases = int(self.num_labels.size)
         if self.num_cases == 0:
@@ -62,6 +68,11 @@ class PairSampler:
             )
         if int(seed) < 0:
             raise ValueError(f"seed must be a non-negative integer; received seed={seed}.")
+        if label0_probability is not None and not 0.0 <= float(label0_probability) <= 1.0:
+            raise ValueError("label0_probability must be in [0, 1]; received "
+                             f"label0_probability={label0_probability}.")
+        self.label0_probability = (None if label0_probability is None
+                                   else float(label0_probability))
         self.minibatch_size = int(minibatch_size)
         self.seed = int(seed)
         self.steps_per_epoch = self.num_cases // self.minibatch_size
@@ -90,8 +101,15 @@ class PairSampler:
         rng = np.random.default_rng([self.seed, _LABEL_STREAM, int(step)])
         # floor(u * L) is uniform over 0..L-1 and lets one vector draw serve cases with
         # different label counts.
-        labels = np.floor(rng.random(cases.size) * self.num_labels[cases]).astype(np.int64)
-        return cases, np.minimum(labels, self.num_labels[cases] - 1)
+        counts = self.num_labels[cases]
+        if self.label0_probability is None:
+            labels = np.floor(rng.random(cases.size) * counts).astype(np.int64)
+            return cases, np.minimum(labels, counts - 1)
+        # Label 0 with probability p, else one of labels 1..L-1 uniformly (same one-vector trick).
+        first, rest = rng.random(cases.size), rng.random(cases.size)
+        others = 1 + np.minimum(np.floor(rest * (counts - 1)), counts - 2).astype(np.int64)
+        labels = np.where((first < self.label0_probability) | (counts == 1), 0, others)
+        return cases, labels.astype(np.int64)
 
     def iterate(self, start_step: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Endless ``(step, case_indices, label_indices)`` from ``start_step`` on."""

@@ -78,6 +78,12 @@ def label_driven_schema() -> Schema:
                 "path", None, "When set, the deterministic demo dataset is generated into this "
                 "folder on first use (configs/demo.ini); unset for real data.",
             ),
+            "label0_probability": Key(
+                "float", None, "How often the training pair's sampled label is label 0 (the "
+                "gland); the other labels (landmarks) share the rest uniformly. Unset = "
+                "label-reg's uniform draw over a case's labels (label 0 one time in L).",
+                min=0.0, max=1.0,
+            ),
             "case_groups": Key(
                 "path", None, "CSV of case,group rows (e.g. a patient per case; python -m "
                 "labelreg.data.patients writes one): python -m labelreg.crossval keeps each "

@@ -193,7 +193,8 @@ class NiftiPairs(PairSource):
         return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
                                   start_step=start_step, normalise=self.normalise,
                                   cache=getattr(self, "cache", None),
-                                  segmentation_labels=segmentation_labels)
+                                  segmentation_labels=segmentation_labels,
+                                  label0_probability=self.cfg["Data"].get("label0_probability"))
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         data = self.cfg["Data"]
