@@ -38,29 +38,14 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from _timing import cpu_line  # noqa: E402
 
 import labelreg  # noqa: E402, F401  (before TensorFlow: oneDNN)
 from labelreg import ops  # noqa: E402
 from labelreg._tf import tf  # noqa: E402
-from labelreg.cpu import cpu_flags  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus-sample"
 MATMUL_SIZE = 2048
-
-
-def cpu_name() -> str:
-    """``lscpu``'s model name and the AVX extensions of ``/proc/cpuinfo``."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    vectors = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx")))
-    return f"{model}; {' '.join(vectors) or 'no AVX flags read'}"
 
 
 def build(config: str, checkpoint: str | None) -> tuple[tf.keras.Model, tuple, tuple]:
@@ -161,8 +146,7 @@ def main() -> None:
 
     model, moving_shape, fixed_shape = build(args.config, args.checkpoint)
     moving, fixed, source = load_pair(moving_shape, fixed_shape)
-    print(f"CPU: {cpu_name()}; {os.cpu_count()} CPU(s); "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+    print(cpu_line())
     print(f"{type(model).__name__}, {model.count_params():,} parameters; moving "
           f"{list(moving_shape)}, fixed {list(fixed_shape)}; pair {source}")
 

@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._timing import peak_rss_mib, row  # noqa: E402
+from benchmarks._timing import cpu_line, peak_rss_mib, row  # noqa: E402
 
 MODELS = {
     # name: (init_filters, down/up blocks, bottleneck, compression, dropout, latent channels)
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
     parser.add_argument("--models", default="default,zurich")
     args = parser.parse_args(argv)
+    print(cpu_line())
 
     import keras
     import numpy as np

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks._timing import cpu_line  # noqa: E402
 from labelreg import metrics  # noqa: E402
 from labelreg._tf import tf  # noqa: E402
 from labelreg.data.stacks import make_stack_eval_pairs, open_stacks  # noqa: E402
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_gradirn"))
     args = parser.parse_args(argv)
+    print(cpu_line())
     out = Path(args.out)
     config = ROOT / "configs" / "gradirn.ini"
     common = [f"Train.total_iterations={args.steps}", f"Train.freq_model_save={args.steps}",

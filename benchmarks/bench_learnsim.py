@@ -24,6 +24,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks._timing import cpu_line  # noqa: E402
 from labelreg.cli import infer_main  # noqa: E402
 from labelreg.engine import train  # noqa: E402
 from labelreg.methods.registry import load_config  # noqa: E402
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_learnsim"))
     args = parser.parse_args(argv)
+    print(cpu_line())
     out = Path(args.out)
     config = ROOT / "configs" / "learnsim.ini"
     common = [f"Train.total_iterations={args.steps}", f"Train.freq_model_save={args.steps}",

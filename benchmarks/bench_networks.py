@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from _timing import peak_rss_mib, row, time_call  # noqa: E402
+from _timing import cpu_line, peak_rss_mib, row, time_call  # noqa: E402
 
 from labelreg._tf import tf  # noqa: E402
 from labelreg.networks.registry import build_network  # noqa: E402
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--fixed", type=int, nargs=3, default=(47, 63, 44))
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    print(cpu_line())
 
     rng = np.random.default_rng(0)
     moving = tf.constant(rng.uniform(size=(1, *args.moving, 1)).astype(np.float32))

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _timing import cpu_line
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
+    print(cpu_line())
 
     print(f"LocalNet c=32, batch 1, label-driven step; {os.cpu_count()} CPU cores; "
           f"seconds per step (min of {args.steps}) / peak resident MiB")

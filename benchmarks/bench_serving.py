@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import peak_rss_mib, row  # noqa: E402
+from _timing import cpu_line, peak_rss_mib, row  # noqa: E402
 
 from labelreg import export, ops  # noqa: E402
 from labelreg._tf import tf  # noqa: E402
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--more-paths", action="store_true",
                         help="also time the float32 export with XLA warps and the Keras model")
     args = parser.parse_args()
+    print(cpu_line())
 
     moving, fixed, source = load_pair()
     moving_t, fixed_t = tf.constant(moving), tf.constant(fixed)

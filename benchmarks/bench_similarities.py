@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._timing import cpu_line  # noqa: E402
 from labelreg.cli import infer_main  # noqa: E402
 from labelreg.engine import train  # noqa: E402
 from labelreg.methods.registry import load_config  # noqa: E402
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_similarities"))
     parser.add_argument("--speed-steps", type=int, default=5)
     args = parser.parse_args(argv)
+    print(cpu_line())
     out = Path(args.out)
     common = [f"Train.total_iterations={args.steps}", f"Train.freq_model_save={args.steps}",
               f"Data.dir_stacks={out / 'stacks'}", "Train.freq_info_print=1000000"]

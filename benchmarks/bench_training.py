@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _timing import peak_rss_mib  # noqa: E402
+from _timing import cpu_line, peak_rss_mib  # noqa: E402
 
 from labelreg import config  # noqa: E402
 from labelreg.engine import train  # noqa: E402
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get(
         "LABELREG_MRUS_SAMPLE", str(ROOT.parent / "shared" / "data" / "mrus-sample")))
     args = parser.parse_args()
+    print(cpu_line())
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [

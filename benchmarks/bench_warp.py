@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from _timing import row, time_call  # noqa: E402
+from _timing import cpu_line, row, time_call  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import labelreg  # noqa: E402
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    print(cpu_line())
 
     rng = np.random.default_rng(0)
     shape = (args.batch, args.size, args.size, args.size, 1)
