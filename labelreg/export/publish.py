@@ -2,8 +2,11 @@
 
 A TF-Serving model folder holds one sub-folder per integer version::
 
-    <base_dir>/<name>/1/      saved_model.pb, variables/, assets.extra/labelreg/
+    <base_dir>/<name>/1/      saved_model.pb, variables/, assets.extra/labelreg/, README.md
     <base_dir>/<name>/2/      ...
+
+``README.md`` lists the signatures and the environment a server needs
+(:func:`serving_readme`).
 
 :func:`export_endpoints` writes the next free version (a version is never overwritten) with
 ``keras.export.ExportArchive`` into a hidden staging folder and renames it into place, so a
@@ -166,13 +169,10 @@ def _write_archive(
     try:
         saved = staging / "model"
         archive.write_out(str(saved), verbose=False)
-        for relative, text in files.items():
-            target = saved / METADATA_DIR / relative
+        for relative, text in files.items():  # paths relative to the version folder
+            target = saved / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        description = json.loads(files["model.json"]) if "model.json" in files else {}
-        (saved / "README.md").write_text(serving_readme(model_dir.name, description),
-                                         encoding="utf-8")
         return _publish(saved, model_dir, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -287,9 +287,10 @@ def export_endpoints(
             "keras": keras.__version__,
         },
     }
-    files = {"model.json": json.dumps(description, indent=2) + "\n"}
+    files = {os.path.join(METADATA_DIR, "model.json"): json.dumps(description, indent=2) + "\n",
+             "README.md": serving_readme(model_dir.name, description)}
     if config_text is not None:
-        files["config.ini"] = config_text
+        files[os.path.join(METADATA_DIR, "config.ini")] = config_text
     with _xla_context(jit_compile):
         archive = keras.export.ExportArchive()
         # No archive.track(model): the endpoints capture every variable they use, and tracking

@@ -33,8 +33,9 @@ import keras
 from labelreg import ops
 from labelreg._tf import tf
 from labelreg.losses.image import ssd
-from labelreg.losses.registry import LOSSES, available_losses, build_loss
+from labelreg.losses.registry import build_loss
 from labelreg.networks.activations import leaky_relu
+from labelreg.networks.gradirn_options import inner_similarities
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -57,15 +58,6 @@ __all__ = [
     "similarity_gradient",
     "pyramid_shapes",
 ]
-
-def inner_similarities() -> tuple[str, ...]:
-    """The energies a descent step can follow: GraDIRN's ``ssd`` and ``ncc``, then every image
-    loss of the registry that is a plain function of two images (not a factory that needs a
-    trained network, as ``deepsim`` and ``learnsim`` do), registered ones included."""
-    plain = [name for name in available_losses("image")
-             if not LOSSES.info(name).get("factory") and name not in ("ssd", "none")]
-    return ("ssd", "ncc", *plain)
-
 
 #: The built-in energies (:func:`inner_similarities` at import).
 SIMILARITIES = inner_similarities()

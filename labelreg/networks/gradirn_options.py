@@ -6,12 +6,18 @@ from __future__ import annotations
 from labelreg.config import ComponentOptions, Key
 from labelreg.losses.registry import LOSSES, available_losses
 
-__all__ = ["OPTIONS"]
+__all__ = ["OPTIONS", "inner_similarities"]
 
-# The built-in energies of labelreg.networks.gradirn.inner_similarities, named here without
-# importing TensorFlow: ssd, ncc, then the image losses that need no trained network.
-_CHOICES = ("ssd", "ncc", *[name for name in available_losses("image")
-                            if not LOSSES.info(name).get("factory") and name not in ("ssd", "none")])
+
+def inner_similarities() -> tuple[str, ...]:
+    """The energies a GraDIRN descent step can follow: its ``ssd`` and ``ncc``, then every image
+    loss of the registry that is a plain function of two images (not a factory that needs a
+    trained network, as ``deepsim`` and ``learnsim`` do), registered ones included. Declared
+    here, without TensorFlow, for the INI choices and :mod:`labelreg.networks.gradirn` alike."""
+    plain = [name for name in available_losses("image")
+             if not LOSSES.info(name).get("factory") and name not in ("ssd", "none")]
+    return ("ssd", "ncc", *plain)
+
 
 OPTIONS = ComponentOptions(
     docs="Unrolled gradient-descent layers on an image energy, coarse to fine.",
@@ -21,7 +27,7 @@ OPTIONS = ComponentOptions(
         "inner_similarity": Key("str", "ssd", "The energy whose gradient each unrolled step "
                                 "follows: ssd, GraDIRN's ncc (negative squared global NCC), or an "
                                 "image loss that needs no network; mind (MIND-SSC) and nmi work "
-                                "across modalities.", choices=_CHOICES),
+                                "across modalities.", choices=inner_similarities()),
     }},
     arguments={"inner_similarity": "similarity"},
 )
