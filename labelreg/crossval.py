@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from labelreg.config import Config
 
 __all__ = ["CROSSVAL_COLUMNS", "FOLDERS", "FoldResult", "CrossValidation", "pool_cases",
-           "make_folds", "make_inner_split", "read_groups", "fold_checkpoint", "cross_validate",
+           "make_folds", "make_inner_split", "FoldPlan", "plan_folds", "read_groups", "fold_checkpoint", "cross_validate",
            "main"]
 
 #: ``(role, folder name)`` of the four folders of a fold's ``train/`` and ``valid/``.
@@ -276,6 +276,35 @@ def make_inner_split(names: Sequence[str], fraction: float, seed: int = 0,
     return sorted(set(names) - set(inner)), sorted(inner)
 
 
+@dataclass
+class FoldPlan:
+    """The cases of one fold: what trains, what validates the run (``inner``; empty without an
+    inner split) and what is held out for evaluation (``valid``), each sorted."""
+
+    train: list[str]
+    inner: list[str]
+    valid: list[str]
+
+
+def plan_folds(names: Sequence[str], folds: int, seed: int = 0,
+               groups: Mapping[str, str] | None = None,
+               inner_valid: float = 0.0) -> list[FoldPlan]:
+    """:func:`make_folds`, then for fold ``k`` (1-based) the training cases, less an inner
+    validation split of about ``inner_valid`` of them (:func:`make_inner_split` with seed
+    ``seed + k``) when ``inner_valid`` > 0.
+
+    Raises:
+        ConfigError: as :func:`make_folds` and :func:`make_inner_split`.
+    """
+    plans = []
+    for k, valid in enumerate(make_folds(names, folds, seed, groups), start=1):
+        rest = sorted(set(names) - set(valid))
+        train, inner = (make_inner_split(rest, inner_valid, seed + k, groups) if inner_valid
+                        else (rest, []))
+        plans.append(FoldPlan(train, inner, valid))
+    return plans
+
+
 def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
     """``{case: group}`` from a CSV file with the columns ``case`` and ``group`` (other columns
     are ignored); every one of ``names`` must be listed, once. Cases of one group (for example one
@@ -434,6 +463,52 @@ def _evaluate_fold(cfg: Config, run_dir: Path, valid: dict[str, Path]) -> Evalua
                     label_interpolation=inference.get("label_interpolation", "linear"))
 
 
+def _run_fold(k: int, count: int, plan: FoldPlan, fold_dir: Path,
+              files: dict[str, dict[str, Path]], config: str | os.PathLike,
+              overrides: Sequence[str], cfg: Config,
+              log: Callable[[str], None]) -> FoldResult:
+    """Train fold ``k`` of ``count`` (or resume it) in ``fold_dir`` and evaluate its held-out
+    cases; see the module docstring."""
+    from labelreg.engine import train
+    from labelreg.methods.registry import load_config
+
+    training, inner, valid = plan.train, plan.inner, plan.valid
+    # An inner split always holds a group, so an empty one means there is none.
+    folders = make_fold_folders(fold_dir, training, valid, files, inner or None)
+    run_dir = fold_dir / "run"
+    _, fold_cfg = load_config(config, [*overrides, *fold_overrides(cfg, folders, run_dir)])
+    prefix = f"[fold {k}/{count}] "
+    if inner:
+        log(f"{prefix}training on {len(training)} cases, choosing on {len(inner)} "
+            f"({', '.join(inner)}), reporting {len(valid)}: {', '.join(valid)}")
+    else:
+        log(f"{prefix}training on {len(training)} cases, validating on {len(valid)}: "
+            f"{', '.join(valid)}")
+    record_path = fold_dir / "fold.json"
+    record = _read_json(record_path)
+    tic = time.perf_counter()
+    trained = train(fold_cfg, log=lambda line, p=prefix: log(p + line))
+    seconds = float(record.get("train_seconds", 0.0))
+    if trained.last_step > trained.first_step:
+        seconds += time.perf_counter() - tic
+    atomic_write_text(record_path, json.dumps(
+        {"valid": valid, "inner": inner, "train_seconds": seconds,
+         "last_step": trained.last_step},
+        indent=2) + "\n")
+    if trained.interrupted:
+        log(f"{prefix}interrupted at step {trained.last_step}; rerun the same command to "
+            "resume")
+        raise KeyboardInterrupt
+    table = _evaluate_fold(fold_cfg, run_dir, folders["valid"])
+    table.write_csv(fold_dir / "evaluation.csv")
+    fold = FoldResult(k, list(valid), table, seconds, trained.last_step)
+    row = fold.row()
+    log(f"{prefix}gland Dice {row['dice_identity']:.3f} -> {row['dice']:.3f}, TRE "
+        f"{row['tre_mm_identity']:.2f} -> {row['tre_mm']:.2f} mm (medians), "
+        f"{row['lost']} of {row['landmarks']} landmarks lost")
+    return fold
+
+
 def cross_validate(
     config: str | os.PathLike,
     folds: int = 5,
@@ -491,29 +566,23 @@ def cross_validate(
     if groups is None:
         groups = cfg["Data"].get("case_groups")
     group_of = None if groups is None else read_groups(groups, list(files))
-    split = make_folds(list(files), folds, seed, group_of)
+    plans = plan_folds(list(files), folds, seed, group_of, inner_valid)
     keep_best = cfg["Train"].get("keep_best", "none")
     if keep_best != "none" and not inner_valid:
         raise ConfigError(
             f"{cfg.path}: [Train] keep_best = {keep_best} would choose each fold's checkpoint on "
             "the held-out cases it reports; pass --inner-valid (e.g. 0.2) to choose it on "
             "training patients, or --set Train.keep_best=none.")
-    inner_split = None
-    if inner_valid:
-        inner_split = [make_inner_split([n for n in files if n not in set(valid)], inner_valid,
-                                        seed + k, group_of)[1]
-                       for k, valid in enumerate(split, start=1)]
     batch = int(cfg["Train"]["minibatch_size"])
-    smallest = min(len(files) - len(part) - (len(inner_split[k]) if inner_split else 0)
-                   for k, part in enumerate(split))
+    smallest = min(len(plan.train) for plan in plans)
     if smallest < batch:
-        raise ConfigError(f"{cfg.path}: [Train] minibatch_size = {batch}, but with {len(split)} "
+        raise ConfigError(f"{cfg.path}: [Train] minibatch_size = {batch}, but with {len(plans)} "
                           f"folds of {len(files)} cases a fold trains on only {smallest}; use "
                           "fewer folds or a smaller minibatch_size.")
-    selected = sorted(set(range(1, len(split) + 1) if only is None else only))
+    selected = sorted(set(range(1, len(plans) + 1) if only is None else only))
     for k in selected:
-        if not 1 <= int(k) <= len(split):
-            raise ConfigError(f"--fold {k}: expected a fold number in 1..{len(split)}.")
+        if not 1 <= int(k) <= len(plans):
+            raise ConfigError(f"--fold {k}: expected a fold number in 1..{len(plans)}.")
     directory = Path(directory if directory is not None else
                      Path(cfg["Train"]["dir_run"]) / "crossval").absolute()
     try:
@@ -521,57 +590,23 @@ def cross_validate(
     except OSError as err:
         raise DataError(f"{directory}: cannot create the cross-validation folder ({err}).") \
             from err
-    _check_split(directory, split, seed, inner_split)
+    _check_split(directory, [plan.valid for plan in plans], seed,
+                 [plan.inner for plan in plans] if inner_valid else None)
     grouping = "" if group_of is None else f" of {len(set(group_of.values()))} groups"
-    log(f"{len(split)}-fold cross-validation of {len(files)} cases{grouping} (seed {seed}) in "
+    log(f"{len(plans)}-fold cross-validation of {len(files)} cases{grouping} (seed {seed}) in "
         f"{directory}" + (f"; each fold validates on {inner_valid:g} of its training cases"
-                          if inner_split else ""))
-
-    from labelreg.engine import train
+                          if inner_valid else ""))
 
     result = CrossValidation(directory)
-    for k, valid in enumerate(split, start=1):
+    for k, plan in enumerate(plans, start=1):
         if k not in selected:
             continue
-        fold_dir = directory / f"fold{k}"
-        inner = inner_split[k - 1] if inner_split else None
-        training = [name for name in files if name not in set(valid) | set(inner or ())]
-        folders = make_fold_folders(fold_dir, training, valid, files, inner)
-        run_dir = fold_dir / "run"
-        _, fold_cfg = load_config(config, [*overrides, *fold_overrides(cfg, folders, run_dir)])
-        prefix = f"[fold {k}/{len(split)}] "
-        if inner:
-            log(f"{prefix}training on {len(training)} cases, choosing on {len(inner)} "
-                f"({', '.join(inner)}), reporting {len(valid)}: {', '.join(valid)}")
-        else:
-            log(f"{prefix}training on {len(training)} cases, validating on {len(valid)}: "
-                f"{', '.join(valid)}")
-        record_path = fold_dir / "fold.json"
-        record = _read_json(record_path)
-        tic = time.perf_counter()
-        trained = train(fold_cfg, log=lambda line, p=prefix: log(p + line))
-        seconds = float(record.get("train_seconds", 0.0))
-        if trained.last_step > trained.first_step:
-            seconds += time.perf_counter() - tic
-        atomic_write_text(record_path, json.dumps(
-            {"valid": valid, "inner": inner or [], "train_seconds": seconds,
-             "last_step": trained.last_step},
-            indent=2) + "\n")
-        if trained.interrupted:
-            log(f"{prefix}interrupted at step {trained.last_step}; rerun the same command to "
-                "resume")
-            raise KeyboardInterrupt
-        table = _evaluate_fold(fold_cfg, run_dir, folders["valid"])
-        table.write_csv(fold_dir / "evaluation.csv")
-        fold = FoldResult(k, list(valid), table, seconds, trained.last_step)
-        row = fold.row()
-        log(f"{prefix}gland Dice {row['dice_identity']:.3f} -> {row['dice']:.3f}, TRE "
-            f"{row['tre_mm_identity']:.2f} -> {row['tre_mm']:.2f} mm (medians), "
-            f"{row['lost']} of {row['landmarks']} landmarks lost")
-        result.folds.append(fold)
-    if len(selected) < len(split):
+        result.folds.append(_run_fold(
+            k, len(plans), plan, directory / f"fold{k}", files, config,
+            overrides, cfg, log))
+    if len(selected) < len(plans):
         log(f"ran fold{'s' if len(selected) > 1 else ''} {', '.join(map(str, selected))} of "
-            f"{len(split)}; run without --fold once every fold is trained to write the tables")
+            f"{len(plans)}; run without --fold once every fold is trained to write the tables")
         return result
     try:
         result.write()
