@@ -25,9 +25,11 @@ import csv
 import io
 import math
 import os
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from labelreg.errors import ConfigError, DataError, LabelregError
 from labelreg.files import atomic_write_bytes
@@ -81,6 +83,30 @@ def _number(text: str | None) -> float:
     return float(text) if text not in (None, "") else math.nan
 
 
+def _pyplot(what: str) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend.
+
+    Raises:
+        ConfigError: matplotlib is not installed (``what`` names the picture).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError(f"{what} need matplotlib: pip install '.[plot]'") from err
+    return plt
+
+
+def _save_png(plt: Any, fig: Any, output: str | os.PathLike) -> Path:
+    """Write ``fig`` as a 110 dpi PNG, atomically, and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(output, buffer.getvalue())
+
+
 def plot_learning_curves(
     runs: Mapping[str, str | os.PathLike],
     output: str | os.PathLike,
@@ -104,13 +130,7 @@ def plot_learning_curves(
         ConfigError: matplotlib is not installed, or no run has any of ``figures``.
         DataError: a run's history is missing or unreadable.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ConfigError("learning curves need matplotlib: pip install '.[plot]'") from err
+    plt = _pyplot("learning curves")
     histories = {label: read_history(run) for label, run in runs.items()}
     shown = [name for name in figures
              if any(name in h and any(math.isfinite(v) for v in h[name])
@@ -136,10 +156,7 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(output, buffer.getvalue())
+    return _save_png(plt, fig, output)
 
 
 def read_cases(path: str | os.PathLike) -> list[dict[str, float | str]]:
@@ -179,13 +196,7 @@ def plot_case_tre(cases: Sequence[Mapping[str, float | str]], output: str | os.P
     Raises:
         ConfigError: matplotlib is not installed, or no case has a registered TRE.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ConfigError("the per-case plot needs matplotlib: pip install '.[plot]'") from err
+    plt = _pyplot("per-case plots")
     shown = sorted((c for c in cases if math.isfinite(float(c["tre_mm"]))),
                    key=lambda c: float(c["tre_mm"]))
     if not shown:
@@ -199,10 +210,9 @@ def plot_case_tre(cases: Sequence[Mapping[str, float | str]], output: str | os.P
     axis.scatter(x, after, s=16, color="tab:blue", label="registered")
     for values, color, name in ((before, "tab:grey", "identity"), (after, "tab:blue",
                                                                     "registered")):
-        finite = sorted(v for v in values if math.isfinite(v))
+        finite = [v for v in values if math.isfinite(v)]
         if finite:
-            median = finite[len(finite) // 2] if len(finite) % 2 else 0.5 * (
-                finite[len(finite) // 2 - 1] + finite[len(finite) // 2])
+            median = statistics.median(finite)
             axis.axhline(median, linestyle="--", color=color, linewidth=1)
             axis.annotate(f"{name} median {median:.2f} mm", (0.01, median),
                           xycoords=("axes fraction", "data"), va="bottom", fontsize=8,
@@ -214,10 +224,7 @@ def plot_case_tre(cases: Sequence[Mapping[str, float | str]], output: str | os.P
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9))
     axis.set_title(title or f"{len(shown)} cases, sorted by registered TRE", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(output, buffer.getvalue())
+    return _save_png(plt, fig, output)
 
 
 def _parse_hline(text: str) -> tuple[str, float, str]:
