@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -42,6 +43,17 @@ def cpu_line() -> str:
         pass
     return (f"CPU: {model}; {' '.join(flags) or 'no AVX flags read'}; {os.cpu_count()} CPU(s); "
             f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+
+
+def conv_flop(op: object) -> int:
+    """Multiply-add FLOPs (x2) of one traced graph operation: ``2 x output voxels x kernel
+    volume x C_in x C_out`` for a convolution, ``2 x input voxels x kernel volume x C_in x
+    C_out`` for a transposed one (every input voxel meets the whole kernel), 0 for the rest."""
+    if op.type in ("Conv2D", "Conv3D"):  # output [B, *S, C_out], kernel [*k, C_in, C_out]
+        return 2 * math.prod(op.outputs[0].shape[:-1]) * math.prod(op.inputs[1].shape)
+    if op.type in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
+        return 2 * math.prod(op.inputs[2].shape[:-1]) * math.prod(op.inputs[1].shape)
+    return 0
 
 
 def peak_rss_mib() -> float:

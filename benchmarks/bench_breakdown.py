@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from _timing import cpu_line  # noqa: E402
+from _timing import conv_flop, cpu_line  # noqa: E402
 
 import labelreg  # noqa: E402, F401  (before TensorFlow: oneDNN)
 from labelreg import ops  # noqa: E402
@@ -72,11 +71,8 @@ def block_gflop(model: tf.keras.Model, moving_shape: tuple, fixed_shape: tuple) 
         tf.TensorSpec([1, *moving_shape, 1]), tf.TensorSpec([1, *fixed_shape, 1])).graph
     blocks: collections.Counter[str] = collections.Counter()
     for op in graph.get_operations():
-        if op.type in ("Conv2D", "Conv3D"):
-            flop = 2 * math.prod(op.outputs[0].shape[:-1]) * math.prod(op.inputs[1].shape)
-        elif op.type in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
-            flop = 2 * math.prod(op.inputs[2].shape[:-1]) * math.prod(op.inputs[1].shape)
-        else:
+        flop = conv_flop(op)
+        if not flop:
             continue
         # Scope names carry a "_<n>" suffix per trace; the block is the layer below the network.
         parts = [part.rsplit("_", 1)[0] if part.rsplit("_", 1)[-1].isdigit() else part

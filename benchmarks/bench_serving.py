@@ -33,7 +33,6 @@ export with XLA-compiled warps and the float32 Keras model (eager and in a ``tf.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -46,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import cpu_line, peak_rss_mib, row  # noqa: E402
+from _timing import conv_flop, cpu_line, peak_rss_mib, row  # noqa: E402
 
 from labelreg import export, ops  # noqa: E402
 from labelreg._tf import tf  # noqa: E402
@@ -120,14 +119,7 @@ def conv_gflop(model: keras.Model, moving_shape: Sequence[int],
     function = tf.function(lambda m, f: model([m, f], training=False), autograph=False)
     graph = function.get_concrete_function(
         tf.TensorSpec([1, *moving_shape, 1]), tf.TensorSpec([1, *fixed_shape, 1])).graph
-    total = 0
-    for op in graph.get_operations():
-        if op.type in ("Conv2D", "Conv3D"):  # output [B, *S, C_out], kernel [*k, C_in, C_out]
-            total += 2 * math.prod(op.outputs[0].shape[:-1]) * math.prod(op.inputs[1].shape)
-        elif op.type in ("Conv2DBackpropInput", "Conv3DBackpropInputV2"):
-            # Transposed convolution: every input voxel [B, *S_in, C_in] meets the whole kernel.
-            total += 2 * math.prod(op.inputs[2].shape[:-1]) * math.prod(op.inputs[1].shape)
-    return total / 1e9
+    return sum(conv_flop(op) for op in graph.get_operations()) / 1e9
 
 
 def folder_size_mib(path: Path) -> float:
