@@ -226,30 +226,37 @@ def test_zero_cnn_is_exact_gradient_descent_on_ssd(ndim):
     np.testing.assert_array_equal(model([moving, fixed]).numpy(), steps[-1].numpy())
 
 
+def _directional_derivatives(similarity, energy_fn, seed, shape, sigma, fractions, h):
+    """The step's gradient (``numel · ∂E/∂u`` per sample) against central differences along a
+    random direction: ``(analytic [2], finite difference [2])``.
+
+    ``energy_fn(target, warped)`` is the reference energy of float64 NumPy-warped images; the
+    DDF's fractional parts lie in ``fractions``, so ±h stays inside the interpolation cells."""
+    rng = np.random.default_rng(seed)
+    target = smooth_images(rng, shape, batch=2, sigma=sigma)
+    moving = smooth_images(rng, shape, batch=2, sigma=sigma)
+    ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(*fractions, (2, *shape, 2))
+    direction = rng.standard_normal(ddf.shape)
+    grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
+
+    def energy(offset):
+        warped = [np_warp(moving[b, ..., 0].astype(np.float64), ddf[b], offset[b]) for b in (0, 1)]
+        return energy_fn(target, np.stack(warped)[..., None])
+
+    fd = (energy(h * direction) - energy(-h * direction)) / (2 * h) * math.prod(shape)
+    return np.sum(grad.numpy() * direction, axis=(1, 2, 3)), fd
+
+
 @pytest.mark.parametrize("similarity", ["ssd", "ncc"])
 def test_similarity_gradient_matches_finite_differences(similarity):
     """The step's gradient is numel · ∂E/∂u per sample: a directional derivative check."""
-    rng = np.random.default_rng(3)
-    shape = (7, 6)
-    target = smooth_images(rng, shape, batch=2, sigma=1.0)
-    moving = smooth_images(rng, shape, batch=2, sigma=1.0)
-    # fractional parts in [0.25, 0.75], so ±h stays inside the interpolation cells
-    ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.25, 0.75, (2, *shape, 2))
-    direction = rng.standard_normal(ddf.shape)
-    grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
     # The references in float64: the ssd energy (losses.image.ssd, which computes in float32)
     # by its formula in NumPy, the ncc energy by the TF function on float64 inputs.
     energy_fn = {"ssd": lambda t, w: np.mean((np.asarray(t) - w) ** 2, axis=(1, 2, 3)),
-                 "ncc": lambda t, w: ncc_energy(t, w).numpy()}[similarity]
-
-    def energy(offset):  # float64 NumPy warp at ddf + offset; energies in float64
-        warped = [np_warp(moving[b, ..., 0].astype(np.float64), ddf[b], offset[b]) for b in (0, 1)]
-        return energy_fn(tf.constant(target, tf.float64), np.stack(warped)[..., None])
-
-    h = 1e-4
-    numel = math.prod(shape)
-    fd = (energy(h * direction) - energy(-h * direction)) / (2 * h) * numel
-    analytic = np.sum(grad.numpy() * direction, axis=(1, 2, 3))
+                 "ncc": lambda t, w: ncc_energy(tf.constant(t, tf.float64), w).numpy()
+                 }[similarity]
+    analytic, fd = _directional_derivatives(similarity, energy_fn, seed=3, shape=(7, 6),
+                                            sigma=1.0, fractions=(0.25, 0.75), h=1e-4)
     np.testing.assert_allclose(analytic, fd, rtol=1e-3, atol=1e-4 * np.abs(fd).max())
 
 
@@ -260,24 +267,16 @@ def test_registry_energies_give_their_finite_difference_gradient(similarity):
     enough for float32 energies and small enough to stay inside the interpolation cells."""
     from labelreg.losses.registry import build_loss
 
-    rng = np.random.default_rng(5)
-    shape = (12, 11)
-    target = smooth_images(rng, shape, batch=2, sigma=1.5)
-    moving = smooth_images(rng, shape, batch=2, sigma=1.5)
-    ddf = rng.integers(-1, 2, (2, *shape, 2)) + rng.uniform(0.3, 0.7, (2, *shape, 2))
-    direction = rng.standard_normal(ddf.shape)
-    grad, _ = similarity_gradient(similarity, target, moving, tf.constant(ddf, tf.float32))
     loss = build_loss(similarity, "image")
 
-    def energy(offset):
-        warped = [np_warp(moving[b, ..., 0].astype(np.float64), ddf[b], offset[b]) for b in (0, 1)]
+    def energy_fn(target, warped):
         return loss(tf.constant(target, tf.float32),
-                    tf.constant(np.stack(warped)[..., None], tf.float32)).numpy().astype(np.float64)
+                    tf.constant(warped, tf.float32)).numpy().astype(np.float64)
 
     # NMI's Parzen windows are one bin (1/63) wide, so its energy curves fast: a smaller step.
-    h = 1e-3 if similarity == "nmi" else 1e-2
-    fd = (energy(h * direction) - energy(-h * direction)) / (2 * h) * math.prod(shape)
-    analytic = np.sum(grad.numpy() * direction, axis=(1, 2, 3))
+    analytic, fd = _directional_derivatives(similarity, energy_fn, seed=5, shape=(12, 11),
+                                            sigma=1.5, fractions=(0.3, 0.7),
+                                            h=1e-3 if similarity == "nmi" else 1e-2)
     assert np.all(np.abs(fd) > 1e-3), fd  # a real slope, not rounding noise
     np.testing.assert_allclose(analytic, fd, rtol=2e-2)
 
