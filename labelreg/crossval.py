@@ -1,17 +1,18 @@
 """k-fold cross-validation of a registration config: train on k-1 folds, evaluate the held-out one.
 
 ``python -m labelreg.crossval config.ini [--folds 5] [--seed 0] [--set ...] [--dir DIR]
-[--groups CSV] [--fold K ...]``:
+[--groups CSV] [--inner-valid FRACTION] [--add-cases DIR ...] [--fold K ...]``:
 
-1. The training cases of the config (``[Data] dir_*``), and the validation cases when
-   ``[Data] dir_valid_*`` are set with labels, are pooled by case name and shuffled with
-   ``--seed`` (NumPy's ``default_rng``), then cut into ``--folds`` folds of near-equal size
-   (``numpy.array_split``). Every case is validated in exactly one fold. With ``--groups CSV``
-   (``case,group`` rows, e.g. a patient ID per case; default the config's ``[Data]
-   case_groups``) whole groups are shuffled and dealt to the smallest fold instead, so the
-   cases of one patient never sit on both sides of a fold. With ``--inner-valid FRACTION``
-   whole groups of each fold's training cases, about that fraction, are set aside as the
-   fold's inner validation split (:func:`make_inner_split`, seeded with ``seed + k``).
+1. The training cases of the config (``[Data] dir_*``), the validation cases when
+   ``[Data] dir_valid_*`` are set with labels, and the cases of each ``--add-cases DIR`` are
+   pooled by case name and shuffled with ``--seed`` (NumPy's ``default_rng``), then cut into
+   ``--folds`` folds of near-equal size (``numpy.array_split``). Every case is validated in
+   exactly one fold. With ``--groups CSV`` (``case,group`` rows, e.g. a patient ID per case;
+   default the config's ``[Data] case_groups``) whole groups are shuffled and dealt to the
+   smallest fold instead, so the cases of one patient never sit on both sides of a fold. With
+   ``--inner-valid FRACTION`` (default the config's ``[Data] valid_fraction``) whole groups of
+   each fold's training cases, about that fraction, are set aside as the fold's inner
+   validation split (:func:`make_inner_split`, seeded with ``seed + k``).
 2. Fold ``k`` (1-based) gets ``DIR/fold<k>/train/``, ``DIR/fold<k>/valid/`` (its held-out
    cases) and, with an inner split, ``DIR/fold<k>/inner/``, each with the four folders
    ``moving_images``, ``fixed_images``, ``moving_labels``, ``fixed_labels`` of symbolic links
@@ -66,6 +67,7 @@ import numpy as np
 
 from labelreg.cli import command_parser, run_command
 from labelreg.data.nifti import PairedDataset
+from labelreg.data.splits import read_groups, split_by_group
 from labelreg.errors import ConfigError, DataError, LabelregError
 from labelreg.files import atomic_write_text
 from labelreg.logs import log_line
@@ -169,36 +171,42 @@ class CrossValidation:
 # -- the split -----------------------------------------------------------------------------------
 
 
-def pool_cases(cfg: Config) -> dict[str, dict[str, Path]]:
+def pool_cases(cfg: Config, extra: Sequence[str | os.PathLike] = ()) -> dict[str, dict[str, Path]]:
     """The files of every case to cross-validate, ``{case: {role: file}}``, in name order.
 
     The training folders of ``[Data]``, plus the validation folders when they are set with
-    labels.
+    labels, plus each folder of ``extra`` (``--add-cases``: a folder holding
+    ``moving_images``, ``fixed_images``, ``moving_labels`` and ``fixed_labels``).
 
     Raises:
         ConfigError: the config has no training labels.
-        DataError: unreadable folders, or a case name in both the training and the validation
-            folders.
+        DataError: unreadable or missing folders, or a case name in two of the pooled folders.
     """
     data = cfg["Data"]
     if data.get("dir_moving_label") is None:
         raise ConfigError(f"{cfg.path}: [Data] dir_moving_label and dir_fixed_label are not "
                           "set; cross-validation evaluates gland Dice and landmark TRE, which "
                           "need labels.")
-    sets = [("", "training")]
+    sets = [[data[f"dir_{role}"] for role, _ in FOLDERS]]
     if data.get("dir_valid_moving_image") is not None and \
             data.get("dir_valid_moving_label") is not None:
-        sets.append(("valid_", "validation"))
+        sets.append([data[f"dir_valid_{role}"] for role, _ in FOLDERS])
+    for folder in extra:
+        if not Path(folder).is_dir():
+            raise DataError(f"--add-cases {folder}: folder not found; expected a folder holding "
+                            f"{', '.join(name for _, name in FOLDERS)}.")
+        sets.append([Path(folder) / name for _, name in FOLDERS])
     files: dict[str, dict[str, Path]] = {}
-    for prefix, what in sets:
-        paired = PairedDataset(*(data[f"dir_{prefix}{role}"] for role, _ in FOLDERS))
+    where: dict[str, Path] = {}
+    for folders in sets:
+        paired = PairedDataset(*folders)
         for i, name in enumerate(paired.names):
             if name in files:
                 raise DataError(
-                    f"case {name!r} is in both the training folder {data['dir_moving_image']} "
-                    f"and the {what} folder {data[f'dir_{prefix}moving_image']}; cases are "
+                    f"case {name!r} is in both {where[name]} and {folders[0]}; cases are "
                     "pooled by name, so names must be unique.")
             files[name] = {role: paired.file(role, i) for role, _ in FOLDERS}
+            where[name] = Path(folders[0])
     return dict(sorted(files.items()))
 
 
@@ -247,33 +255,12 @@ def make_inner_split(names: Sequence[str], fraction: float, seed: int = 0,
                      groups: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Split one fold's training cases into ``(train, inner)``: ``inner`` validates the run
     (checkpoint selection with ``[Train] keep_best``, the validation curve), so nothing is
-    chosen on the held-out fold.
-
-    Whole groups (e.g. patients) are shuffled with ``seed`` and moved to ``inner`` until it
-    holds at least ``fraction`` of the cases (at least one group), keeping at least one group
-    for training.
+    chosen on the held-out fold. This is :func:`labelreg.data.splits.split_by_group`.
 
     Raises:
         ConfigError: ``fraction`` outside (0, 1), or fewer than two groups.
     """
-    if not 0.0 < float(fraction) < 1.0:
-        raise ConfigError(f"--inner-valid {fraction}: expected a fraction of the training cases "
-                          "strictly between 0 and 1 (e.g. 0.2).")
-    names = sorted(names)
-    members: dict[str, list[str]] = {}
-    for name in names:
-        members.setdefault(groups[name] if groups is not None else name, []).append(name)
-    if len(members) < 2:
-        raise ConfigError(f"--inner-valid {fraction}: a fold trains on {len(names)} case(s) in "
-                          f"{len(members)} group(s); an inner validation split needs at least 2.")
-    keys = sorted(members)
-    inner: list[str] = []
-    rng = np.random.default_rng(int(seed))
-    for i in rng.permutation(len(keys))[:-1]:  # the last group always trains
-        if len(inner) >= fraction * len(names):
-            break
-        inner += members[keys[i]]
-    return sorted(set(names) - set(inner)), sorted(inner)
+    return split_by_group(names, fraction, seed, groups, setting="--inner-valid")
 
 
 @dataclass
@@ -303,42 +290,6 @@ def plan_folds(names: Sequence[str], folds: int, seed: int = 0,
                         else (rest, []))
         plans.append(FoldPlan(train, inner, valid))
     return plans
-
-
-def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
-    """``{case: group}`` from a CSV file with the columns ``case`` and ``group`` (other columns
-    are ignored); every one of ``names`` must be listed, once. Cases of one group (for example one
-    patient's) always land in the same fold.
-
-    Raises:
-        DataError: the file is missing or unreadable, lacks a column, lists a case twice, or
-            leaves out one of ``names``.
-    """
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            if not {"case", "group"} <= set(reader.fieldnames or ()):
-                raise DataError(f"{path}: expected a header with the columns 'case' and 'group' "
-                                f"(got {reader.fieldnames}).")
-            groups: dict[str, str] = {}
-            for line, row in enumerate(reader, start=2):
-                case, group = (row["case"] or "").strip(), (row["group"] or "").strip()
-                if not case or not group:
-                    raise DataError(f"{path}, line {line}: expected a case name and a group.")
-                if case in groups:
-                    raise DataError(f"{path}, line {line}: case {case!r} is listed twice.")
-                groups[case] = group
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the groups file ({err}).") from err
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a readable CSV file ({err}).") from err
-    missing = [name for name in names if name not in groups]
-    if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise DataError(f"{path}: no group for {len(missing)} of the {len(names)} cases "
-                        f"({shown}); expected one row per case.")
-    return {name: groups[name] for name in names}
 
 
 def _check_split(directory: Path, folds: list[list[str]], seed: int,
@@ -423,6 +374,8 @@ def fold_overrides(cfg: Config, folders: dict[str, dict[str, Path]], run_dir: Pa
                   f"Train.dir_tensorboard={run_dir / 'tensorboard'}"]
     if "demo_data" in cfg["Data"]:
         overrides.append("Data.demo_data=")  # the fold's folders already hold the data
+    if "valid_fraction" in cfg["Data"]:
+        overrides.append("Data.valid_fraction=0")  # the fold's own validation folders serve
     if cfg.has_section("Inference"):
         overrides += [f"Inference.file_model_saved={run_dir / checkpoint}",
                       f"Inference.dir_save={run_dir / 'inference'}"]
@@ -518,7 +471,8 @@ def cross_validate(
     log: Callable[[str], None] = print,
     only: Sequence[int] | None = None,
     groups: str | os.PathLike | None = None,
-    inner_valid: float = 0.0,
+    inner_valid: float | None = None,
+    extra: Sequence[str | os.PathLike] = (),
 ) -> CrossValidation:
     """Run (or resume) a k-fold cross-validation of an INI config; see the module docstring.
 
@@ -537,7 +491,9 @@ def cross_validate(
         inner_valid: the fraction of each fold's training cases (whole groups,
             :func:`make_inner_split`) that validates its run instead of the held-out fold, so
             that ``keep_best`` and the validation curve choose nothing on the cases reported;
-            0 = validate on the held-out fold (then ``keep_best`` is refused).
+            0 = validate on the held-out fold (then ``keep_best`` is refused). Default: the
+            config's ``[Data] valid_fraction``.
+        extra: more case folders to pool (:func:`pool_cases`).
 
     Returns:
         The folds' results; ``crossval.csv`` and ``crossval_cases.csv`` are written when every
@@ -562,7 +518,9 @@ def cross_validate(
         from labelreg.data.demo import generate_demo_data
 
         generate_demo_data(cfg["Data"]["demo_data"])
-    files = pool_cases(cfg)
+    files = pool_cases(cfg, extra)
+    if inner_valid is None:
+        inner_valid = float(cfg["Data"].get("valid_fraction") or 0.0)
     if groups is None:
         groups = cfg["Data"].get("case_groups")
     group_of = None if groups is None else read_groups(groups, list(files))
@@ -658,11 +616,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", default=None, metavar="CSV",
                         help="CSV file of case,group rows (e.g. patient IDs); a group's cases "
                         "stay in one fold")
-    parser.add_argument("--inner-valid", dest="inner_valid", type=float, default=0.0,
+    parser.add_argument("--inner-valid", dest="inner_valid", type=float, default=None,
                         metavar="FRACTION", help="validate each fold's run on this fraction of "
                         "its training cases (whole groups) instead of the held-out fold, so "
-                        "keep_best chooses nothing on the reported cases (default 0: validate "
-                        "on the held-out fold; keep_best is then refused)")
+                        "keep_best chooses nothing on the reported cases (default: the config's "
+                        "[Data] valid_fraction; 0 = validate on the held-out fold, and "
+                        "keep_best is then refused)")
+    parser.add_argument("--add-cases", dest="extra", action="append", default=[],
+                        metavar="DIR", help="pool the cases of DIR too (its moving_images, "
+                        "fixed_images, moving_labels and fixed_labels folders; repeatable)")
     parser.add_argument("--fold", dest="only", type=int, action="append", default=None,
                         metavar="K", help="run only fold K (repeatable; 1-based); no table is "
                         "written, so folds can run in parallel processes sharing --dir")
@@ -670,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body(args) -> int:
         result = cross_validate(args.config, args.folds, args.seed, args.overrides,
                                 args.directory, log=log_line, only=args.only,
-                                groups=args.groups, inner_valid=args.inner_valid)
+                                groups=args.groups, inner_valid=args.inner_valid,
+                                extra=args.extra)
         if args.only is None:
             print(result.format())
             print(f"wrote {result.directory / 'crossval.csv'}")

@@ -119,6 +119,7 @@ EXPECTED_DEFAULTS = {
         "augmentation": True, "affine_scale": 0.1, "translation": 0.0, "intensity_gamma": 0.0,
         "intensity_noise": 0.0, "flip_axes": (), "voxel_spacing": (),
         "demo_data": None, "label0_probability": None, "case_groups": None,
+        "valid_fraction": 0.0,
     },
     "Network": {"network_type": "local", "num_channel_initial": 0, "ddf_levels": (0, 1, 2, 3, 4),
                 "moving_input": "resize"},

@@ -165,24 +165,35 @@ def test_make_inner_split_sets_whole_groups_aside():
 
 def test_keep_best_chooses_on_the_inner_split_and_is_refused_without_one(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num_cases=8)
+    # Two of the cases live in another folder, pooled with --add-cases.
+    more = tmp_path / "more"
+    for folder in ("moving_images", "fixed_images", "moving_labels", "fixed_labels"):
+        (more / folder).mkdir(parents=True)
+        for case in ("case06", "case07"):
+            (data / folder / f"{case}.nii.gz").rename(more / folder / f"{case}.nii.gz")
     patients = {"case00": "p0", "case01": "p0", "case02": "p1", "case03": "p2", "case04": "p3",
                 "case05": "p3", "case06": "p4", "case07": "p5"}
     groups = tmp_path / "groups.csv"
     groups.write_text("case,group\n" + "".join(f"{c},{g}\n" for c, g in patients.items()))
+    # The config's own validation split (valid_fraction) is each fold's default inner split.
     ini = write_config(tmp_path / "cv.ini", data, Network={"network_type": "global"},
-                       Data={"case_groups": str(groups)},
+                       Data={"case_groups": str(groups), "valid_fraction": "0.25"},
                        Loss={"similarity_scales": "[0]"},
                        Train={"total_iterations": "2", "freq_model_save": "1",
                               "keep_best": "dice", "minibatch_size": "1"})
     directory = tmp_path / "cv"
     # Choosing the checkpoint on the reported cases is refused before anything is trained.
-    assert main([str(ini), "--folds", "2", "--dir", str(directory)]) == 2
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--inner-valid", "0"]) == 2
     assert "--inner-valid" in capsys.readouterr().err and not directory.exists()
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--add-cases",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "--add-cases" in capsys.readouterr().err and not directory.exists()
 
-    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--inner-valid", "0.25",
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--add-cases", str(more),
                  "--fold", "1"]) == 0
     out = capsys.readouterr().out
-    assert "of 6 groups" in out and "choosing on" in out
+    assert "of 8 cases of 6 groups" in out and "validates on 0.25" in out
+    assert "choosing on" in out
     split = json.loads((directory / "folds.json").read_text())
     fold = directory / "fold1"
     held_out = sorted(p.name.split(".")[0] for p in (fold / "valid" / "moving_images").iterdir())
@@ -198,8 +209,8 @@ def test_keep_best_chooses_on_the_inner_split_and_is_refused_without_one(tmp_pat
     evaluated = [r["case"] for r in _read(fold / "evaluation.csv") if r["row"] == "case"]
     assert evaluated == held_out
     # Another inner fraction is another split: the folder is not reused for it.
-    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--inner-valid", "0.5",
-                 "--fold", "1"]) == 2
+    assert main([str(ini), "--folds", "2", "--dir", str(directory), "--add-cases", str(more),
+                 "--inner-valid", "0.5", "--fold", "1"]) == 2
     assert "--inner-valid" in capsys.readouterr().err
 
 

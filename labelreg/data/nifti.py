@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -397,7 +398,7 @@ class PairedDataset:
             self._order["fixed_label"] = _pair_order(
                 ref, self.fixed_label, "fixed_labels", "moving_images"
             )
-        self.names = ref.names
+        self.names = list(ref.names)
 
         if self.moving_image.ndim != self.fixed_image.ndim:
             raise DataError(
@@ -434,7 +435,27 @@ class PairedDataset:
     @property
     def num_cases(self) -> int:
         """Number of moving/fixed pairs."""
-        return self.moving_image.num_data
+        return len(self.names)
+
+    def subset(self, names: Sequence[str]) -> PairedDataset:
+        """The cases ``names`` of this dataset, in this dataset's order, as a dataset of their own
+        (the readers are shared: nothing is read again).
+
+        Raises:
+            DataError: a name is not a case of this dataset, or ``names`` is empty.
+        """
+        wanted = set(names)
+        unknown = sorted(wanted - set(self.names))
+        if unknown or not wanted:
+            raise DataError(f"{self.moving_image.directory}: no case named "
+                            f"{', '.join(unknown[:5]) or '(an empty list)'}; expected names of "
+                            "its files without .nii/.nii.gz.")
+        keep = [i for i, name in enumerate(self.names) if name in wanted]
+        part = copy.copy(self)
+        part._order = {role: [order[i] for i in keep] for role, order in self._order.items()}
+        part.names = [self.names[i] for i in keep]
+        part.num_labels = [self.num_labels[i] for i in keep]
+        return part
 
     @property
     def has_labels(self) -> bool:

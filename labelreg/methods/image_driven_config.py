@@ -141,6 +141,7 @@ def _check_data(cfg: Config) -> None:
             if data[key] is None:
                 raise config.fail(cfg, "Data", key, "is required for training (a folder of "
                                   "NIfTI files).")
+        label_driven_config.check_valid_fraction(cfg)
 
 
 def check_inputs(cfg: Config, command: str) -> None:

@@ -87,8 +87,14 @@ def label_driven_schema() -> Schema:
             "case_groups": Key(
                 "path", None, "CSV of case,group rows (e.g. a patient per case; python -m "
                 "labelreg.data.patients writes one): python -m labelreg.crossval keeps each "
-                "group's cases together in its folds and inner validation splits; unset = every "
-                "case its own group. Training itself does not read it.",
+                "group's cases together in its folds and inner validation splits, and "
+                "valid_fraction sets whole groups aside; unset = every case its own group.",
+            ),
+            "valid_fraction": Key(
+                "float", 0.0, "Share of the training cases set aside as the validation set "
+                "(validation curve, keep_best), whole case_groups groups at a time, drawn with "
+                "[Train] seed; instead of dir_valid_*. 0 = none.",
+                min=0.0, max=0.9,
             ),
         },
         "Network": {
@@ -207,6 +213,7 @@ def cross_check(cfg: Config) -> None:
                 cfg, "Data", "dir_valid_moving_image",
                 "must be set when validation labels are given.",
             )
+        check_valid_fraction(cfg)
         if data["dir_moving_label"] is None and loss["image_loss_type"] == "none":
             raise config.fail(
                 cfg, "Data", "dir_moving_label",
@@ -225,6 +232,22 @@ def cross_check(cfg: Config) -> None:
                 "must be set when dir_fixed_label is (label metrics need both).",
             )
 
+
+
+def check_valid_fraction(cfg: Config) -> None:
+    """``[Data] valid_fraction`` > 0 needs labels (validation scores them) and no
+    ``dir_valid_*`` folders (one validation set or the other)."""
+    data = cfg["Data"]
+    if not data["valid_fraction"]:
+        return
+    if data["dir_valid_moving_image"] is not None:
+        raise config.fail(cfg, "Data", "valid_fraction",
+                          "sets validation cases aside from the training folders, but "
+                          "dir_valid_moving_image is set too; use one of them.")
+    if data["dir_moving_label"] is None:
+        raise config.fail(cfg, "Data", "valid_fraction",
+                          "needs dir_moving_label and dir_fixed_label: validation scores the "
+                          "warped labels.")
 
 
 #: The folders each command reads, as ``(section, key)``: checked by :func:`check_inputs`

@@ -31,6 +31,7 @@ from labelreg.config import Config
 from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
 from labelreg.data.pipeline import CaseCache
+from labelreg.data.splits import read_groups, split_by_group
 from labelreg.data.stacks import configured_train_dataset, make_stack_eval_pairs, open_stacks
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError, DataError
@@ -147,6 +148,9 @@ class NiftiPairs(PairSource):
         data, train = self.cfg["Data"], self.cfg["Train"]
         self.paired = PairedDataset(data["dir_moving_image"], data["dir_fixed_image"],
                                     data["dir_moving_label"], data["dir_fixed_label"])
+        self.valid = None
+        if data.get("valid_fraction"):
+            self.paired, self.valid = self._set_validation_aside(self.paired)
         batch_size = int(train["minibatch_size"])
         if batch_size > self.paired.num_cases:
             raise DataError(
@@ -159,7 +163,6 @@ class NiftiPairs(PairSource):
             raise ConfigError(
                 f"{self.cfg.path}: [Data] flip_axes = {flips}: expected distinct spatial axes "
                 f"in [0, {ndim}) of the {ndim}-D images in {data['dir_moving_image']}.")
-        self.valid = None
         if data["dir_valid_moving_image"] is not None and data["dir_valid_moving_label"]:
             self.valid = PairedDataset(
                 data["dir_valid_moving_image"], data["dir_valid_fixed_image"],
@@ -170,7 +173,24 @@ class NiftiPairs(PairSource):
         self.cache = CaseCache(self.paired, normalise=self.normalise)
         self._valid_cache = None
 
+    def _set_validation_aside(self, paired: PairedDataset) -> tuple[PairedDataset, PairedDataset]:
+        """``[Data] valid_fraction`` of the training cases, whole ``case_groups`` groups at a
+        time (:func:`labelreg.data.splits.split_by_group`, seeded with ``[Train] seed``), as
+        ``(training, validation)``."""
+        data = self.cfg["Data"]
+        groups = (read_groups(data["case_groups"], paired.names)
+                  if data.get("case_groups") is not None else None)
+        train, valid = split_by_group(paired.names, float(data["valid_fraction"]),
+                                      int(self.cfg["Train"]["seed"]), groups,
+                                      setting=f"{self.cfg.path}: [Data] valid_fraction =")
+        return paired.subset(train), paired.subset(valid)
+
     def describe(self) -> str:
+        if self.cfg["Data"].get("valid_fraction") and self.valid is not None:
+            # The validation cases are named so a reader of the log knows what chose the
+            # checkpoint; the split is a pure function of the config, so it is also reproducible.
+            return (f"{self.paired.num_cases} pairs; {self.valid.num_cases} set aside for "
+                    f"validation ([Data] valid_fraction): {', '.join(self.valid.names)}")
         return f"{self.paired.num_cases} pairs"
 
     def case_names(self, indices: Sequence[int]) -> list[str]:
