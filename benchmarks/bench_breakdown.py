@@ -1,7 +1,7 @@
 """Where a registration's arithmetic and time go, stage by stage, for a config's network.
 
 Run: ``.venv/bin/python benchmarks/bench_breakdown.py [configs/mrus.ini] [--checkpoint RUN]
-[--repeats 20]``.
+[--repeats 20] [--set Section.key=value ...]``.
 
 The network is built from the config (random weights at initialisation, or a trained run with
 ``--checkpoint``) at its training shapes. It is then split two ways:
@@ -47,7 +47,8 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus-sample"
 MATMUL_SIZE = 2048
 
 
-def build(config: str, checkpoint: str | None) -> tuple[tf.keras.Model, tuple, tuple]:
+def build(config: str, checkpoint: str | None, overrides: list[str] | None = None
+          ) -> tuple[tf.keras.Model, tuple, tuple]:
     """The config's network and its (moving, fixed) training shapes."""
     if checkpoint:
         from labelreg.infer import load_trained_model
@@ -56,7 +57,7 @@ def build(config: str, checkpoint: str | None) -> tuple[tf.keras.Model, tuple, t
         return model, tuple(meta["moving_shape"]), tuple(meta["fixed_shape"])
     from labelreg.methods.registry import get_method, load_config
 
-    name, cfg = load_config(config)
+    name, cfg = load_config(config, overrides or ())
     method = get_method(name)(cfg, log=lambda line: None)
     method.prepare_data()
     model = method.build()["model"]
@@ -98,9 +99,9 @@ def stages(model: tf.keras.Model) -> dict[str, Callable[[tf.Tensor, tf.Tensor], 
         out["segmentations (both U-Nets)"] = segmentations
         out["segmentations + centroid translation + warp"] = translation
         def local(m, f):  # LocalNet reads a moving image on the fixed grid
-            return model.local_net([ops.resize(m, f.shape[1:-1]), f], training=False)
+            return model.register(ops.resize(m, f.shape[1:-1]), f, training=False)
 
-        out["LocalNet (with the resize of its input)"] = local
+        out["LocalNet (with the resizes around it)"] = local
     out["whole forward pass"] = lambda m, f: model([m, f], training=False)
 
     def forward_and_warp(m, f):
@@ -138,9 +139,11 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default="configs/mrus.ini")
     parser.add_argument("--checkpoint", default=None, help="a trained run instead")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override a setting of the config")
     args = parser.parse_args()
 
-    model, moving_shape, fixed_shape = build(args.config, args.checkpoint)
+    model, moving_shape, fixed_shape = build(args.config, args.checkpoint, args.overrides)
     moving, fixed, source = load_pair(moving_shape, fixed_shape)
     print(cpu_line())
     print(f"{type(model).__name__}, {model.count_params():,} parameters; moving "

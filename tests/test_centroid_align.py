@@ -193,7 +193,8 @@ def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
     fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
     net = _net(3, segment_resolution=resolution)
     out = net.forward([moving, fixed])
-    assert net.segment_grids == {"moving": moving_grid, "fixed": fixed_grid}
+    assert net.grids == {"moving": moving_grid, "fixed": fixed_grid,
+                         "register": fixed_shape}
     # The U-Net reads the resized image; its probabilities come back on the image's grid.
     probability = tf.sigmoid(net.segment_moving(ops.resize(moving, moving_grid)))
     np.testing.assert_allclose(net.segment(moving, fixed)[0].numpy(), probability.numpy(),
@@ -204,6 +205,54 @@ def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
     # A moving image of another size is segmented on the same grid.
     other = rng.random((1, 20, 9, 15, 1)).astype(np.float32)
     assert net.segment(other, fixed)[0].shape == (1, *moving_grid, 1)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_register_resolution_carries_a_coarse_field_onto_the_fixed_grid(rng, ndim):
+    fixed_shape, moving_shape = SHAPES[ndim]
+    moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
+    fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
+    net = _net(ndim, register_resolution=0.5)
+    net([moving, fixed])
+    grid = tuple(max(1, round(s * 0.5)) for s in fixed_shape)
+    assert net.grids["register"] == grid
+    # LocalNet trains on the coarse grid: its input is the resized pair.
+    seen = []
+    real = net.local_net
+
+    def affine_field(inputs, training=None):
+        # An affine field u(g) = A g + b in voxels of the coarse grid, recorded inputs.
+        seen.append([x.shape for x in inputs])
+        index = np.stack(np.meshgrid(*[np.arange(g, dtype=np.float32) for g in grid],
+                                     indexing="ij"), -1)
+        return tf.constant((index @ matrix.T + offset)[None], tf.float32)
+
+    matrix = rng.uniform(-0.2, 0.2, (ndim, ndim)).astype(np.float32)
+    offset = rng.uniform(-1.0, 1.0, ndim).astype(np.float32)
+    object.__setattr__(net, "local_net", affine_field)
+    try:
+        ddf = net.register(ops.resize(moving, fixed_shape), fixed).numpy()[0]
+    finally:
+        object.__setattr__(net, "local_net", real)
+    assert seen == [[(1, *grid, 1), (1, *grid, 1)]]
+    # Independent expectation: fixed voxel x sits at g = (x + 0.5) R / S - 0.5 of the coarse
+    # grid; a displacement of u(g) coarse voxels is u(g) S / R fixed voxels. Linear resizing
+    # is exact for an affine field between the outermost coarse centres.
+    size, coarse = np.array(fixed_shape, np.float64), np.array(grid, np.float64)
+    x = np.stack(np.meshgrid(*[np.arange(s) for s in fixed_shape], indexing="ij"), -1)
+    g = (x + 0.5) * coarse / size - 0.5
+    expected = (g @ matrix.T.astype(np.float64) + offset) * size / coarse
+    inside = np.all((g >= 0) & (g <= coarse - 1), axis=-1)
+    assert inside.sum() > 0.2 * inside.size
+    np.testing.assert_allclose(ddf[inside], expected[inside], atol=1e-4)
+    # At resolution 1 LocalNet sees the fixed grid, whatever the fixed size.
+    full = _net(ndim)
+    full([moving, fixed])
+    assert full.grids["register"] == fixed_shape
+    with pytest.raises(ValueError, match="register_resolution"):
+        _net(ndim, register_resolution=0.0)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(net))
+    assert clone.register_resolution == 0.5
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -288,10 +337,11 @@ def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
 
 
 def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, dataset):
-    # Step 1 trains the segmentations alone (segmentation_only_steps = 1), steps 2-3 everything.
+    # Step 1 trains the segmentations alone (segmentation_only_steps = 1), steps 2-3 everything;
+    # LocalNet registers on a grid of half the fixed shape (register_resolution).
     ini = write_config(tmp_path / "run.ini", dataset,
                        Network={"network_type": "centroid_align", "num_channel_initial": "2",
-                                "num_channel_segment": "2"},
+                                "num_channel_segment": "2", "register_resolution": "0.5"},
                        Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "1"},
                        Train={"total_iterations": "3", "freq_info_print": "1",
                               "freq_model_save": "3"})
@@ -308,6 +358,7 @@ def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, data
     run = load_trained_run(tmp_path / "run")
     assert isinstance(run.models["model"], CentroidAlignNet)
     assert run.models["model"].num_channel_segment == 2
+    assert run.models["model"].register_resolution == 0.5
     # The method's term is the mean of the two Dice losses of the network's segmentations.
     method = LabelDriven(cfg)
     method.prepare_data()

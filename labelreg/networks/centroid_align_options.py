@@ -50,6 +50,11 @@ OPTIONS = ComponentOptions(
                 "are repeated on every side before its U-Net (cut from the output), so a gland "
                 "cut by the field of view is not cut short by the U-Net; 0 = none.",
                 min=0, max=64),
+            "register_resolution": Key(
+                "float", 1.0, "Scale per axis of the grid LocalNet registers on (its DDF is "
+                "scaled and resized back onto the fixed grid); 1 = the fixed grid; 0.5 costs "
+                "an eighth of LocalNet's arithmetic, for a real-time model.",
+                min=0.05, max=1.0),
             "translation_jitter": Key(
                 "float", 0.0, "Largest random shift (voxels, per axis) added to the centroid "
                 "translation in training, so the LocalNet learns to correct the centroid error "
