@@ -404,12 +404,12 @@ def fold_checkpoint(cfg: Config, run_dir: Path) -> Path:
 def _evaluate_fold(cfg: Config, run_dir: Path, valid: dict[str, Path]) -> EvaluationTable:
     """The held-out cases of a fold registered by its checkpoint (:func:`fold_checkpoint`)."""
     from labelreg.infer import load_trained_model
-    from labelreg.networks.apply import network_ddf
+    from labelreg.networks.apply import inference_ddf
 
     paired = PairedDataset(*(valid[role] for role, _ in FOLDERS))
     model, meta, _ = load_trained_model(fold_checkpoint(cfg, run_dir))
     inference = cfg["Inference"] if "Inference" in cfg else {}
-    return evaluate(network_ddf(model), paired,
+    return evaluate(inference_ddf(model, inference), paired,
                     spacing=paired.fixed_spacings(tuple(cfg["Data"].get("voxel_spacing", ()))),
                     normalise=bool(meta.get("normalise", True)),
                     batch_size=int(cfg["Train"]["minibatch_size"]),

@@ -101,7 +101,7 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
     """
     # Imported here, not at the top: a bad command line fails before TensorFlow loads.
     from labelreg.infer import load_trained_model
-    from labelreg.networks.apply import network_ddf
+    from labelreg.networks.apply import inference_ddf
     from labelreg.networks.precision import with_precision
 
     folders = split_folders(cfg, split)
@@ -120,7 +120,7 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
     log(f"evaluating {paired.num_cases} pair(s) of the {split} split with {prefix} "
         f"({precision})")
     table = evaluate(
-        network_ddf(model), paired,
+        inference_ddf(model, inference), paired,
         spacing=paired.fixed_spacings(tuple(cfg["Data"].get("voxel_spacing", ()))),
         normalise=bool(meta.get("normalise", True)),
         batch_size=int(inference.get("minibatch_size", 1)),

@@ -50,7 +50,7 @@ from labelreg.errors import DataError
 from labelreg.files import nifti_image, write_csv, write_png
 from labelreg.item_outputs import ItemFailure, ItemOutputs, ItemsResult
 from labelreg.methods.runs import load_trained_run
-from labelreg.networks.apply import network_ddf, register_pair
+from labelreg.networks.apply import inference_ddf, register_pair
 from labelreg.networks.precision import with_precision
 from labelreg.visualise import overlay_figure
 
@@ -299,7 +299,7 @@ class _PairWriter:
 
     def __init__(self, model: keras.Model, outputs: ItemOutputs, fixed_shape: tuple[int, ...],
                  inference: Mapping[str, Any]) -> None:
-        self.ddf_fn = network_ddf(model)
+        self.ddf_fn = inference_ddf(model, inference)
         self.outputs = outputs
         self.dir_save = outputs.dir_save
         self.fixed_shape = fixed_shape

@@ -6,13 +6,13 @@ Training, validation, the TensorBoard picture, inference and the serving signatu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from labelreg import ops
 from labelreg._tf import tf
 
-__all__ = ["register_pair", "network_ddf"]
+__all__ = ["register_pair", "network_ddf", "inference_ddf"]
 
 DDFFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -20,6 +20,15 @@ DDFFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 def network_ddf(model: Any, training: bool = False) -> DDFFunction:
     """``(moving, fixed) -> model([moving, fixed], training=training)``."""
     return lambda moving, fixed: model([moving, fixed], training=training)
+
+
+def inference_ddf(model: Any, settings: Mapping[str, Any] | None = None) -> DDFFunction:
+    """The DDF function of inference and evaluation: the network's own
+    ``model.inference_ddf(settings)`` when it defines one (test-time work configured by the
+    ``[Inference]`` options it declares, e.g. CentroidAlignNet's ``refine_steps``), else
+    :func:`network_ddf`. ``settings`` is the ``[Inference]`` section (or ``None``)."""
+    hook = getattr(model, "inference_ddf", None)
+    return hook(settings or {}) if callable(hook) else network_ddf(model)
 
 
 def register_pair(

@@ -13,7 +13,7 @@ only the images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -32,6 +32,7 @@ from labelreg.networks.layers import (
 )
 from labelreg.networks.localnet import LocalNet
 from labelreg.networks.unet import UNetBackbone
+from labelreg.refinement import refine_ddf
 
 __all__ = ["CentroidAlignNet"]
 
@@ -261,6 +262,25 @@ class CentroidAlignNet(RegistrationModel):
                                training=training)
         scale = tf.constant([s / g for s, g in zip(size, grid, strict=True)], tf.float32)
         return ops.resize(small * scale, size)
+
+    def inference_ddf(self, settings: Mapping[str, Any]) -> Callable[[tf.Tensor, tf.Tensor],
+                                                                      tf.Tensor]:
+        """``(moving, fixed) -> ddf`` for inference and evaluation: the network's DDF, then,
+        with ``[Inference] refine_steps`` > 0, that many Adam steps of test-time refinement
+        aligning the network's own two segmentations (:func:`labelreg.refinement.refine_ddf`
+        with ``refine_learning_rate`` and ``refine_bending_weight``)."""
+        steps = int(settings.get("refine_steps", 0) or 0)
+
+        def ddf(moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
+            out = self.forward([moving, fixed], training=False)
+            if steps <= 0:
+                return out["ddf"]
+            return refine_ddf(out["ddf"], out["moving_segmentation"],
+                              out["fixed_segmentation"], steps,
+                              learning_rate=float(settings.get("refine_learning_rate", 0.1)),
+                              bending_weight=float(settings.get("refine_bending_weight", 0.5)))
+
+        return ddf
 
     def segmentations(self, moving: tf.Tensor, fixed: tf.Tensor, training: bool | None = None
                       ) -> dict[str, tf.Tensor]:

@@ -60,6 +60,19 @@ OPTIONS = ComponentOptions(
                 "translation in training, so the LocalNet learns to correct the centroid error "
                 "of unseen cases; 0 = none.", min=0.0, max=64.0),
         },
+        "Inference": {
+            "refine_steps": Key(
+                "int", 0, "Test-time refinement: Adam steps per pair that align the network's "
+                "own two segmentations (multi-scale Dice, warped moving against fixed) by a "
+                "smooth correction of its DDF, in inference.py and labelreg.evaluation (not in "
+                "the exported SavedModel, nor in training's validation); 0 = none.",
+                min=0, max=100000),
+            "refine_learning_rate": Key(
+                "float", 0.1, "Adam's step size of the refinement (voxels).", min=1e-6),
+            "refine_bending_weight": Key(
+                "float", 0.5, "Weight of the bending energy of the refinement's correction.",
+                min=0.0),
+        },
         "Loss": {
             "segmentation_weight": Key(
                 "float", 0.0, "Weight of the soft Dice loss of each segmentation against its "
