@@ -20,6 +20,7 @@ from typing import Any
 from labelreg.cli import command_parser, run_command
 from labelreg.config import Config
 from labelreg.data.nifti import PairedDataset
+from labelreg.data.splits import set_aside
 from labelreg.errors import ConfigError, DataError
 from labelreg.logs import log_line
 from labelreg.methods.registry import load_config
@@ -37,7 +38,8 @@ from labelreg.scoring import (  # noqa: F401 - re-exported: the library behind t
 _ROLES = ("moving_image", "fixed_image", "moving_label", "fixed_label")
 
 __all__ = ["EVALUATION_COLUMNS", "SUMMARY_FIGURES", "THRESHOLD", "CaseResult", "EvaluationTable",
-           "LabelResult", "evaluate", "quartiles", "split_folders", "run_evaluation", "main"]
+           "LabelResult", "evaluate", "quartiles", "split_folders", "split_dataset",
+           "run_evaluation", "main"]
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -69,6 +71,24 @@ def split_folders(cfg: Config, split: str) -> dict[str, Path]:
     return {role: Path(values[key]) for role, key in keys.items()}
 
 
+def split_dataset(cfg: Config, split: str) -> PairedDataset:
+    """The pairs of a split: :func:`split_folders`, except that ``valid`` of a config with
+    ``[Data] valid_fraction`` is the validation cases its training set aside from the training
+    folders (:func:`labelreg.data.splits.set_aside`, the same cases).
+
+    Raises:
+        ConfigError: as :func:`split_folders`. DataError: unreadable data.
+    """
+    data = cfg["Data"] if "Data" in cfg else {}
+    if split == "valid" and data.get("valid_fraction"):
+        full = PairedDataset(*(data[f"dir_{role}"] for role in _ROLES))
+        return set_aside(full, float(data["valid_fraction"]), int(cfg["Train"]["seed"]),
+                         data.get("case_groups"),
+                         setting=f"{cfg.path}: [Data] valid_fraction =")[1]
+    folders = split_folders(cfg, split)
+    return PairedDataset(*(folders[role] for role in _ROLES))
+
+
 def _default_checkpoint(cfg: Config) -> Path:
     if "Inference" in cfg and cfg["Inference"].get("file_model_saved") is not None:
         return Path(cfg["Inference"]["file_model_saved"])
@@ -82,7 +102,7 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
 
     Args:
         cfg: a validated config of a pairwise method (``labelreg``, ``image_driven``...).
-        split: ``valid`` or ``inference`` (see :func:`split_folders`).
+        split: ``valid`` or ``inference`` (see :func:`split_dataset`).
         checkpoint: the trained run (anything :func:`labelreg.infer.load_trained_model`
             accepts); ``None``: ``[Inference] file_model_saved``, else ``[Train] dir_run``.
         output: the CSV; ``None``: ``<dir_run>/evaluation_<split>.csv``.
@@ -104,13 +124,12 @@ def run_evaluation(cfg: Config, split: str = "valid", checkpoint: str | os.PathL
     from labelreg.networks.apply import inference_ddf
     from labelreg.networks.precision import with_precision
 
-    folders = split_folders(cfg, split)
+    paired = split_dataset(cfg, split)
     checkpoint = Path(checkpoint) if checkpoint is not None else _default_checkpoint(cfg)
-    paired = PairedDataset(*(folders[role] for role in _ROLES))
 
     model, meta, prefix = load_trained_model(checkpoint)
     if getattr(model, "ndim", paired.ndim) != paired.ndim:
-        raise DataError(f"{folders['fixed_image']}: {paired.ndim}-D images, but the model in "
+        raise DataError(f"{paired.fixed_image.directory}: {paired.ndim}-D images, but the model in "
                         f"{prefix} is {model.ndim}-D.")
     inference = cfg["Inference"] if "Inference" in cfg else {}
     # The arithmetic inference would use ([Inference] precision), so its Dice is what a
@@ -146,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="checkpoint prefix, checkpoints folder or run folder (default: "
                              "[Inference] file_model_saved, i.e. the config's run)")
     parser.add_argument("--split", choices=("valid", "inference"), default="valid",
-                        help="the [Data] dir_valid_* folders (default) or the [Inference] ones")
+                        help="the validation cases ([Data] dir_valid_* folders, or those "
+                        "valid_fraction sets aside; default) or the [Inference] folders")
     parser.add_argument("--output", default=None,
                         help="the per-case CSV (default: <dir_run>/evaluation_<split>.csv)")
 

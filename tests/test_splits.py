@@ -84,3 +84,21 @@ def test_training_sets_whole_patients_aside_for_validation(tmp_path):
     figures = source.validate(lambda moving, fixed: np.zeros(
         (moving.shape[0], *fixed.shape[1:-1], 3), np.float32))
     assert 0.0 <= figures["dice"] <= 1.0
+
+
+def test_evaluation_of_the_valid_split_scores_the_cases_training_set_aside(tmp_path):
+    from labelreg.evaluation import run_evaluation, split_dataset
+    from tests.conftest import save_untrained_run
+
+    data = write_dataset(tmp_path / "data", num_cases=6)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("case,group\n" + "".join(f"{c},{g}\n" for c, g in PATIENTS.items()))
+    ini = write_config(tmp_path / "vf.ini", data, Data={
+        "valid_fraction": "0.3", "case_groups": str(groups)},
+        Network={"network_type": "global"}, Train={"seed": "3"})
+    cfg = load(ini)
+    expected = split_by_group(sorted(PATIENTS), 0.3, 3, PATIENTS)[1]
+    assert split_dataset(cfg, "valid").names == expected
+    save_untrained_run(ini)
+    table, _ = run_evaluation(cfg, "valid", output=tmp_path / "eval.csv", log=lambda line: None)
+    assert [case.case for case in table.rows] == expected

@@ -17,12 +17,16 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelreg.errors import ConfigError, DataError
 
-__all__ = ["read_groups", "split_by_group"]
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from labelreg.data.nifti import PairedDataset
+
+__all__ = ["read_groups", "split_by_group", "set_aside"]
 
 
 def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
@@ -99,3 +103,19 @@ def split_by_group(names: Sequence[str], fraction: float, seed: int = 0,
             break
         aside += members[keys[i]]
     return sorted(set(names) - set(aside)), sorted(aside)
+
+
+def set_aside(paired: PairedDataset, fraction: float, seed: int,
+              case_groups: str | os.PathLike | None = None,
+              setting: str = "[Data] valid_fraction =") -> tuple[PairedDataset, PairedDataset]:
+    """``(training, validation)`` subsets of ``paired``: :func:`split_by_group` of its case
+    names with the groups of the ``case_groups`` CSV (each case its own group when ``None``).
+    Training (``[Data] valid_fraction``) and ``python -m labelreg.evaluation --split valid``
+    both call it, so they agree on the validation cases.
+
+    Raises:
+        ConfigError: as :func:`split_by_group`. DataError: as :func:`read_groups`.
+    """
+    groups = read_groups(case_groups, paired.names) if case_groups is not None else None
+    kept, aside = split_by_group(paired.names, fraction, seed, groups, setting=setting)
+    return paired.subset(kept), paired.subset(aside)

@@ -31,7 +31,7 @@ from labelreg.config import Config
 from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
 from labelreg.data.pipeline import CaseCache
-from labelreg.data.splits import read_groups, split_by_group
+from labelreg.data.splits import set_aside
 from labelreg.data.stacks import configured_train_dataset, make_stack_eval_pairs, open_stacks
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError, DataError
@@ -150,7 +150,9 @@ class NiftiPairs(PairSource):
                                     data["dir_moving_label"], data["dir_fixed_label"])
         self.valid = None
         if data.get("valid_fraction"):
-            self.paired, self.valid = self._set_validation_aside(self.paired)
+            self.paired, self.valid = set_aside(
+                self.paired, float(data["valid_fraction"]), int(self.cfg["Train"]["seed"]),
+                data.get("case_groups"), setting=f"{self.cfg.path}: [Data] valid_fraction =")
         batch_size = int(train["minibatch_size"])
         if batch_size > self.paired.num_cases:
             raise DataError(
@@ -172,18 +174,6 @@ class NiftiPairs(PairSource):
         # a run folder exists; the training stream reuses what was read.
         self.cache = CaseCache(self.paired, normalise=self.normalise)
         self._valid_cache = None
-
-    def _set_validation_aside(self, paired: PairedDataset) -> tuple[PairedDataset, PairedDataset]:
-        """``[Data] valid_fraction`` of the training cases, whole ``case_groups`` groups at a
-        time (:func:`labelreg.data.splits.split_by_group`, seeded with ``[Train] seed``), as
-        ``(training, validation)``."""
-        data = self.cfg["Data"]
-        groups = (read_groups(data["case_groups"], paired.names)
-                  if data.get("case_groups") is not None else None)
-        train, valid = split_by_group(paired.names, float(data["valid_fraction"]),
-                                      int(self.cfg["Train"]["seed"]), groups,
-                                      setting=f"{self.cfg.path}: [Data] valid_fraction =")
-        return paired.subset(train), paired.subset(valid)
 
     def describe(self) -> str:
         if self.cfg["Data"].get("valid_fraction") and self.valid is not None:
