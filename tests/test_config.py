@@ -423,6 +423,21 @@ def test_overrides_apply_after_the_file(tmp_path):
         load(path, "Train.learning_rate=1e-4")
 
 
+def test_an_empty_override_removes_an_option_of_a_deselected_component(tmp_path):
+    # The file selects centroid_align and sets one of its options; switching the network on the
+    # command line leaves that option without an owner unless the same command line removes it.
+    path = write(tmp_path, "[Network]\nnetwork_type = centroid_align\nnum_channel_segment = 4\n")
+    assert load(path)["Network"]["num_channel_segment"] == 4
+    message = error_of(path, ["Network.network_type=local"])
+    assert "num_channel_segment" in message and "an option of network_type = centroid_align" \
+        in message
+    cfg = load(path, ["Network.network_type=local", "Network.num_channel_segment="])
+    assert cfg["Network"]["network_type"] == "local"
+    assert "num_channel_segment" not in cfg["Network"]
+    # An empty override of a key nobody declares and the file does not set is still an error.
+    assert "unknown key" in error_of(path, ["Network.no_such_key="])
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.ini"
     message = error_of(missing)

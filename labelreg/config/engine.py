@@ -517,6 +517,16 @@ def parse(
             notes.append(f"{where}: [{section}] {key} is deprecated; it is read as {new}. "
                          f"Rename it to {new}.")
         return new
+
+    # "--set Section.key=" (an empty value) of a key the schema lacks, e.g. an option of the
+    # component that another override just deselected, removes the file's entry rather than
+    # failing: a command line can switch a component without editing the file.
+    removed, dropped = set(), set()
+    for override in overrides:
+        section_text, key_text, text = _parse_override(override)
+        if not text.strip():
+            removed.add((section_text.lower(), key_text.lower()))
+
     for file_section in parser.sections():
         section = _lookup(file_section, schema)
         if section is None:
@@ -530,6 +540,9 @@ def parse(
         present.add(section)
         for file_key, text in parser.items(file_section, raw=True):
             name = _lookup(file_key, schema[section]) or rename(section, file_key, str(path))
+            if name is None and (section.lower(), file_key.lower()) in removed:
+                dropped.add((section.lower(), file_key.lower()))
+                continue
             if name is None:
                 raise _unknown_key(str(path), section, file_key, text, schema, owners)
             if name in raw[section]:
@@ -547,6 +560,8 @@ def parse(
                 f"{', '.join(f'[{s}]' for s in schema)}.{hint}"
             )
         name = _lookup(key_text, schema[section]) or rename(section, key_text, where)
+        if name is None and (section.lower(), key_text.lower()) in dropped:
+            continue  # removed from the file above
         if name is None:
             raise _unknown_key(where, section, key_text, text, schema, owners)
         present.add(section)
