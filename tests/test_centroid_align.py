@@ -468,20 +468,27 @@ def test_one_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
     assert 0.0 < values["segmentation_loss"] <= 1.0 and np.isfinite(values["loss"])
 
 
-def test_exported_signature_returns_the_keras_ddf(tmp_path, rng):
+@pytest.mark.parametrize("register_resolution", [1.0, 0.5])
+def test_exported_signature_returns_the_keras_ddf(tmp_path, rng, register_resolution):
     """The SavedModel of a centroid_align network (segmentations, centroids, translation and
-    LocalNet inside the graph) returns the Keras model's DDF."""
+    LocalNet inside the graph, on a coarser grid for the real-time config) returns the Keras
+    model's DDF."""
     fixed_shape, moving_shape = SHAPES[3]
-    net = _net(3)
+    net = _net(3, register_resolution=register_resolution)
     moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
     fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
     net([moving, fixed])
+    # LocalNet's heads start at zero; random ones make its (resized) field part of the answer.
+    for head in net.local_net.ddf_heads:
+        for weight in head.weights:
+            weight.assign(rng.normal(0, 0.05, weight.shape).astype(np.float32))
     path = export.export_model(net, tmp_path, "ca", moving_shape=moving_shape,
                                fixed_shape=fixed_shape, step=1)
     served = tf.saved_model.load(str(path)).signatures["serving_default"]
     got = served(moving_image=tf.constant(moving), fixed_image=tf.constant(fixed))["ddf"]
     expected = net([normalise_intensity(moving[0])[None], normalise_intensity(fixed[0])[None]])
     assert np.abs(expected.numpy()).max() > 0.1  # the translation really moves voxels
+    assert np.abs(net.forward([moving, fixed])["ddf_local"].numpy()).max() > 0.05
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
