@@ -67,6 +67,10 @@ def _adam(ddf: tf.Tensor, moving_segmentation: tf.Tensor, fixed_segmentation: tf
             loss = tf.reduce_sum(refinement_loss(delta, ddf, moving_segmentation,
                                                  fixed_segmentation, bending_weight, scales))
         grad = tape.gradient(loss, delta)
+        # The XLA-compiled warp and bending energy reuse a trace made for an unknown batch size
+        # (a training step's), whose gradient has no static batch size; the loop needs the
+        # same shape on every turn.
+        grad.set_shape(delta.shape)
         m = _BETA_1 * m + (1.0 - _BETA_1) * grad
         v = _BETA_2 * v + (1.0 - _BETA_2) * tf.square(grad)
         t = tf.cast(i + 1, tf.float32)

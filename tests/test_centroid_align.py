@@ -263,7 +263,7 @@ def test_segment_padding_repeats_the_edges_and_crops_the_logits(rng, ndim):
     net = _net(ndim, segment_padding=3)
     p_moving, p_fixed = net.segment(moving, fixed)
     for role, image, got in (("moving", moving, p_moving), ("fixed", fixed, p_fixed)):
-        grid = net.segment_grids[role]
+        grid = net.grids[role]
         assert got.shape == (2, *grid, 1)
         small = ops.resize(image, grid).numpy()
         padded = np.pad(small, [(0, 0)] + [(3, 3)] * ndim + [(0, 0)], mode="edge")

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("building blocks", ("labelreg.ops", "labelreg.metrics", "labelreg.losses",
                          "labelreg.networks", "labelreg.data", "labelreg.visualise",
                          "labelreg.variational", "labelreg.scoring", "labelreg.curves",
-                         "labelreg.serving",
+                         "labelreg.serving", "labelreg.refinement",
                          "comir_tf.contrastive", "comir_tf.data", "comir_tf.equivariance",
                          "comir_tf.generate", "comir_tf.register", "comir_tf.synthetic",
                          "comir_tf.tiramisu")),

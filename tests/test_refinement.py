@@ -140,3 +140,16 @@ def test_evaluation_and_inference_use_the_configured_refinement(tmp_path):
     ddf = {steps: np.asarray(nib.load(tmp_path / f"out{steps}" / "case00" / "ddf.nii.gz").dataobj)
            for steps in (0, 5)}
     assert np.abs(ddf[0] - ddf[5]).max() > 1e-3
+
+
+def test_refinement_after_the_compiled_losses_were_traced_for_any_batch():
+    # The warp and the bending energy are compiled functions that keep their traces; once
+    # traced for an unknown batch size (as in a training step), their gradients lose the
+    # static batch size, and the refinement's loop must still see one shape on every turn.
+    shape = (1, 24, 26)
+    spec = [tf.TensorSpec([None, *shape[1:], 1]), tf.TensorSpec([None, *shape[1:], 2])]
+    tf.function(lambda m, d: ops.warp(m, d) + bending_energy(d)[:, None, None, None],
+                input_signature=spec)(tf.zeros((2, *shape[1:], 1)), tf.zeros((2, *shape[1:], 2)))
+    out = refine_ddf(tf.zeros((*shape, 2)), _ball(shape[1:], (12, 13), 5),
+                     _ball(shape[1:], (12, 14), 5), 2)
+    assert out.shape == (*shape, 2)
