@@ -67,6 +67,13 @@ def _net(ndim, **kwargs):
     return CentroidAlignNet(ndim=ndim, num_channel_initial=2, num_channel_segment=2, **kwargs)
 
 
+def _random_pair(rng, ndim, batch=1):
+    """A random ``(moving, fixed)`` pair of :data:`SHAPES` ``[ndim]`` (fixed, moving)."""
+    fixed_shape, moving_shape = SHAPES[ndim]
+    return (rng.random((batch, *moving_shape, 1)).astype(np.float32),
+            rng.random((batch, *fixed_shape, 1)).astype(np.float32))
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_untrained_network_applies_the_centroid_translation_of_its_segmentations(rng, ndim):
     fixed_shape, moving_shape = SHAPES[ndim]
@@ -209,9 +216,8 @@ def test_segmentation_resolution(rng, resolution, moving_grid, fixed_grid):
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_register_resolution_carries_a_coarse_field_onto_the_fixed_grid(rng, ndim):
-    fixed_shape, moving_shape = SHAPES[ndim]
-    moving = rng.random((1, *moving_shape, 1)).astype(np.float32)
-    fixed = rng.random((1, *fixed_shape, 1)).astype(np.float32)
+    fixed_shape = SHAPES[ndim][0]
+    moving, fixed = _random_pair(rng, ndim)
     net = _net(ndim, register_resolution=0.5)
     net([moving, fixed])
     grid = tuple(max(1, round(s * 0.5)) for s in fixed_shape)
@@ -258,8 +264,7 @@ def test_register_resolution_carries_a_coarse_field_onto_the_fixed_grid(rng, ndi
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_segment_padding_repeats_the_edges_and_crops_the_logits(rng, ndim):
     fixed_shape, moving_shape = SHAPES[ndim]
-    moving = rng.random((2, *moving_shape, 1)).astype(np.float32)
-    fixed = rng.random((2, *fixed_shape, 1)).astype(np.float32)
+    moving, fixed = _random_pair(rng, ndim, batch=2)
     net = _net(ndim, segment_padding=3)
     p_moving, p_fixed = net.segment(moving, fixed)
     for role, image, got in (("moving", moving, p_moving), ("fixed", fixed, p_fixed)):
