@@ -38,8 +38,7 @@ def save_untrained_run(ini: str | os.PathLike) -> Path:
     For tests of inference, export and their errors: what they check is the handling of pairs,
     files and arguments, not the quality of the registration, and skipping the training (graph
     building included) saves most of their time."""
-    from labelreg._tf import tf
-    from labelreg.engine.checkpoints import make_checkpoint, save_model_description
+    from labelreg.engine.checkpoints import save_run
     from labelreg.methods.registry import get_method, load_config
 
     name, cfg = load_config(str(ini))
@@ -47,8 +46,6 @@ def save_untrained_run(ini: str | os.PathLike) -> Path:
     method.prepare_data()
     method.models = method.build()
     run = Path(cfg["Train"]["dir_run"])
-    prefix = run / "model.ckpt"
-    save_model_description(method.models, run, method=method.name, **method.meta())
-    tf.train.CheckpointManager(make_checkpoint(method.models), str(run / "checkpoints"),
-                               max_to_keep=1, checkpoint_name="model.ckpt").save()
-    return prefix
+    save_run(method.models, run, method=method.name, checkpoint_name="model.ckpt",
+             **method.meta())
+    return run / "model.ckpt"

@@ -17,7 +17,7 @@ from scipy import ndimage
 from labelreg import export
 from labelreg._tf import tf
 from labelreg.data.pipeline import normalise_intensity
-from labelreg.engine.checkpoints import make_checkpoint, save_model_description
+from labelreg.engine.checkpoints import save_run
 from labelreg.errors import ConfigError, DataError
 from labelreg.networks import LocalNet
 
@@ -121,12 +121,9 @@ def keras_register(model: LocalNet, moving: np.ndarray, fixed: np.ndarray, ndim:
 
 def write_run(run_dir: Path, model: LocalNet, ndim: int) -> None:
     """A training run folder as training.py leaves it (model.json, checkpoints/, config.ini)."""
-    save_model_description(model, run_dir, moving_shape=list(TRAINED[ndim]["moving"]),
-                           fixed_shape=list(TRAINED[ndim]["fixed"]), network_type="local",
-                           normalise=True)
-    checkpoint = make_checkpoint(model, step=tf.Variable(STEP, dtype=tf.int64))
-    tf.train.CheckpointManager(checkpoint, directory=str(run_dir / "checkpoints"),
-                               max_to_keep=1).save()
+    save_run(model, run_dir, step=tf.Variable(STEP, dtype=tf.int64),
+             moving_shape=list(TRAINED[ndim]["moving"]), fixed_shape=list(TRAINED[ndim]["fixed"]),
+             network_type="local", normalise=True)
     (run_dir / "config.ini").write_text(CONFIG_TEXT)
 
 
@@ -486,7 +483,7 @@ dir_run = run
 def test_comir_run_exports_one_signature_per_modality(tmp_path, rng):
     from comir_tf import config as comir_config
     from comir_tf.generate import generate
-    from labelreg.engine.checkpoints import make_checkpoint, save_model_description
+    from labelreg.engine.checkpoints import save_run
     from labelreg.methods.comir import CoMIR, build_models
 
     ini = tmp_path / "comir.ini"
@@ -494,9 +491,8 @@ def test_comir_run_exports_one_signature_per_modality(tmp_path, rng):
     cfg = comir_config.load(ini)
     model_a, model_b = build_models(cfg)
     models = {"model_a": model_a, "model_b": model_b}
-    checkpoint = make_checkpoint(models, step=tf.Variable(11, dtype=tf.int64))
-    tf.train.CheckpointManager(checkpoint, str(tmp_path / "run" / "checkpoints"), 1).save()
-    save_model_description(models, tmp_path / "run", method="comir", **CoMIR(cfg).meta())
+    save_run(models, tmp_path / "run", method="comir", step=tf.Variable(11, dtype=tf.int64),
+             **CoMIR(cfg).meta())
 
     path = export.export_saved_model(tmp_path / "run", tmp_path / "exports")
     assert path == tmp_path / "exports" / "comir" / "1"

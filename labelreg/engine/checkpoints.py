@@ -29,6 +29,7 @@ __all__ = [
     "MODEL_FILE",
     "atomic_write_text",
     "save_model_description",
+    "save_run",
     "load_model_description",
     "resolve_checkpoint",
     "model_variables",
@@ -198,6 +199,22 @@ def save_model_description(
         "meta": meta,
     }
     return atomic_write_text(Path(run_dir) / MODEL_FILE, json.dumps(description, indent=2) + "\n")
+
+
+def save_run(models: keras.Model | Mapping[str, keras.Model], run_dir: str | os.PathLike,
+             method: str = "labelreg", checkpoint_name: str = "ckpt",
+             step: tf.Variable | None = None, **meta: Any) -> str:
+    """Save ``models`` as a run folder that inference, export and evaluation read, without
+    training: ``model.json`` (:func:`save_model_description`) and one checkpoint in
+    ``checkpoints/`` (with ``step`` when given); returns the checkpoint prefix. The trainer
+    writes the same layout as it trains."""
+    run_dir = Path(run_dir)
+    save_model_description(models, run_dir, method=method, **meta)
+    others = {} if step is None else {"step": step}
+    manager = tf.train.CheckpointManager(make_checkpoint(models, **others),
+                                         str(run_dir / CHECKPOINT_SUBDIR), max_to_keep=1,
+                                         checkpoint_name=checkpoint_name)
+    return manager.save()
 
 
 def load_model_description(run_dir: str | os.PathLike) -> dict[str, Any]:
