@@ -20,7 +20,7 @@ from typing import Any
 from labelreg.cli import command_parser, run_command
 from labelreg.config import Config
 from labelreg.data.nifti import PairedDataset
-from labelreg.data.splits import set_aside
+from labelreg.data.splits import configured_validation
 from labelreg.errors import ConfigError, DataError
 from labelreg.logs import log_line
 from labelreg.methods.registry import load_config
@@ -74,7 +74,7 @@ def split_folders(cfg: Config, split: str) -> dict[str, Path]:
 def split_dataset(cfg: Config, split: str) -> PairedDataset:
     """The pairs of a split: :func:`split_folders`, except that ``valid`` of a config with
     ``[Data] valid_fraction`` is the validation cases its training set aside from the training
-    folders (:func:`labelreg.data.splits.set_aside`, the same cases).
+    folders (:func:`labelreg.data.splits.configured_validation`, the same cases).
 
     Raises:
         ConfigError: as :func:`split_folders`. DataError: unreadable data.
@@ -82,9 +82,7 @@ def split_dataset(cfg: Config, split: str) -> PairedDataset:
     data = cfg["Data"] if "Data" in cfg else {}
     if split == "valid" and data.get("valid_fraction"):
         full = PairedDataset(*(data[f"dir_{role}"] for role in _ROLES))
-        return set_aside(full, float(data["valid_fraction"]), int(cfg["Train"]["seed"]),
-                         data.get("case_groups"),
-                         setting=f"{cfg.path}: [Data] valid_fraction =")[1]
+        return configured_validation(full, cfg)[1]
     folders = split_folders(cfg, split)
     return PairedDataset(*(folders[role] for role in _ROLES))
 

@@ -521,11 +521,10 @@ def parse(
     # "--set Section.key=" (an empty value) of a key the schema lacks, e.g. an option of the
     # component that another override just deselected, removes the file's entry rather than
     # failing: a command line can switch a component without editing the file.
-    removed, dropped = set(), set()
-    for override in overrides:
-        section_text, key_text, text = _parse_override(override)
-        if not text.strip():
-            removed.add((section_text.lower(), key_text.lower()))
+    parsed = [(override, *_parse_override(override)) for override in overrides]
+    removed = {(section_text.lower(), key_text.lower())
+               for _, section_text, key_text, text in parsed if not text.strip()}
+    dropped = set()
 
     for file_section in parser.sections():
         section = _lookup(file_section, schema)
@@ -549,8 +548,7 @@ def parse(
                 raise ConfigError(f"{path}: [{section}] {name} is set twice (as {file_key}).")
             raw[section][name] = (text, str(path))
 
-    for override in overrides:
-        section_text, key_text, text = _parse_override(override)
+    for override, section_text, key_text, text in parsed:
         where = f"{path}: override {override!r}"
         section = _lookup(section_text, schema)
         if section is None:

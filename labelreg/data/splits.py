@@ -24,9 +24,10 @@ import numpy as np
 from labelreg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from labelreg.config import Config
     from labelreg.data.nifti import PairedDataset
 
-__all__ = ["read_groups", "split_by_group", "set_aside"]
+__all__ = ["read_groups", "split_by_group", "set_aside", "configured_validation"]
 
 
 def read_groups(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
@@ -119,3 +120,13 @@ def set_aside(paired: PairedDataset, fraction: float, seed: int,
     groups = read_groups(case_groups, paired.names) if case_groups is not None else None
     kept, aside = split_by_group(paired.names, fraction, seed, groups, setting=setting)
     return paired.subset(kept), paired.subset(aside)
+
+
+def configured_validation(paired: PairedDataset, cfg: Config
+                          ) -> tuple[PairedDataset, PairedDataset]:
+    """:func:`set_aside` with a config's ``[Data] valid_fraction`` and ``case_groups`` and its
+    ``[Train] seed``: the split training makes, and ``labelreg.evaluation --split valid``
+    scores."""
+    data = cfg["Data"]
+    return set_aside(paired, float(data["valid_fraction"]), int(cfg["Train"]["seed"]),
+                     data.get("case_groups"), setting=f"{cfg.path}: [Data] valid_fraction =")

@@ -31,7 +31,7 @@ from labelreg.config import Config
 from labelreg.data import PairedDataset, make_eval_batches, make_train_dataset
 from labelreg.data.augment import augment_batch, step_seed
 from labelreg.data.pipeline import CaseCache
-from labelreg.data.splits import set_aside
+from labelreg.data.splits import configured_validation
 from labelreg.data.stacks import configured_train_dataset, make_stack_eval_pairs, open_stacks
 from labelreg.engine.summaries import middle_slice_panel
 from labelreg.errors import ConfigError, DataError
@@ -150,9 +150,7 @@ class NiftiPairs(PairSource):
                                     data["dir_moving_label"], data["dir_fixed_label"])
         self.valid = None
         if data.get("valid_fraction"):
-            self.paired, self.valid = set_aside(
-                self.paired, float(data["valid_fraction"]), int(self.cfg["Train"]["seed"]),
-                data.get("case_groups"), setting=f"{self.cfg.path}: [Data] valid_fraction =")
+            self.paired, self.valid = configured_validation(self.paired, self.cfg)
         batch_size = int(train["minibatch_size"])
         if batch_size > self.paired.num_cases:
             raise DataError(
