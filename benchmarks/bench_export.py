@@ -4,8 +4,9 @@ Run: ``.venv/bin/python benchmarks/bench_export.py EXPORT [EXPORT ...] [--repeat
 [--onednn 0 1] [--pair N]``, where each ``EXPORT`` is a version folder written by
 ``python inference.py CONFIG --export DIR`` (e.g. ``exports/mrus/1``).
 
-A real MR/US pair of the shared sample (case ``--pair``, min-max normalised as the exported
-models expect) is written to a temporary ``.npz``. Then, for each export and each value of
+A real MR/US pair of the shared sample (case ``--pair``), as read from its NIfTI files (the
+signature normalises each image itself, as a server's client relies on), is written to a
+temporary ``.npz``. Then, for each export and each value of
 ``TF_ENABLE_ONEDNN_OPTS`` (``--onednn``; TensorFlow enables oneDNN by itself only on CPUs with
 AVX-512 VNNI/BF16 or AMX, and the folder's README tells a server to set 1), a fresh process that
 imports TensorFlow and NumPy only (no labelreg, as TF-Serving would) loads the SavedModel with
@@ -59,15 +60,13 @@ print(json.dumps({"median": statistics.median(times), "min": times[0],
 
 
 def write_pair(path: Path, case: int) -> str:
-    """The pair ``case`` of the shared sample, normalised to [0, 1], as ``[1, *S, 1]`` arrays in
-    ``path``; returns where it came from."""
+    """The pair ``case`` of the shared sample, float32 ``[1, *S, 1]`` arrays in ``path``;
+    returns where it came from."""
     import nibabel as nib
 
     def load(folder: str) -> tuple[np.ndarray, str]:
         files = sorted((SAMPLE / folder).glob("*.nii*"))
         volume = np.asarray(nib.load(files[case]).dataobj, np.float32)
-        low, high = float(volume.min()), float(volume.max())
-        volume = (volume - low) / (high - low) if high > low else volume * 0
         return volume.reshape(1, *volume.shape[:3], 1), files[case].name
 
     moving, name = load("moving_images")

@@ -10,7 +10,6 @@ the CI run themselves.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -19,19 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_docs_commands import documented_commands
+
 ROOT = Path(__file__).resolve().parent.parent
-FENCE = re.compile(r"^```(?:bash|sh|shell)\s*$(.*?)^```", re.M | re.S)
 
 
-def readme_commands(path: Path = ROOT / "README.md") -> list[str]:
-    """The ``python ...`` command lines of the file's shell blocks, comments removed."""
-    commands = []
-    for block in FENCE.findall(path.read_text()):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line.startswith("python "):
-                commands.append(line)
-    return commands
+def readme_commands() -> list[str]:
+    """The ``python ...`` commands of the README's shell blocks, as
+    :func:`tests.test_docs_commands.documented_commands` reads them (comments cut, continuation
+    lines joined)."""
+    return ["python " + shlex.join(args) for where, args in documented_commands()
+            if where == "README.md"]
 
 
 def test_the_readme_lists_the_commands_of_the_quick_start():

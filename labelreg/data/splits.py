@@ -112,7 +112,7 @@ def set_aside(paired: PairedDataset, fraction: float, seed: int,
     """``(training, validation)`` subsets of ``paired``: :func:`split_by_group` of its case
     names with the groups of the ``case_groups`` CSV (each case its own group when ``None``).
     Training (``[Data] valid_fraction``) and ``python -m labelreg.evaluation --split valid``
-    both call it, so they agree on the validation cases.
+    both reach it through :func:`configured_validation`, so they agree on the cases.
 
     Raises:
         ConfigError: as :func:`split_by_group`. DataError: as :func:`read_groups`.
