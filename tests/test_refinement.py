@@ -153,3 +153,15 @@ def test_refinement_after_the_compiled_losses_were_traced_for_any_batch():
     out = refine_ddf(tf.zeros((*shape, 2)), _ball(shape[1:], (12, 13), 5),
                      _ball(shape[1:], (12, 14), 5), 2)
     assert out.shape == (*shape, 2)
+
+
+def test_the_ini_defaults_are_refine_ddfs_defaults():
+    import inspect
+
+    from labelreg.networks.centroid_align_options import OPTIONS
+
+    keys = OPTIONS.keys["Inference"]
+    signature = inspect.signature(refine_ddf).parameters
+    assert keys["refine_learning_rate"].default == signature["learning_rate"].default
+    assert keys["refine_bending_weight"].default == signature["bending_weight"].default
+    assert keys["refine_steps"].default == 0

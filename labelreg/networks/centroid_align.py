@@ -270,15 +270,17 @@ class CentroidAlignNet(RegistrationModel):
         aligning the network's own two segmentations (:func:`labelreg.refinement.refine_ddf`
         with ``refine_learning_rate`` and ``refine_bending_weight``)."""
         steps = int(settings.get("refine_steps", 0) or 0)
+        # Only the settings given: refine_ddf's own defaults are the options' defaults.
+        options = {name: float(settings[key]) for key, name in (
+            ("refine_learning_rate", "learning_rate"), ("refine_bending_weight", "bending_weight"))
+            if key in settings}
 
         def ddf(moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
             out = self.forward([moving, fixed], training=False)
             if steps <= 0:
                 return out["ddf"]
             return refine_ddf(out["ddf"], out["moving_segmentation"],
-                              out["fixed_segmentation"], steps,
-                              learning_rate=float(settings.get("refine_learning_rate", 0.1)),
-                              bending_weight=float(settings.get("refine_bending_weight", 0.5)))
+                              out["fixed_segmentation"], steps, **options)
 
         return ddf
 
