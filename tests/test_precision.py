@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -431,3 +432,38 @@ def test_a_float32_export_records_its_precision(tmp_path):
     with pytest.raises(ConfigError, match="precision must be one of"):
         export.export_model(model, tmp_path, "bad", moving_shape=TRAINED[2]["moving"],
                             fixed_shape=TRAINED[2]["fixed"], precision="float16")
+
+
+@pytest.mark.slow
+def test_a_trained_network_exported_in_bfloat16_moves_voxels_by_less_than_a_tenth(tmp_path):
+    """The bound the serving guide gives for a bfloat16 export, on a trained network rather than
+    random weights: the demo recipe trained 100 steps, exported in both precisions from the same
+    checkpoint, answers one test pair with DDFs whose per-voxel difference vectors have a 95th
+    percentile length under 0.1 voxel."""
+    import shutil
+
+    import nibabel as nib
+
+    from labelreg.engine import train
+    from labelreg.methods.registry import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "configs").mkdir()
+    shutil.copy(root / "configs" / "demo.ini", tmp_path / "configs" / "demo.ini")
+    _, cfg = load_config(tmp_path / "configs" / "demo.ini",
+                         ["Train.total_iterations=100", "Train.freq_model_save=100"])
+    train(cfg, log=lambda line: None)
+    run = tmp_path / "runs" / "demo"
+    answers = {}
+    case = sorted((tmp_path / "demo_data" / "test" / "moving_images").iterdir())[0].name
+    images = {key: nib.load(tmp_path / "demo_data" / "test" / f"{key}_images" / case)
+              .get_fdata().astype(np.float32)[None, ..., None] for key in ("moving", "fixed")}
+    for precision in ("float32", "bfloat16"):
+        path = export.export_saved_model(run, tmp_path / "exports", precision, precision=precision)
+        out = tf.saved_model.load(str(path)).signatures["serving_default"](
+            moving_image=tf.constant(images["moving"]), fixed_image=tf.constant(images["fixed"]))
+        answers[precision] = out["ddf"].numpy()
+    moved = np.linalg.norm(answers["float32"], axis=-1)
+    assert np.percentile(moved, 95) > 1.0  # the network was trained: it moves voxels
+    differs = np.linalg.norm(answers["bfloat16"] - answers["float32"], axis=-1)
+    assert 0.0 < np.percentile(differs, 95) < 0.1, np.percentile(differs, 95)
