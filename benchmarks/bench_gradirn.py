@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, network in (("GraDIRN", ["Network.network_type=gradirn"]),
                           ("LocalNet", ["Network.network_type=local",
-                                        "Network.num_channel_initial=16"])):
+                                        "Network.num_channel_initial=16",
+                                        # the file's GraDIRN options leave with GraDIRN
+                                        "Network.num_levels=", "Network.num_repeat=",
+                                        "Network.inner_similarity="])):
         _, cfg = load_config(config, [*common, *network, f"Train.dir_run={out / name}"])
         result = train(cfg, log=lambda line: None)
         model = load_trained_run(out / name).models["model"]

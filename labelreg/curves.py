@@ -64,7 +64,8 @@ def read_history(run: str | os.PathLike) -> dict[str, list[float]]:
         path = path / "validation.csv"
     if not path.is_file():
         raise DataError(f"{path}: no validation history (a run validated during training "
-                        "writes validation.csv; set [Data] dir_valid_* and [Train] validate).")
+                        "writes validation.csv: it needs [Data] valid_fraction or dir_valid_*, and "
+                        "[Train] validate = true).")
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
