@@ -3,7 +3,7 @@ its config loads with its ``--set`` overrides (the check training and inference 
 work), its module accepts its flags, its script is in the repository.
 
 This is the quick, default-suite half of "every documented command runs as written";
-``tests/test_readme_commands.py`` (slow) runs the README's commands for real.
+``tests/test_docs_runs.py`` (slow) runs them for real.
 """
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ def test_the_docs_have_commands_to_check():
     files = {name for name, _ in COMMANDS}
     assert {"README.md", "usage.md", "serving.md", "image_driven.md"} <= files
     assert len(COMMANDS) > 30
+
+
+def test_the_readme_lists_the_commands_of_the_quick_start():
+    readme = [" ".join(args) for where, args in COMMANDS if where == "README.md"]
+    assert any(c.startswith("training.py configs/demo.ini") for c in readme)
+    assert any(c.startswith("inference.py configs/demo.ini") for c in readme)
+    assert any("--export" in c for c in readme)
 
 
 @pytest.mark.parametrize(("where", "args"), COMMANDS,

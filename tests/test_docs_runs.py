@@ -1,14 +1,16 @@
-"""Every ``python ...`` command of each docs/ page runs as written, in the page's order.
+"""Every ``python ...`` command of the README and of each docs/ page runs as written, in the
+page's order.
 
 Each page gets a scratch copy of the repository's entry points (``training.py``,
 ``inference.py``, ``configs/``, ``benchmarks/``) beside a link to the shared data, and its
 commands run one after the other there, so a command that reads what an earlier one wrote (an
 evaluation after its training, an export after its run) finds it. Only the length changes:
-trainings and cross-validation folds stop after a few steps, benchmarks take their smallest
-step counts, and what a page leaves to the reader (the files a ``python -c`` line opens, a
-second run to compare) is put in place first. ``tests/test_readme_commands.py`` does the same
-for the README; ``tests/test_docs_commands.py`` (default suite) checks the same commands'
-configs, modules and flags in seconds.
+each training of a page stops two steps after the page's last one (so a resumed run trains
+too), cross-validation folds stop after a few steps, benchmarks take their smallest step
+counts, and what a page leaves to the reader (the files a ``python -c`` line opens, a second
+run to compare) is put in place first. ``make`` and ``pip`` lines are what ``make demo`` and
+the CI run themselves. ``tests/test_docs_commands.py`` (default suite) checks the same
+commands' configs, modules and flags in seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ BEFORE = {
     "usage.md": [["training.py", "configs/mrus.ini"]],  # the run its curves command draws
 }
 
+#: What a page's commands must leave behind (the README's quick start: metrics and an export).
+LEAVES = {"README.md": ["runs/demo/inference/metrics.csv", "exports/demo/1/saved_model.pb"]}
+
 #: Extra arguments that only shorten a command (never change what it does).
 SHORTER = {
     "benchmarks/bench_gradirn.py": ["--steps", "2"],
@@ -62,11 +67,11 @@ def _left_elsewhere(argv: list[str]) -> bool:
 
 
 def _pages() -> dict[str, list[list[str]]]:
-    """The docs pages' commands, in order, less those run elsewhere (a page left with none,
-    docs/distributed.md, is not listed)."""
+    """The README's and docs pages' commands, in order, less those run elsewhere (a page left
+    with none, docs/distributed.md, is not listed)."""
     pages: dict[str, list[list[str]]] = {}
     for where, argv in documented_commands():
-        if where != "README.md" and not _left_elsewhere(argv):
+        if not _left_elsewhere(argv):
             pages.setdefault(where, []).append(argv)
     return pages
 
@@ -101,36 +106,41 @@ def _prepare(argv: list[str], main: Path) -> None:
                 shutil.copytree(main / "runs" / "mrus", main / run)
 
 
-def _shortened(argv: list[str], main: Path) -> list[str]:
-    """``argv`` with the settings that make it quick: a few steps, each one saved (and
+def _shortened(argv: list[str], main: Path, steps: int) -> list[str]:
+    """``argv`` with the settings that make it quick: ``steps`` steps, the last one saved (and
     validated, where the config validates), and the :data:`SHORTER_KEYS` its config sets."""
     if argv[0] != "training.py" and argv[1:2] != ["labelreg.crossval"]:
         return [*argv, *SHORTER.get(argv[0], [])]
     ini = configparser.ConfigParser()
     ini.read(main / next(a for a in argv if a.endswith(".ini")))
-    keys = {"Train.total_iterations": STEPS, "Train.freq_model_save": STEPS}
+    keys = {"Train.total_iterations": steps, "Train.freq_model_save": steps}
     keys.update({f"{section}.{key}": value for (section, key), value in SHORTER_KEYS.items()
                  if ini.has_option(section, key)})
     return [*argv, *(a for k, v in keys.items() for a in ("--set", f"{k}={v}"))]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared data beside the repository")
 @pytest.mark.parametrize("page", sorted(PAGES))
-def test_every_command_of_a_docs_page_runs_as_written(page, tmp_path):
+def test_every_command_of_a_page_runs_as_written(page, tmp_path):
+    assert SHARED.is_dir(), f"the shared data is missing at {SHARED}"
     main = _scratch(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    steps = STEPS
     for argv in [*BEFORE.get(page, []), *PAGES[page]]:
         command = "python " + " ".join(argv)
         _prepare(argv, main)
-        done = subprocess.run([sys.executable, *_shortened(argv, main)], cwd=main, env=env,
-                              capture_output=True, text=True, timeout=1800)
+        if argv[0] == "training.py":
+            steps += 2  # a training that resumes the page's last run trains two more steps
+        done = subprocess.run([sys.executable, *_shortened(argv, main, steps)], cwd=main,
+                              env=env, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, (f"{page}: {command}\n{done.stdout[-2000:]}\n"
                                       f"{done.stderr[-3000:]}")
+    for path in LEAVES.get(page, []):
+        assert (main / path).is_file(), f"{page}: no {path} after its commands"
 
 
 def test_every_docs_page_with_commands_is_run():
-    pages = {where for where, _ in documented_commands()} - {"README.md"}
+    pages = {where for where, _ in documented_commands()}
     left = {where for where, argv in documented_commands() if _left_elsewhere(argv)}
     assert pages - set(PAGES) <= left == {"distributed.md"}
-    assert {"usage.md", "serving.md", "results.md", "image_driven.md"} <= set(PAGES)
+    assert {"README.md", "usage.md", "serving.md", "results.md", "image_driven.md"} <= set(PAGES)
