@@ -37,13 +37,6 @@ from labelreg._tf import tf  # noqa: E402
 ALIGNMENTS = ("identity", "centroid", "recipe")
 
 
-def centroid(label: np.ndarray) -> np.ndarray:
-    """Voxel-index centroid of a [*S] label."""
-    weights = label / label.sum()
-    grids = np.meshgrid(*(np.arange(s) for s in label.shape), indexing="ij")
-    return np.array([(g * weights).sum() for g in grids])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -74,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             ("moving_image", "fixed_image", "moving_label", "fixed_label"))
         moving_t = tf.constant(moving[None, ..., None])
         fixed_t = tf.constant(fixed[None, ..., None])
-        shift = centroid(moving_label[..., 0]) - centroid(fixed_label[..., 0])
+        # The label-weighted mean voxel index of each gland (no prior mass: the plain centroid).
+        shift = (ops.soft_centroid(moving_label[None, ..., :1], prior_mass=0.0)
+                 - ops.soft_centroid(fixed_label[None, ..., :1], prior_mass=0.0))[0].numpy()
         ddfs = {
             "identity": tf.zeros((1, *fixed.shape, fixed.ndim)),
             "centroid": tf.constant(np.broadcast_to(shift, (1, *fixed.shape, fixed.ndim)),
