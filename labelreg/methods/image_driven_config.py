@@ -9,8 +9,9 @@ are NIfTI pairs (as label-driven registration) or 2-D TIFF stacks (DeepSim's mic
 sequences: consecutive frames are registered).
 
 The DeepSim feature extractor (``[Method] name = deepsim_features``) is a segmentation U-Net
-trained on the frames of TIFF stacks and their class labels; its encoder features make the
-``deepsim`` similarity (``[Loss] feature_extractor`` names its run folder).
+trained on the frames of TIFF stacks and their class labels, or on both images of NIfTI pairs
+and their label 0; its encoder features make the ``deepsim`` similarity (``[Loss]
+feature_extractor`` names its run folder).
 """
 
 from __future__ import annotations
@@ -174,12 +175,13 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
 
 
 def features_schema() -> Schema:
-    """The DeepSim feature extractor: a segmentation U-Net on TIFF-stack frames."""
+    """The DeepSim feature extractor: a segmentation U-Net on TIFF-stack frames, or on both
+    images of NIfTI pairs with their label 0 (the gland of the MR/TRUS data)."""
     base = label_driven_config.label_driven_schema()
     return {
         "Method": config.method_section("deepsim_features"),
-        "Data": {**STACK_KEYS, "format": _replace(STACK_KEYS["format"], default="tiff_stack",
-                                                  choices=("tiff_stack",))},
+        "Data": {**base["Data"], **STACK_KEYS,
+                 "format": _replace(STACK_KEYS["format"], default="tiff_stack")},
         "Network": {
             "channels": Key("int_list", (64, 128, 256), "Encoder channels (the paper: 64 128 256 "
                             "in 2-D, 32 64 128 in 3-D); decoder mirrored.", min=1),

@@ -116,6 +116,28 @@ class PairSource:
         """Per-batch work outside the gradient tape (augmentation); adds ``spacing [B, n]``."""
         raise NotImplementedError
 
+    @property
+    def segmentation_classes(self) -> int:
+        """Classes of :meth:`segmentation_samples`' one-hot labels, background included."""
+        raise NotImplementedError
+
+    def segmentation_samples(self, batch: dict[str, tf.Tensor]
+                             ) -> list[tuple[tf.Tensor, tf.Tensor]]:
+        """The images of a training batch (of ``train_dataset(..., segmentation_labels=True)``
+        after :meth:`preprocess`) with their one-hot segmentation targets, for a network that
+        learns to segment both modalities (DeepSim's feature extractor).
+
+        Returns:
+            ``[(image [B, *S_r, 1], label [B, *S_r, K]), ...]``, one per image role (moving,
+            fixed); the shapes of the roles may differ.
+        """
+        raise NotImplementedError
+
+    def segmentation_validation(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(role, image [1, *S, 1], one-hot label [1, *S, K])`` of every validation image;
+        nothing without validation data."""
+        raise NotImplementedError
+
     def recalibration_inputs(self, limit: int) -> Iterator[list[np.ndarray]]:
         """Up to ``limit`` ``[moving, fixed]`` batches of training images as inference sees
         them, for re-estimating BatchNorm averages."""
@@ -219,6 +241,31 @@ class NiftiPairs(PairSource):
                                   flip_axes=tuple(data["flip_axes"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
+    @property
+    def segmentation_classes(self) -> int:
+        return 2  # background and the gland (label 0)
+
+    def segmentation_samples(self, batch: dict[str, tf.Tensor]
+                             ) -> list[tuple[tf.Tensor, tf.Tensor]]:
+        """Each image with its label 0 (the gland) as ``[background, gland]``; the augmented
+        labels are resampled linearly, so they are binarised at 0.5 first."""
+        samples = []
+        for role in ("moving", "fixed"):
+            gland = tf.cast(batch[f"{role}_seg_label"] >= 0.5, tf.float32)
+            samples.append((batch[f"{role}_image"], tf.concat([1.0 - gland, gland], axis=-1)))
+        return samples
+
+    def segmentation_validation(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        if self.valid is None or not self.valid.has_labels:
+            return
+        if self._valid_cache is None:
+            self._valid_cache = CaseCache(self.valid, normalise=self.normalise)
+        for batch in make_eval_batches(self.valid, 1, normalise=self.normalise, label_index=0,
+                                       cache=self._valid_cache):
+            for role in ("moving", "fixed"):
+                gland = (np.asarray(batch[f"{role}_label"]) >= 0.5).astype(np.float32)
+                yield role, batch[f"{role}_image"], np.concatenate([1.0 - gland, gland], -1)
+
     def recalibration_inputs(self, limit: int) -> Iterator[list[np.ndarray]]:
         label_index = 0 if self.paired.has_labels else None
         batch_size = int(self.cfg["Train"]["minibatch_size"])
@@ -301,6 +348,10 @@ class TiffStacks(PairSource):
         self.stacks = open_stacks(self.cfg["Data"], "train_sequences")
         self.valid = open_stacks(self.cfg["Data"], "valid_sequences",
                                  num_classes=self.stacks.num_classes)
+        batch_size = int(self.cfg["Train"]["minibatch_size"])
+        if batch_size > len(self.stacks.pairs("consecutive")):
+            raise DataError(f"[Train] minibatch_size = {batch_size} exceeds the frame pairs of "
+                            f"{self.cfg['Data']['dir_stacks']}.")
 
     def describe(self) -> str:
         return f"frame pairs of {', '.join(self.cfg['Data']['train_sequences'])}"
@@ -329,6 +380,22 @@ class TiffStacks(PairSource):
         # The stack pipeline augments each pair itself; distances are in pixels.
         size = tf.shape(batch["moving_image"])[:1]
         return {**batch, "spacing": tf.ones(tf.concat([size, [2]], axis=0))}
+
+    @property
+    def segmentation_classes(self) -> int:
+        return int(self.stacks.num_classes)
+
+    def segmentation_samples(self, batch: dict[str, tf.Tensor]
+                             ) -> list[tuple[tf.Tensor, tf.Tensor]]:
+        """Both frames of each pair with their one-hot class labels."""
+        return [(batch[f"{role}_image"], batch[f"{role}_label"]) for role in ("moving", "fixed")]
+
+    def segmentation_validation(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """The second frame of every consecutive validation pair."""
+        if self.valid is None:
+            return
+        for pair in make_stack_eval_pairs(self.valid):
+            yield "frame", pair["fixed_image"], pair["fixed_label"]
 
     def recalibration_inputs(self, limit: int) -> Iterator[list[np.ndarray]]:
         for i, pair in enumerate(make_stack_eval_pairs(self.stacks)):

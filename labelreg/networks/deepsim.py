@@ -173,9 +173,13 @@ class DeepSimUNet(keras.Model):
     ``K = classes``) or a reconstruction in (0, 1) (``head="sigmoid"``, ``K = in_channels``).
     The auto-encoder variant of the paper is ``skip_connections=False, head="sigmoid"``.
 
-    With ``L = len(channels)`` stride-2 stages, every spatial size must be a multiple of
-    ``2**L``. :meth:`features` returns the encoder stage outputs, DeepSim's feature maps:
-    ``[B, S / 2**(i+1), channels[i]]`` for ``i = 0 .. L-1``.
+    With ``L = len(channels)`` stride-2 stages, an image whose sides are not multiples of
+    ``2**L`` is zero-padded at the far end of each axis up to the next multiple, and what the
+    padding adds is cropped off again: the output has the input's shape and :meth:`features`
+    returns the encoder stage outputs, DeepSim's feature maps, of shape
+    ``[B, ceil(S / 2**(i+1)), channels[i]]`` for ``i = 0 .. L-1`` (the same as ``S / 2**(i+1)``
+    for multiples). So one network serves images of any size, e.g. the MR and ultrasound grids
+    of a prostate pair.
 
     The paper uses ``channels=(64, 128, 256)`` for the 2-D microscopy data (PhC-U373,
     Platelet-EM) and ``(32, 64, 128)`` for the 3-D brain MRI; DeepSim's 2-D runs use batch norm
@@ -194,7 +198,7 @@ class DeepSimUNet(keras.Model):
         **kwargs: ``name``, ``trainable``, ``dtype``.
 
     Call arguments:
-        image: ``[B, *S, in_channels]`` with a static ``S``, multiples of ``2**len(channels)``.
+        image: ``[B, *S, in_channels]`` with a static ``S`` (any positive sizes).
         training: batch statistics and dropout when true.
 
     Returns:
@@ -258,7 +262,7 @@ class DeepSimUNet(keras.Model):
 
     @property
     def factor(self) -> int:
-        """Total down-sampling, ``2**len(channels)``: every spatial size must be a multiple."""
+        """Total down-sampling, ``2**len(channels)``: inputs are padded to multiples of it."""
         return 2 ** len(self.channels)
 
     def _skip_channels(self) -> list[int]:
@@ -282,12 +286,6 @@ class DeepSimUNet(keras.Model):
             raise ValueError(
                 f"{name} expects {self.in_channels} input channel(s); received shape {shape}."
             )
-        bad = [s for s in shape[1:-1] if s is not None and s % self.factor]
-        if bad:
-            raise ValueError(
-                f"{name} with {len(self.channels)} stride-2 stages needs every spatial size to "
-                f"be a multiple of {self.factor}; received shape {shape}."
-            )
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         self._check_shape(input_shape)
@@ -306,16 +304,30 @@ class DeepSimUNet(keras.Model):
             prev = self._head_width()
         self.head_out.build((*unknown, prev))
 
-    def _encode(self, image: Any, training: bool | None) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    def _encode(self, image: Any, training: bool | None
+                ) -> tuple[tf.Tensor, list[tf.Tensor], tuple[int, ...]]:
+        """``(padded input, encoder outputs of the padded input, input spatial shape)``."""
         x = as_float32(image)
         self._check_shape(x.shape)
-        static_spatial_shape(x, "image")
+        shape = tuple(static_spatial_shape(x, "image"))
+        # Zero padding at the far end only, so every level's valid region starts at index 0
+        # and cropping is a slice; zeros are what "same" convolutions see beyond a border.
+        extra = [(-s) % self.factor for s in shape]
+        if any(extra):
+            x = tf.pad(x, [[0, 0], *[[0, e] for e in extra], [0, 0]])
         features = []
         h = x
         for stage in self.encoder:
             h = stage(h, training=training)
             features.append(h)
-        return x, features
+        return x, features, shape
+
+    @staticmethod
+    def _crop(x: tf.Tensor, shape: Sequence[int]) -> tf.Tensor:
+        """``x[:, :shape[0], :shape[1], ..., :]`` (a no-op when ``x`` already has ``shape``)."""
+        if tuple(x.shape[1:-1]) == tuple(shape):
+            return x
+        return x[(slice(None), *[slice(0, s) for s in shape], slice(None))]
 
     def features(self, image: Any) -> list[tf.Tensor]:
         """DeepSim's feature maps: the encoder stage outputs, in inference mode.
@@ -327,12 +339,15 @@ class DeepSimUNet(keras.Model):
             image: ``[B, *S, in_channels]``.
 
         Returns:
-            ``[B, S / 2**(i+1), channels[i]]`` for ``i = 0 .. len(channels) - 1``.
+            ``[B, ceil(S / 2**(i+1)), channels[i]]`` for ``i = 0 .. len(channels) - 1``: the
+            part of each level that covers the unpadded image.
         """
-        return self._encode(image, training=False)[1]
+        _, features, shape = self._encode(image, training=False)
+        return [self._crop(f, [-(-s // 2 ** (i + 1)) for s in shape])
+                for i, f in enumerate(features)]
 
     def call(self, image: Any, training: bool | None = None) -> tf.Tensor:
-        x, features = self._encode(image, training)
+        x, features, shape = self._encode(image, training)
         skips = [*reversed(features[:-1]), x]
         h = features[-1]
         for stage, skip in zip(self.decoder, skips, strict=True):
@@ -342,7 +357,7 @@ class DeepSimUNet(keras.Model):
                 h = tf.concat([h, skip], axis=-1)
         for conv in self.head_convs:
             h = leaky_relu(conv(h), _LEAKY_SLOPE)
-        logits = self.head_out(h)
+        logits = self._crop(self.head_out(h), shape)
         if self.head == "softmax":
             return tf.nn.softmax(logits, axis=-1)
         return tf.sigmoid(logits)
