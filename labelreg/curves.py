@@ -15,6 +15,12 @@ registered TRE::
 
     python -m labelreg.curves --cases runs/crossval/crossval_cases.csv --output tre.png
 
+``--compare`` puts several methods evaluated on the same cases side by side: one column per
+method (the identity first, from the first file), every case's gland Dice and landmark TRE as
+dots and the median as a bar::
+
+    python -m labelreg.curves --compare a.csv b.csv --labels recipe NMI --output methods.png
+
 Needs matplotlib (``pip install .[plot]``); no TensorFlow import.
 """
 
@@ -35,7 +41,7 @@ from labelreg.errors import ConfigError, DataError, LabelregError
 from labelreg.files import atomic_write_bytes
 
 __all__ = ["FIGURE_TITLES", "read_history", "plot_learning_curves", "read_cases",
-           "plot_case_tre", "main"]
+           "plot_case_tre", "comparison_columns", "plot_method_comparison", "main"]
 
 #: Panel titles of the figures that label-driven validation reports.
 FIGURE_TITLES = {
@@ -228,6 +234,77 @@ def plot_case_tre(cases: Sequence[Mapping[str, float | str]], output: str | os.P
     return _save_png(plt, fig, output)
 
 
+def comparison_columns(tables: Mapping[str, Sequence[Mapping[str, float | str]]]
+                       ) -> list[tuple[str, list[float], list[float]]]:
+    """The columns of :func:`plot_method_comparison`: ``(label, gland Dice per case, landmark
+    TRE per case)``, the identity first (from the first table), then one per table, every
+    column in the first table's case order.
+
+    Args:
+        tables: label -> rows of :func:`read_cases`, all of the same cases.
+
+    Raises:
+        DataError: no table, or a table whose cases differ from the first's (naming both).
+    """
+    if not tables:
+        raise DataError("no evaluation to compare.")
+    labels = list(tables)
+    order = [str(row["case"]) for row in tables[labels[0]]]
+    columns = [("identity", [float(r["dice_identity"]) for r in tables[labels[0]]],
+                [float(r["tre_mm_identity"]) for r in tables[labels[0]]])]
+    for label in labels:
+        rows = {str(row["case"]): row for row in tables[label]}
+        if sorted(rows) != sorted(order):
+            raise DataError(f"{label!r} was evaluated on other cases than {labels[0]!r} "
+                            f"({len(rows)} against {len(order)}): compare the same split.")
+        columns.append((label, [float(rows[c]["dice"]) for c in order],
+                        [float(rows[c]["tre_mm"]) for c in order]))
+    return columns
+
+
+def plot_method_comparison(tables: Mapping[str, Sequence[Mapping[str, float | str]]],
+                           output: str | os.PathLike, title: str | None = None) -> Path:
+    """Methods side by side on the same cases: two panels (gland Dice, landmark TRE), a column
+    per method (:func:`comparison_columns`), a dot per case and a bar at the median.
+
+    Args:
+        tables: label -> rows of :func:`read_cases` (evaluation CSVs of the same cases).
+        output: the PNG to write (atomically).
+        title: the figure's title.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ConfigError: matplotlib is not installed.
+        DataError: see :func:`comparison_columns`.
+    """
+    columns = comparison_columns(tables)
+    plt = _pyplot("method comparisons")
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.5 * len(columns) + 3.0), 4.2))
+    panels = (("gland Dice (per case)", 1), ("landmark TRE, mm (mean per case)", 2))
+    for axis, (name, index) in zip(axes, panels, strict=True):
+        for x, column in enumerate(columns):
+            values = [v for v in column[index] if math.isfinite(v)]
+            color = "tab:grey" if x == 0 else f"C{(x - 1) % 10}"
+            # A fixed sideways spread per case, so the dots of one column do not overlap.
+            spread = [x + 0.25 * ((k % 7) / 6 - 0.5) for k in range(len(values))]
+            axis.scatter(spread, values, s=12, color=color, alpha=0.8)
+            if values:
+                median = statistics.median(values)
+                axis.hlines(median, x - 0.3, x + 0.3, color="black", linewidth=2)
+                axis.annotate(f"{median:.2f}" if index == 1 else f"{median:.1f}",
+                              (x + 0.32, median), va="center", fontsize=7)
+        axis.set_xticks(range(len(columns)))
+        axis.set_xticklabels([c[0] for c in columns], rotation=30, ha="right", fontsize=8)
+        axis.set_title(name, fontsize=10)
+        axis.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save_png(plt, fig, output)
+
+
 def _parse_hline(text: str) -> tuple[str, float, str]:
     """``FIGURE=VALUE[:LABEL]`` -> ``(figure, value, label)``."""
     head, _, label = text.partition(":")
@@ -263,9 +340,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the inputs are evaluation CSVs (python -m labelreg.evaluation, "
                              "crossval_cases.csv): draw every case's TRE, identity and "
                              "registered, instead of learning curves")
+    parser.add_argument("--compare", action="store_true",
+                        help="the inputs are evaluation CSVs of the same cases, one per method "
+                             "(--labels names them): draw the methods side by side, identity "
+                             "first")
     from labelreg.logs import parse_args
 
     args = parse_args(parser, argv)
+    if args.compare:
+        labels = args.labels or [Path(path).stem for path in args.runs]
+        if len(labels) != len(args.runs):
+            parser.error(f"--labels needs one label per file ({len(args.runs)}); "
+                         f"received {len(labels)}.")
+        try:
+            tables = {label: read_cases(path)
+                      for label, path in zip(labels, args.runs, strict=True)}
+            output = plot_method_comparison(tables, args.output, args.title)
+        except LabelregError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {output}")
+        return 0
     if args.cases:
         try:
             cases = [row for path in args.runs for row in read_cases(path)]

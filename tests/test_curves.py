@@ -108,3 +108,41 @@ def test_case_tre_plot_draws_every_case_with_a_tre(tmp_path, capsys):
     (tmp_path / "other.csv").write_text("step,dice\n1,0.5\n")
     assert main(["--cases", str(tmp_path / "other.csv"), "--output", str(tmp_path / "x.png")]) == 2
     assert "expected an evaluation CSV" in capsys.readouterr().err
+
+
+def test_method_comparison_puts_the_identity_first_and_every_method_on_the_same_cases(
+        tmp_path, capsys):
+    from labelreg.curves import comparison_columns, plot_method_comparison, read_cases
+
+    first = tmp_path / "a.csv"
+    first.write_text(CASES_CSV)
+    # The same cases in another order, other registered figures.
+    second = tmp_path / "b.csv"
+    second.write_text(
+        "row,case,label_index,dice_identity,dice,tre_mm_identity,tre_mm,landmarks,lost,"
+        "lost_identity\n"
+        "case,obs003,0,0.3,0.6,20.0,10.0,3,0,0\n"
+        "case,obs001,0,0.4,0.9,12.0,2.0,2,0,0\n"
+        "case,obs002,0,0.5,0.75,9.0,5.0,1,0,0\n")
+    tables = {"recipe": read_cases(first), "other": read_cases(second)}
+    columns = comparison_columns(tables)
+    assert [c[0] for c in columns] == ["identity", "recipe", "other"]
+    assert columns[0][1] == [0.4, 0.5, 0.3] and columns[0][2] == [12.0, 9.0, 20.0]
+    assert columns[2][1] == [0.9, 0.75, 0.6] and columns[2][2] == [2.0, 5.0, 10.0]
+    assert math.isnan(columns[1][2][1])  # obs002 has no landmark in the first table
+    out = plot_method_comparison(tables, tmp_path / "methods.png")
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    grey = np.all(np.abs(pixels.astype(int) - (127, 127, 127)) < 20, axis=-1)
+    blue = np.all(np.abs(pixels.astype(int) - (31, 119, 180)) < 30, axis=-1)  # C0: recipe
+    assert grey.sum() > 20 and blue.sum() > 20
+    # Other cases are refused, naming both tables.
+    fewer = tmp_path / "c.csv"
+    fewer.write_text("\n".join(second.read_text().splitlines()[:3]) + "\n")
+    with pytest.raises(DataError, match="'short' was evaluated on other cases than 'recipe'"):
+        comparison_columns({"recipe": read_cases(first), "short": read_cases(fewer)})
+    assert main(["--compare", str(first), str(second), "--labels", "recipe", "other",
+                 "--output", str(tmp_path / "cmd.png")]) == 0
+    assert (tmp_path / "cmd.png").stat().st_size > 0
+    assert main(["--compare", str(first), str(fewer), "--output", str(tmp_path / "x.png")]) == 2
+    assert "evaluated on other cases" in capsys.readouterr().err
