@@ -158,6 +158,25 @@ def test_validation_logs_writes_history_and_keeps_the_best(tmp_path):
     assert worker_lines == []
 
 
+def test_keep_best_skips_a_nan_figure_and_says_why(tmp_path):
+    """A TRE that could not be computed (every landmark left the image) is NaN: that
+    checkpoint is not kept, the warning says the figure is NaN at that step (not that the
+    validation lacks it), and a later finite figure is kept."""
+    method = FakeMethod(validation={"dice": 0.0, "tre_mm": float("nan")})
+    method.cfg["Train"]["keep_best"] = "tre"
+    ctx, lines = _context(tmp_path, method=method)
+    ctx.checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    validation = Validation("model.ckpt")
+    validation.on_train_begin(ctx)
+    validation.on_checkpoint(ctx, 2)
+    assert ("warning: [Train] keep_best: the validation tre_mm is nan at step 2; this "
+            "checkpoint is not considered") in lines
+    assert not any("does not give" in line for line in lines)
+    method.validation = {"dice": 0.3, "tre_mm": 9.0}
+    validation.on_checkpoint(ctx, 4)
+    assert ctx.result.best["step"] == 4 and ctx.result.best["value"] == 9.0
+
+
 def test_pictures_go_to_tensorboard(tmp_path):
     ctx, _ = _context(tmp_path, method=FakeMethod(pictures={"a": np.zeros((2, 2, 3))}))
     Pictures().on_checkpoint(ctx, 6)

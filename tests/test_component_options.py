@@ -125,3 +125,28 @@ def test_centroid_align_checks_run_with_its_options(tmp_path):
                        Loss={"freeze_segmentations": "true"})
     with pytest.raises(ConfigError, match=r"freeze_segmentations.*segmentation_only_steps > 0"):
         load_config(ini)
+
+
+@pytest.mark.parametrize("network_type", ["global", "composite"])
+def test_global_transform_reaches_the_affine_stage_of_both_networks(tmp_path, network_type):
+    """[Network] global_transform is declared once (networks/affine_options.py) for the two
+    networks with an affine stage; the method builds them with it, and another network names
+    its owners."""
+    from labelreg.methods.label_driven import LabelDriven
+
+    data = write_dataset(tmp_path / "data", num_cases=2)
+    ini = write_config(tmp_path / "x.ini", data, Network={
+        "network_type": network_type, "num_channel_initial": "2",
+        "global_transform": "translation"})
+    _, cfg = load_config(ini)
+    assert cfg["Network"]["global_transform"] == "translation"
+    method = LabelDriven(cfg, log=lambda line: None)
+    method.prepare_data()
+    assert method.network_arguments()["transform"] == "translation"
+    assert method.build()["model"].regressor.transform == "translation"
+    with pytest.raises(ConfigError, match=r"global_transform = 'shear'.*Choices|"
+                                          r"global_transform = 'shear'.*expected one of"):
+        load_config(ini, ["Network.global_transform=shear"])
+    with pytest.raises(ConfigError, match=r"global_transform = 'translation': an option of "
+                                          r"network_type = (global|composite)"):
+        load_config(ini, ["Network.network_type=local"])

@@ -499,6 +499,45 @@ def test_affine_head_parametrisation_round_trips_and_is_centred(rng, ndim):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
+def test_translation_only_affine_stage_moves_every_voxel_by_the_same_vector(rng, ndim):
+    """global_transform = translation: whatever the head outputs, A = I and the DDF is one
+    constant vector, t = H tau (h the half extents); the choice survives get_config, and the
+    composite's global stage follows it."""
+    shape = (14, 15, 13)[:ndim]
+    pair = [rng.random((1, *shape, 1), dtype=np.float32)] * 2
+    net = GlobalNet(ndim=ndim, fixed_shape=shape, num_channel_initial=4, transform="translation")
+    net(pair)
+    head = net.regressor
+    n = ndim
+    raw = rng.standard_normal((n, n + 1)).astype(np.float32)  # a scaling and shear as well
+    head.dense.bias.assign(raw.reshape(-1))
+    head.dense.kernel.assign(rng.normal(0, 0.01, head.dense.kernel.shape).astype(np.float32))
+    out = net.forward(pair)
+    theta = out["theta"].numpy()[0]
+    np.testing.assert_array_equal(theta[:, :n], np.eye(n))
+    ddf = out["ddf"].numpy()[0]
+    np.testing.assert_allclose(ddf, np.broadcast_to(theta[:, n], ddf.shape), atol=1e-5)
+    assert np.abs(theta[:, n]).max() > 0.1
+    # The translation is the affine head's own: t = H tau with the same tau.
+    affine = GlobalNet(ndim=ndim, fixed_shape=shape, num_channel_initial=4)
+    affine(pair)
+    affine.set_weights(net.get_weights())
+    bottom, _ = head.encoder(net.network_input(*pair))
+    tau = (head.dense(tf.reshape(bottom, [1, -1])).numpy()[0]
+           / np.sqrt(head._num_features(shape))).reshape(n, n + 1)[:, n]
+    np.testing.assert_allclose(theta[:, n], tau * np.array(shape) / 2, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(affine.theta(pair).numpy()[0][:, :n], np.eye(n), atol=1e-3)
+    clone = GlobalNet.from_config(net.get_config())
+    assert clone.transform == "translation" and clone.get_config() == net.get_config()
+    composite = CompositeNet(ndim=ndim, fixed_shape=shape, num_channel_initial=4,
+                             num_channel_initial_global=4, transform="translation")
+    assert composite.regressor.transform == "translation"
+    assert CompositeNet.from_config(composite.get_config()).transform == "translation"
+    with pytest.raises(ValueError, match="transform must be one of .*received transform='rigid'"):
+        GlobalNet(ndim=ndim, transform="rigid")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
 def test_identity_moving_input_is_the_zero_ddf_warp(rng, ndim):
     from labelreg.networks.layers import identity_placed, pair_input
 

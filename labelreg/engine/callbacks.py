@@ -301,12 +301,18 @@ class BestCheckpoint:
     def offer(self, step: int, values: dict[str, float]) -> None:
         """Save the models as the best checkpoint if ``values`` beat the best so far."""
         value = values.get(self.key)
-        if value is None or not math.isfinite(value):
+        if value is None:
             if not self.warned:
                 self.log(f"warning: [Train] keep_best needs the validation figure "
                          f"{self.key!r}, which this validation does not give "
                          f"({', '.join(values) or 'no validation data'})")
                 self.warned = True
+            return
+        if not math.isfinite(value):
+            # A figure the validation gives but could not compute at this step (e.g. a TRE
+            # when every landmark left the image): this checkpoint cannot be compared.
+            self.log(f"warning: [Train] keep_best: the validation {self.key} is {value} at step "
+                     f"{step}; this checkpoint is not considered")
             return
         if self.record and self.sign * value <= self.sign * float(self.record["value"]):
             return

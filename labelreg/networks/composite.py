@@ -52,6 +52,7 @@ class CompositeNet(AffineStage, RegistrationModel):
         num_channel_initial_global: width of the GlobalNet stage (label-reg: 8).
         ddf_levels: LocalNet's output levels (label-reg's composite: ``(0,)``).
         image_shape: another name for ``fixed_shape``.
+        transform: the global stage's ``"affine"`` (label-reg's) or ``"translation"``.
         **kwargs: ``name``, ``trainable``, ``dtype``.
 
     Call arguments:
@@ -78,6 +79,7 @@ class CompositeNet(AffineStage, RegistrationModel):
         num_channel_initial_global: int = 8,
         ddf_levels: Sequence[int] = (0,),
         image_shape: Sequence[int] | None = None,
+        transform: str = "affine",
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
@@ -86,7 +88,7 @@ class CompositeNet(AffineStage, RegistrationModel):
             num_channel_initial_global, "num_channel_initial_global"
         )
         self.regressor = AffineRegressor(
-            self.ndim, self.num_channel_initial_global, name="global_regressor"
+            self.ndim, self.num_channel_initial_global, transform, name="global_regressor"
         )
         self.local_net = LocalNet(
             self.ndim, num_channel_initial, ddf_levels=ddf_levels, name="local_net"

@@ -90,8 +90,13 @@ class AffineStage:
         check_fixed_shape(self, fixed, self.fixed_shape)
         return self.regressor(self.network_input(moving, fixed), training=training)
 
+    @property
+    def transform(self) -> str:
+        """``"affine"`` or ``"translation"``: what the regressor predicts."""
+        return self.regressor.transform
+
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(),
+        return {**super().get_config(), "transform": self.transform,
                 "fixed_shape": None if self.fixed_shape is None else list(self.fixed_shape)}
 
 
@@ -131,6 +136,8 @@ class GlobalNet(AffineStage, RegistrationModel):
         fixed_shape: the fixed image's spatial shape ``S_fix`` (``ndim`` ints), or ``None`` to
             take it from the first call.
         image_shape: another name for ``fixed_shape``.
+        transform: ``"affine"`` (label-reg's) or ``"translation"`` (``A = I``; see
+            :class:`~labelreg.networks.layers.AffineRegressor`).
         **kwargs: ``name``, ``trainable``, ``dtype``.
 
     Call arguments:
@@ -157,12 +164,14 @@ class GlobalNet(AffineStage, RegistrationModel):
         num_channel_initial: int = 8,
         fixed_shape: Sequence[int] | None = None,
         image_shape: Sequence[int] | None = None,
+        transform: str = "affine",
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
         self.num_channel_initial = check_positive_int(num_channel_initial, "num_channel_initial")
         self.fixed_shape = resolve_fixed_shape(self.ndim, fixed_shape, image_shape)
-        self.regressor = AffineRegressor(self.ndim, self.num_channel_initial, name="regressor")
+        self.regressor = AffineRegressor(self.ndim, self.num_channel_initial, transform,
+                                         name="regressor")
 
     def build(self, input_shape: Any) -> None:
         network_input = self._input_shape(input_shape)

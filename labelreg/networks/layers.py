@@ -756,7 +756,12 @@ def _centred_frame(spatial_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray
     return (shape - 1.0) / 2.0, shape / 2.0
 
 
+#: The transforms an :class:`AffineRegressor` can predict.
+AFFINE_TRANSFORMS = ("affine", "translation")
+
+
 @keras.saving.register_keras_serializable(package="labelreg")
+
 class AffineRegressor(keras.layers.Layer):
     """GlobalNet's encoder and affine head: network input -> ``theta [B, n, n+1]``.
 
@@ -784,9 +789,16 @@ class AffineRegressor(keras.layers.Layer):
     The dense layer's size depends on the bottom grid, ``ceil(S / 16)``, so the input's spatial
     shape must be static and the same at every call.
 
+    ``transform="translation"`` keeps ``M = 0``: ``theta = [I | H tau]``, a pure translation
+    (the outputs of ``M`` are computed and ignored, so the head's shape, and a checkpoint's, do
+    not depend on the choice). A translation cannot scale or shear, which is what an image
+    similarity across modalities can exploit without aligning anything (e.g. NMI raised by
+    zooming one image into a homogeneous region of the other).
+
     Args:
         ndim: 2 or 3.
         num_channel_initial: encoder width ``c`` (label-reg's GlobalNet: 8).
+        transform: ``"affine"`` (label-reg's) or ``"translation"``.
 
     Call arguments:
         x: ``[B, *S, C_in]`` with a static ``S``.
@@ -797,10 +809,15 @@ class AffineRegressor(keras.layers.Layer):
         policy, the dense head is float32).
     """
 
-    def __init__(self, ndim: int, num_channel_initial: int = 8, **kwargs: Any) -> None:
+    def __init__(self, ndim: int, num_channel_initial: int = 8, transform: str = "affine",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ndim = check_ndim(ndim)
         self.num_channel_initial = check_positive_int(num_channel_initial, "num_channel_initial")
+        if transform not in AFFINE_TRANSFORMS:
+            raise ValueError(f"transform must be one of {AFFINE_TRANSFORMS}; received "
+                             f"transform={transform!r}.")
+        self.transform = transform
         self.encoder = Encoder(self.ndim, self.num_channel_initial, name="encoder")
         n = self.ndim
         # Always float32, whatever the dtype policy: theta is close to [I | 0], and bfloat16's
@@ -836,6 +853,8 @@ class AffineRegressor(keras.layers.Layer):
         scale = 1.0 / math.sqrt(self._num_features(spatial_shape))
         r = tf.reshape(raw * scale, [-1, n, n + 1])
         m, tau = r[..., :n], r[..., n]
+        if self.transform == "translation":
+            m = tf.zeros_like(m)
         h = tf.constant(half, tf.float32)
         # H M H^-1: row i scaled by h_i, column j divided by h_j.
         delta = m * h[:, None] / h[None, :]
@@ -878,6 +897,7 @@ class AffineRegressor(keras.layers.Layer):
             **super().get_config(),
             "ndim": self.ndim,
             "num_channel_initial": self.num_channel_initial,
+            "transform": self.transform,
         }
 
 

@@ -17,11 +17,13 @@ __all__ = ["NETWORKS", "register_network", "get_network", "available_networks", 
 
 NETWORKS = Registry("network type", {
     "local": "labelreg.networks.localnet:LocalNet",
-    "global": "labelreg.networks.globalnet:GlobalNet",
-    "composite": "labelreg.networks.composite:CompositeNet",
 }, sort_names=True)
 # A network with options of its own declares them beside its code, in a module without
 # TensorFlow, so that an INI file is checked before TensorFlow loads.
+NETWORKS.add("global", "labelreg.networks.globalnet:GlobalNet",
+             options="labelreg.networks.affine_options:OPTIONS")
+NETWORKS.add("composite", "labelreg.networks.composite:CompositeNet",
+             options="labelreg.networks.affine_options:OPTIONS")
 NETWORKS.add("centroid_align", "labelreg.networks.centroid_align:CentroidAlignNet",
              options="labelreg.networks.centroid_align_options:OPTIONS")
 NETWORKS.add("unet", "labelreg.networks.unet:UNet",
