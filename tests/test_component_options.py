@@ -127,16 +127,16 @@ def test_centroid_align_checks_run_with_its_options(tmp_path):
         load_config(ini)
 
 
-@pytest.mark.parametrize("network_type", ["global", "composite"])
-def test_global_transform_reaches_the_affine_stage_of_both_networks(tmp_path, network_type):
+def test_global_transform_reaches_the_affine_stage(tmp_path):
     """[Network] global_transform is declared once (networks/affine_options.py) for the two
-    networks with an affine stage; the method builds them with it, and another network names
-    its owners."""
+    networks with an affine stage (global and composite: tests/test_networks.py builds both
+    with it); the method builds the composite with it, and another network names its
+    owners."""
     from labelreg.methods.label_driven import LabelDriven
 
     data = write_dataset(tmp_path / "data", num_cases=2)
     ini = write_config(tmp_path / "x.ini", data, Network={
-        "network_type": network_type, "num_channel_initial": "2",
+        "network_type": "composite", "num_channel_initial": "2",
         "global_transform": "translation"})
     _, cfg = load_config(ini)
     assert cfg["Network"]["global_transform"] == "translation"
