@@ -359,3 +359,76 @@ def test_loss_builds_from_the_registry(rng):
     np.testing.assert_allclose(
         loss(image, shifted).numpy(), DeepSimLoss(net, levels=[0])(image, shifted).numpy()
     )
+
+
+# --------------------------------------------------------------------------------------------
+# compare = segmentation
+# --------------------------------------------------------------------------------------------
+
+
+def fake_segmenter(image):
+    """Two-class probabilities of a sharp intensity threshold at 0.5 (a differentiable stand-in
+    for a trained segmentation U-Net)."""
+    logits = tf.concat([tf.zeros_like(image), 12.0 * (image - 0.5)], axis=-1)
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def _segmentation_reference(fixed, warped, eps=1e-6):
+    def foreground(x):
+        return 1.0 / (1.0 + np.exp(-12.0 * (x.astype(np.float64) - 0.5)))
+
+    pf, pw = foreground(fixed), foreground(warped)
+    axes = tuple(range(1, fixed.ndim))
+    return 1.0 - 2.0 * (pf * pw).sum(axes) / (pf.sum(axes) + pw.sum(axes) + eps)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (12, 10, 8)])
+def test_segmentation_comparison_is_the_soft_dice_of_the_outputs(rng, shape):
+    fixed = smooth_image(rng, shape, batch=2)
+    warped = np.roll(fixed, 2, axis=1)
+    loss = DeepSimLoss(fake_segmenter, compare="segmentation")
+    np.testing.assert_allclose(loss(fixed, warped).numpy(),
+                               _segmentation_reference(fixed, warped), rtol=1e-4, atol=1e-6)
+    # Lowest when aligned, and it grows with the shift.
+    values = [float(loss(fixed, np.roll(fixed, k, axis=1))[0]) for k in (0, 1, 3)]
+    assert values[0] < values[1] < values[2]
+
+
+def test_segmentation_comparison_gradient_matches_finite_differences(rng):
+    fixed = tf.constant(smooth_image(rng, (16, 16), batch=2))
+    warped = tf.constant(np.roll(fixed.numpy(), 2, axis=1))
+    loss_fn = DeepSimLoss(fake_segmenter, compare="segmentation")
+    with tf.GradientTape() as tape:
+        tape.watch([fixed, warped])
+        loss = tf.reduce_sum(loss_fn(fixed, warped))
+    grad_fixed, grad_warped = tape.gradient(loss, [fixed, warped])
+    assert grad_fixed is None and float(tf.reduce_max(tf.abs(grad_warped))) > 0
+    direction = rng.standard_normal(warped.shape).astype(np.float32)
+    h = 1e-3
+    plus = _segmentation_reference(fixed.numpy(), warped.numpy() + h * direction).sum()
+    minus = _segmentation_reference(fixed.numpy(), warped.numpy() - h * direction).sum()
+    np.testing.assert_allclose(float(tf.reduce_sum(grad_warped * direction)),
+                               (plus - minus) / (2 * h), rtol=1e-3)
+
+
+def test_segmentation_comparison_uses_the_unet_head_frozen_and_checks_its_options(rng):
+    net = small_net(2)
+    image = smooth_image(rng, (16, 16))
+    shifted = np.roll(image, 2, axis=1)
+    loss = DeepSimLoss(net, compare="segmentation")
+    foreground = net(image, training=False).numpy()[..., 1:].astype(np.float64)
+    moved = net(shifted, training=False).numpy()[..., 1:].astype(np.float64)
+    want = 1 - 2 * (foreground * moved).sum() / (foreground.sum() + moved.sum() + 1e-6)
+    np.testing.assert_allclose(loss(image, shifted).numpy()[0], want, rtol=1e-5)
+    assert net.trainable is False
+    from labelreg.losses.registry import build_loss
+
+    built = build_loss("deepsim", "image", feature_extractor=net, compare="segmentation")
+    assert built.compare == "segmentation"
+    with pytest.raises(ValueError, match="compare must be one of .*received compare='logits'"):
+        DeepSimLoss(net, compare="logits")
+    with pytest.raises(ValueError, match="do not apply to compare = segmentation"):
+        DeepSimLoss(net, compare="segmentation", levels=[0])
+    autoencoder = small_net(2, head="sigmoid", skip_connections=False)
+    with pytest.raises(ValueError, match=r"1 channel\(s\) \(an autoencoder\?\)"):
+        DeepSimLoss(autoencoder, compare="segmentation")(image, shifted)

@@ -22,9 +22,13 @@ from labelreg._tf import tf
 from labelreg.losses.frozen import image_gradient_only
 from labelreg.losses.label import check_pair
 
-__all__ = ["DeepSimLoss", "cosine_similarity"]
+__all__ = ["DeepSimLoss", "cosine_similarity", "COMPARISONS"]
 
 _NAMES = ("fixed", "warped")
+
+#: What :class:`DeepSimLoss` compares: the encoder features (the paper's) or the extractor's
+#: segmentation output.
+COMPARISONS = ("features", "segmentation")
 
 
 def cosine_similarity(a: tf.Tensor, b: tf.Tensor, eps: float = 1e-6) -> tf.Tensor:
@@ -44,6 +48,16 @@ def cosine_similarity(a: tf.Tensor, b: tf.Tensor, eps: float = 1e-6) -> tf.Tenso
     norm_a = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(a), axis=-1), eps))
     norm_b = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(b), axis=-1), eps))
     return dot / (norm_a * norm_b)
+
+
+def _output_function(extractor: Any) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``image -> class probabilities`` of a segmentation extractor, in inference mode."""
+    if isinstance(extractor, keras.layers.Layer):
+        return lambda image: extractor(image, training=False)
+    if callable(extractor):
+        return extractor
+    raise TypeError("compare = segmentation needs a callable extractor returning class "
+                    f"probabilities; received {type(extractor).__name__}.")
 
 
 def _feature_function(extractor: Any) -> Callable[[tf.Tensor], Any]:
@@ -88,6 +102,15 @@ class DeepSimLoss:
         eps: floor of the squared feature norms in the cosine.
         zero_mean: subtract each voxel's mean over channels from the features before the cosine
             (the ``zero_mean`` option of the original).
+        compare: ``"features"`` (the paper's: the cosine of the encoder features above) or
+            ``"segmentation"``: ``1 - soft Dice`` of the extractor's outputs (its class
+            probabilities, ``[B, *S, K]`` with ``K >= 2``) over the foreground classes
+            ``1 .. K-1``, ``1 - 2 Σ p_f p_w / (Σ p_f + Σ p_w + eps)`` summed over voxels and
+            those classes. The encoder features of an extractor trained to segment also
+            describe texture everywhere; its output answers "where is the structure" in both
+            images alike (for MR and ultrasound, the gland), and its Dice is highest where the
+            two structures overlap, not where large background regions do. In ``[0, 1]``; 0
+            only for identical hard segmentations. ``levels`` and ``zero_mean`` do not apply.
 
     Call arguments:
         fixed: ``[B, *S, C]``.
@@ -108,9 +131,17 @@ class DeepSimLoss:
         levels: Sequence[int] | None = None,
         eps: float = 1e-6,
         zero_mean: bool = False,
+        compare: str = "features",
     ) -> None:
+        if compare not in COMPARISONS:
+            raise ValueError(f"compare must be one of {COMPARISONS}; received compare={compare!r}.")
+        if compare == "segmentation" and (levels is not None or zero_mean):
+            raise ValueError("levels and zero_mean select encoder features: they do not apply "
+                             "to compare = segmentation.")
+        self.compare = compare
         self.feature_extractor = feature_extractor
-        self._features = _feature_function(feature_extractor)
+        self._features = (_output_function(feature_extractor) if compare == "segmentation"
+                          else _feature_function(feature_extractor))
         if isinstance(feature_extractor, keras.layers.Layer):
             feature_extractor.trainable = False
         if levels is not None:
@@ -163,8 +194,31 @@ class DeepSimLoss:
             per_level.append(tf.reduce_mean(cos, axis=list(range(1, cos.shape.rank))))
         return tf.add_n(per_level) / float(len(per_level))
 
+    def _foreground(self, image: tf.Tensor) -> tf.Tensor:
+        """The extractor's foreground probabilities ``[B, *S, K-1]``."""
+        probabilities = tf.cast(self._features(image), tf.float32)
+        if probabilities.shape[-1] is not None and probabilities.shape[-1] < 2:
+            raise ValueError("compare = segmentation needs an extractor with a segmentation "
+                             "output (class probabilities, at least 2 classes); this one gives "
+                             f"{probabilities.shape[-1]} channel(s) (an autoencoder?).")
+        return probabilities[..., 1:]
+
+    def _segmentation_loss(self, fixed: tf.Tensor, warped: tf.Tensor) -> tf.Tensor:
+        target = tf.stop_gradient(self._foreground(tf.stop_gradient(fixed)))
+
+        def dissimilarity(moving: tf.Tensor) -> tf.Tensor:
+            predicted = self._foreground(moving)
+            axes = list(range(1, predicted.shape.rank))
+            overlap = tf.reduce_sum(target * predicted, axis=axes)
+            total = tf.reduce_sum(target, axis=axes) + tf.reduce_sum(predicted, axis=axes)
+            return 1.0 - 2.0 * overlap / (total + self.eps)
+
+        return image_gradient_only(dissimilarity, warped)
+
     def __call__(self, fixed: Any, warped: Any) -> tf.Tensor:
         fixed, warped = check_pair(fixed, warped, _NAMES)
+        if self.compare == "segmentation":
+            return self._segmentation_loss(fixed, warped)
         fixed_features = [tf.stop_gradient(f) for f in self._extract(tf.stop_gradient(fixed))]
 
         return 1.0 - image_gradient_only(
@@ -173,5 +227,6 @@ class DeepSimLoss:
     def __repr__(self) -> str:
         return (
             f"DeepSimLoss(feature_extractor={type(self.feature_extractor).__name__}, "
-            f"levels={self.levels}, eps={self.eps}, zero_mean={self.zero_mean})"
+            f"levels={self.levels}, eps={self.eps}, zero_mean={self.zero_mean}, "
+            f"compare={self.compare!r})"
         )
