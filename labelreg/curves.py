@@ -347,36 +347,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from labelreg.logs import parse_args
 
     args = parse_args(parser, argv)
-    if args.compare:
-        labels = args.labels or [Path(path).stem for path in args.runs]
+    if args.compare or not args.cases:
+        default = (lambda path: Path(path).stem) if args.compare else _run_label
+        labels = args.labels or [default(run) for run in args.runs]
         if len(labels) != len(args.runs):
-            parser.error(f"--labels needs one label per file ({len(args.runs)}); "
+            parser.error(f"--labels needs one label per input ({len(args.runs)}); "
                          f"received {len(labels)}.")
-        try:
+    try:
+        if args.compare:
             tables = {label: read_cases(path)
                       for label, path in zip(labels, args.runs, strict=True)}
             output = plot_method_comparison(tables, args.output, args.title)
-        except LabelregError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {output}")
-        return 0
-    if args.cases:
-        try:
+        elif args.cases:
             cases = [row for path in args.runs for row in read_cases(path)]
             output = plot_case_tre(cases, args.output, args.title)
-        except LabelregError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {output}")
-        return 0
-    labels = args.labels or [_run_label(run) for run in args.runs]
-    if len(labels) != len(args.runs):
-        parser.error(f"--labels needs one label per run ({len(args.runs)}); "
-                     f"received {len(labels)}.")
-    try:
-        output = plot_learning_curves(dict(zip(labels, args.runs, strict=True)), args.output,
-                                      args.figures, args.hline, args.title)
+        else:
+            output = plot_learning_curves(dict(zip(labels, args.runs, strict=True)),
+                                          args.output, args.figures, args.hline, args.title)
     except LabelregError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

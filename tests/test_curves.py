@@ -74,7 +74,7 @@ def test_command_writes_the_png_and_reports_errors(tmp_path, capsys):
     assert "expected FIGURE=VALUE[:LABEL]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(run), "--output", str(out), "--labels", "a", "b"])
-    assert "one label per run" in capsys.readouterr().err
+    assert "one label per input" in capsys.readouterr().err
 
 
 CASES_CSV = """row,case,label_index,dice_identity,dice,tre_mm_identity,tre_mm,landmarks,lost,lost_identity

@@ -344,6 +344,8 @@ def test_feature_extractor_segments_the_gland_of_both_images_of_nifti_pairs(tmp_
         sizes = [tuple(f.shape[1:-1]) for f in model.features(np.zeros((1, *shape, 1)))]
         assert sizes == [tuple(-(-s // 2) for s in shape), tuple(-(-s // 4) for s in shape)]
 
+    # The MR/TRUS settings of configs/deepsim_mrus.ini: segmentations compared, a translation
+    # before the dense stage.
     registration = tmp_path / "deepsim.ini"
     registration.write_text(f"""
 [Method]
@@ -354,11 +356,13 @@ dir_moving_image = {data}/moving_images
 dir_fixed_image = {data}/fixed_images
 
 [Network]
+network_type = composite
 num_channel_initial = 4
-depth = 2
+global_transform = translation
 
 [Loss]
 image_loss_type = deepsim
+image_loss_options = [compare=segmentation]
 feature_extractor = {tmp_path / "run"}
 
 [Train]
@@ -369,4 +373,6 @@ dir_run = {tmp_path}/registration
 """)
     name, cfg = load_config(registration)
     result = train(cfg, log=lambda line: None)
-    assert result.last_step == 2 and np.isfinite(result.last_values["image_loss"])
+    assert result.last_step == 2 and 0.0 < result.last_values["image_loss"] < 1.0
+    run = load_trained_run(tmp_path / "registration")
+    assert run.models["model"].transform == "translation"
