@@ -137,14 +137,22 @@ def test_progress_log_means_rates_and_scalars(tmp_path):
         progress.on_step_end(ctx, _info(5, loss=float("nan"), guarded=False))
 
 
-def test_validation_logs_writes_history_and_keeps_the_best(tmp_path):
-    method = FakeMethod(validation={"dice": 0.5, "tre_mm": 4.0})
-    method.cfg["Train"]["keep_best"] = "dice"
+def _validated_at_step_2(tmp_path: Path, values: dict, keep_best: str):
+    """A chief's Validation callback with ``keep_best``, begun and run at step 2 on a method
+    that validates to ``values``: ``(method, ctx, lines, validation)``."""
+    method = FakeMethod(validation=values)
+    method.cfg["Train"]["keep_best"] = keep_best
     ctx, lines = _context(tmp_path, method=method)
     ctx.checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
     validation = Validation("model.ckpt")
     validation.on_train_begin(ctx)
     validation.on_checkpoint(ctx, 2)
+    return method, ctx, lines, validation
+
+
+def test_validation_logs_writes_history_and_keeps_the_best(tmp_path):
+    method, ctx, lines, validation = _validated_at_step_2(
+        tmp_path, {"dice": 0.5, "tre_mm": 4.0}, keep_best="dice")
     method.validation = {"dice": 0.4, "tre_mm": 3.0}
     validation.on_checkpoint(ctx, 4)
     assert ctx.result.validation == {"dice": 0.4, "tre_mm": 3.0}
@@ -162,13 +170,8 @@ def test_keep_best_skips_a_nan_figure_and_says_why(tmp_path):
     """A TRE that could not be computed (every landmark left the image) is NaN: that
     checkpoint is not kept, the warning says the figure is NaN at that step (not that the
     validation lacks it), and a later finite figure is kept."""
-    method = FakeMethod(validation={"dice": 0.0, "tre_mm": float("nan")})
-    method.cfg["Train"]["keep_best"] = "tre"
-    ctx, lines = _context(tmp_path, method=method)
-    ctx.checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
-    validation = Validation("model.ckpt")
-    validation.on_train_begin(ctx)
-    validation.on_checkpoint(ctx, 2)
+    method, ctx, lines, validation = _validated_at_step_2(
+        tmp_path, {"dice": 0.0, "tre_mm": float("nan")}, keep_best="tre")
     assert ("warning: [Train] keep_best: the validation tre_mm is nan at step 2; this "
             "checkpoint is not considered") in lines
     assert not any("does not give" in line for line in lines)

@@ -140,8 +140,11 @@ class DeepSimLoss:
                              "to compare = segmentation.")
         self.compare = compare
         self.feature_extractor = feature_extractor
-        self._features = (_output_function(feature_extractor) if compare == "segmentation"
-                          else _feature_function(feature_extractor))
+        # Each comparison reads one side of the extractor: its encoder features or its output.
+        if compare == "segmentation":
+            self._outputs = _output_function(feature_extractor)
+        else:
+            self._features = _feature_function(feature_extractor)
         if isinstance(feature_extractor, keras.layers.Layer):
             feature_extractor.trainable = False
         if levels is not None:
@@ -196,7 +199,7 @@ class DeepSimLoss:
 
     def _foreground(self, image: tf.Tensor) -> tf.Tensor:
         """The extractor's foreground probabilities ``[B, *S, K-1]``."""
-        probabilities = tf.cast(self._features(image), tf.float32)
+        probabilities = tf.cast(self._outputs(image), tf.float32)
         if probabilities.shape[-1] is not None and probabilities.shape[-1] < 2:
             raise ValueError("compare = segmentation needs an extractor with a segmentation "
                              "output (class probabilities, at least 2 classes); this one gives "

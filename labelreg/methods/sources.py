@@ -241,6 +241,13 @@ class NiftiPairs(PairSource):
                                   flip_axes=tuple(data["flip_axes"]))
         return {**batch, "spacing": tf.gather(self.spacing_table, batch["case_index"])}
 
+    def _valid_cases(self) -> CaseCache:
+        """The validation cases, read on first use and kept: validation runs at every
+        checkpoint on the same files."""
+        if self._valid_cache is None:
+            self._valid_cache = CaseCache(self.valid, normalise=self.normalise)
+        return self._valid_cache
+
     @property
     def segmentation_classes(self) -> int:
         return 2  # background and the gland (label 0)
@@ -258,10 +265,8 @@ class NiftiPairs(PairSource):
     def segmentation_validation(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         if self.valid is None or not self.valid.has_labels:
             return
-        if self._valid_cache is None:
-            self._valid_cache = CaseCache(self.valid, normalise=self.normalise)
         for batch in make_eval_batches(self.valid, 1, normalise=self.normalise, label_index=0,
-                                       cache=self._valid_cache):
+                                       cache=self._valid_cases()):
             for role in ("moving", "fixed"):
                 gland = (np.asarray(batch[f"{role}_label"]) >= 0.5).astype(np.float32)
                 yield role, batch[f"{role}_image"], np.concatenate([1.0 - gland, gland], -1)
@@ -291,14 +296,11 @@ class NiftiPairs(PairSource):
         """
         if self.valid is None:
             return {}
-        # Read once and kept: validation runs at every checkpoint on the same files.
-        if self._valid_cache is None:
-            self._valid_cache = CaseCache(self.valid, normalise=self.normalise)
         table = evaluate(ddf_function, self.valid,
                          spacing=self.valid.fixed_spacings(tuple(self.cfg["Data"]["voxel_spacing"])),
                          normalise=self.normalise,
                          batch_size=int(self.cfg["Train"]["minibatch_size"]),
-                         cache=self._valid_cache)
+                         cache=self._valid_cases())
         summary = table.summary()
         return {"dice": summary["dice_median"], "tre_mm": summary["tre_mm_median"],
                 **table.label_means()}

@@ -34,6 +34,7 @@ import numpy as np
 from labelreg import ops
 from labelreg._tf import tf
 from labelreg.errors import shape_text
+from labelreg.networks.affine_options import AFFINE_TRANSFORMS
 from labelreg.networks.remat import checkpointed, remat_enabled
 
 __all__ = [
@@ -756,12 +757,7 @@ def _centred_frame(spatial_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray
     return (shape - 1.0) / 2.0, shape / 2.0
 
 
-#: The transforms an :class:`AffineRegressor` can predict.
-AFFINE_TRANSFORMS = ("affine", "translation")
-
-
 @keras.saving.register_keras_serializable(package="labelreg")
-
 class AffineRegressor(keras.layers.Layer):
     """GlobalNet's encoder and affine head: network input -> ``theta [B, n, n+1]``.
 
