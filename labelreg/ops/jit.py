@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from labelreg._tf import tf
 
@@ -37,13 +37,18 @@ def xla_disabled() -> Iterator[None]:
 
 
 @functools.cache
-def _compiled(fn: Callable, rank: int) -> Callable:
+def _compiled(fn: Callable, rank: int, variant: Hashable) -> Callable:
     # One compiled function per tensor rank, so that shape relaxation between calls never loses
-    # the rank (2-D and 3-D calls would otherwise relax to an unknown rank).
-    del rank
-    return tf.function(fn, jit_compile=True, reduce_retracing=True)
+    # the rank (2-D and 3-D calls would otherwise relax to an unknown rank). The compiled
+    # functions branch and loop on Python values only, so AutoGraph has nothing to convert; it
+    # would still rewrite every nested call at each trace (about 2 s per training graph).
+    # ``variant`` keeps apart calls that differ in a Python argument known at every call site
+    # (e.g. the axis of a per-axis gradient), so they do not retrace one function in turn.
+    del rank, variant
+    return tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
 
 
-def maybe_compiled(fn: Callable, rank: int) -> Callable:
-    """``fn`` compiled with XLA for inputs of tensor rank ``rank``, or ``fn`` itself when disabled."""
-    return _compiled(fn, rank) if xla_enabled() else fn
+def maybe_compiled(fn: Callable, rank: int, variant: Hashable = None) -> Callable:
+    """``fn`` compiled with XLA for inputs of tensor rank ``rank`` (one compiled function per
+    ``variant``), or ``fn`` itself when disabled."""
+    return _compiled(fn, rank, variant) if xla_enabled() else fn
