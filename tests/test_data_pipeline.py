@@ -77,12 +77,17 @@ def test_train_stream_is_deterministic_and_resumable(tmp_path):
     first = take(make_train_dataset(paired, 2, seed=11), 7)
     again = take(make_train_dataset(paired, 2, seed=11), 7)
     resumed = take(make_train_dataset(paired, 2, seed=11, start_step=4), 3)
+    # A stream that ends with the run: exactly the batches of steps 4, 5 and 6.
+    bounded = [{k: v.numpy() for k, v in b.items()}
+               for b in make_train_dataset(paired, 2, seed=11, start_step=4, stop_step=7)]
+    assert [int(b["step"]) for b in bounded] == [4, 5, 6]
     for a, b in zip(first, again, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    for a, b in zip(first[4:], resumed, strict=True):
+    for a, b, c in zip(first[4:], resumed, bounded, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+            np.testing.assert_array_equal(a[key], c[key])
     other = take(make_train_dataset(paired, 2, seed=12), 7)
     assert any(not np.array_equal(a["case_index"], b["case_index"]) for a, b in zip(first, other, strict=True))
 

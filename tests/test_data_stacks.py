@@ -287,10 +287,13 @@ def test_train_stream_is_deterministic_and_resumable(dataset):
     first = [_arrays(b) for b in full.skip(5).take(3)]
     second = [_arrays(b) for b in resumed.take(3)]
     assert [int(b["step"][0]) for b in second] == [5, 6, 7]
-    for a, b in zip(first, second, strict=True):
-        assert a.keys() == b.keys()
+    bounded = [_arrays(b) for b in make_stack_train_dataset(dataset, 2, seed=11, start_step=5,
+                                                              stop_step=8)]
+    for a, b, c in zip(first, second, bounded, strict=True):
+        assert a.keys() == b.keys() == c.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            np.testing.assert_array_equal(a[key], c[key], err_msg=key)
     other = _arrays(next(iter(make_stack_train_dataset(dataset, 2, seed=12, start_step=5))))
     assert not np.array_equal(other["moving_image"], second[0]["moving_image"])
 

@@ -255,8 +255,9 @@ def make_train_dataset(
     cache: CaseCache | None = None,
     segmentation_labels: bool = False,
     label0_probability: float | None = None,
+    stop_step: int | None = None,
 ) -> tf.data.Dataset:
-    """The endless training stream of label-reg's two-stage sampling.
+    """The training stream of label-reg's two-stage sampling.
 
     Element ``k`` (counting from 0) is the minibatch of training step ``start_step + k``: the
     cases of that step and one random label index per pair, the same for moving and fixed (see
@@ -276,9 +277,13 @@ def make_train_dataset(
             of each pair (see :meth:`CaseCache.batch`).
         label0_probability: how often label 0 is the sampled label (``None``: uniform over a
             case's labels; :class:`~labelreg.data.sampling.PairSampler`).
+        stop_step: the step after the last element (``None``: endless). A stream that ends
+            with the run leaves no batch being made when its iterator is deleted; an endless
+            one can be in the middle of the Python generator then, and the deletion waits for
+            it (measured: 10 s at the end of a short run on the prostate data).
 
     Returns:
-        An infinite, prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
+        A prefetched ``tf.data.Dataset`` of dicts: float32 ``moving_image [B, *S_mov,
         1]``, ``fixed_image [B, *S_fix, 1]``, ``moving_label [B, *S_mov, 1]``, ``fixed_label [B,
         *S_fix, 1]`` (the labels only when the dataset has them; with ``segmentation_labels``
         also ``moving_seg_label``, ``fixed_seg_label``), int32 ``case_index [B]`` and
@@ -297,7 +302,7 @@ def make_train_dataset(
         cache = CaseCache(paired, normalise=normalise, num_workers=num_workers)
 
     def generate() -> Iterator[dict[str, Any]]:
-        for step, cases, labels in sampler.iterate(start_step):
+        for step, cases, labels in sampler.iterate(start_step, stop_step):
             batch = cache.batch(cases, labels if paired.has_labels else None,
                                 segmentation_labels=segmentation_labels)
             batch["step"] = np.int64(step)

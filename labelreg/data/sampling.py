@@ -111,10 +111,12 @@ class PairSampler:
         labels = np.where((first < self.label0_probability) | (counts == 1), 0, others)
         return cases, labels.astype(np.int64)
 
-    def iterate(self, start_step: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Endless ``(step, case_indices, label_indices)`` from ``start_step`` on."""
+    def iterate(self, start_step: int = 0, stop_step: int | None = None
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(step, case_indices, label_indices)`` for ``start_step <= step < stop_step``
+        (``stop_step=None``: endless)."""
         step = int(start_step)
-        while True:
+        while stop_step is None or step < stop_step:
             cases, labels = self.sample(step)
             yield step, cases, labels
             step += 1

@@ -435,8 +435,9 @@ def make_stack_train_dataset(
     rotation: float = 180.0,
     scale: Sequence[float] = (0.8, 1.2),
     flip: bool = True,
+    stop_step: int | None = None,
 ) -> tf.data.Dataset:
-    """The endless training stream of random nearby-frame pairs, optionally augmented.
+    """The training stream of random nearby-frame pairs, optionally augmented.
 
     Element ``k`` is the batch of step ``start_step + k``, a pure function of ``(seed, step)``:
     the pairs come from :meth:`StackDataset.sample_pairs` and the augmentation from stateless
@@ -460,9 +461,11 @@ def make_stack_train_dataset(
         rotation: largest rotation angle in degrees.
         scale: ``(low, high)`` of the isotropic zoom.
         flip: mirror each axis with probability 1/2.
+        stop_step: the step after the last element (``None``: endless; see
+            :func:`labelreg.data.make_train_dataset`).
 
     Returns:
-        An infinite ``tf.data.Dataset`` of dicts: float32 ``moving_image``, ``fixed_image``
+        A ``tf.data.Dataset`` of dicts: float32 ``moving_image``, ``fixed_image``
         ``[B, H, W, 1]``, ``moving_label``, ``fixed_label`` ``[B, H, W, K]`` (one-hot, background
         included), int32 ``case_index`` (the sequence index in ``dataset.names``),
         ``moving_frame``, ``fixed_frame`` ``[B]`` (frames before augmentation), and int64
@@ -485,7 +488,7 @@ def make_stack_train_dataset(
 
     def generate() -> Iterator[dict[str, np.ndarray]]:
         step = int(start_step)
-        while True:
+        while stop_step is None or step < stop_step:
             pairs = dataset.sample_pairs(batch, int(seed), step, max_offset)
             yield {
                 "moving_image": np.stack([dataset.images[s][m] for s, m, _ in pairs])[..., None],
@@ -591,9 +594,11 @@ def open_stacks(data: Mapping[str, Any], key: str, num_classes: int | None = Non
 
 
 def configured_train_dataset(data: Mapping[str, Any], stacks: StackDataset, batch_size: int,
-                             seed: int, start_step: int = 0) -> Any:
+                             seed: int, start_step: int = 0, stop_step: int | None = None
+                             ) -> Any:
     """:func:`make_stack_train_dataset` with the pairing and augmentation of a config's
     ``[Data]`` section (``max_offset``, ``rotation``, ``scale_range``, ``flip``)."""
     return make_stack_train_dataset(
-        stacks, int(batch_size), seed, start_step=start_step, max_offset=data["max_offset"],
+        stacks, int(batch_size), seed, start_step=start_step, stop_step=stop_step,
+        max_offset=data["max_offset"],
         rotation=data["rotation"], scale=tuple(data["scale_range"]), flip=data["flip"])

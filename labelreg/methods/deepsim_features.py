@@ -63,7 +63,7 @@ class DeepSimFeatures(Method):
         return {"model": model}
 
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
-        return self.source.train_dataset(seed, start_step, segmentation_labels=True)
+        return self.source.train_dataset(seed, start_step, total_steps, segmentation_labels=True)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.source.preprocess(batch)

@@ -100,8 +100,8 @@ class PairwiseMethod(Method):
     def train_dataset(self, seed: int, start_step: int, total_steps: int) -> tf.data.Dataset:
         needs = batch_keys(self.objective()[0])
         return self.source.train_dataset(
-            seed, start_step, segmentation_labels=bool(needs & {"moving_seg_label",
-                                                                "fixed_seg_label"}))
+            seed, start_step, total_steps,
+            segmentation_labels=bool(needs & {"moving_seg_label", "fixed_seg_label"}))
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.source.preprocess(batch)

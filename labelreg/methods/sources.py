@@ -105,9 +105,10 @@ class PairSource:
         """Spatial shape of the training fixed images."""
         raise NotImplementedError
 
-    def train_dataset(self, seed: int, start_step: int,
+    def train_dataset(self, seed: int, start_step: int, stop_step: int | None = None,
                       segmentation_labels: bool = False) -> tf.data.Dataset:
-        """Training batches (dicts), a pure function of ``(seed, step)``; with
+        """Training batches (dicts) of steps ``start_step .. stop_step - 1`` (``None``: endless),
+        a pure function of ``(seed, step)``; with
         ``segmentation_labels`` they also carry each image's label 0 (``moving_seg_label``,
         ``fixed_seg_label``) for a network that segments."""
         raise NotImplementedError
@@ -218,10 +219,11 @@ class NiftiPairs(PairSource):
     def fixed_shape(self) -> tuple[int, ...]:
         return tuple(self.paired.fixed_shape)
 
-    def train_dataset(self, seed: int, start_step: int,
+    def train_dataset(self, seed: int, start_step: int, stop_step: int | None = None,
                       segmentation_labels: bool = False) -> tf.data.Dataset:
         return make_train_dataset(self.paired, int(self.cfg["Train"]["minibatch_size"]), seed,
-                                  start_step=start_step, normalise=self.normalise,
+                                  start_step=start_step, stop_step=stop_step,
+                                  normalise=self.normalise,
                                   cache=getattr(self, "cache", None),
                                   segmentation_labels=segmentation_labels,
                                   label0_probability=self.cfg["Data"].get("label0_probability"))
@@ -373,10 +375,11 @@ class TiffStacks(PairSource):
     def fixed_shape(self) -> tuple[int, ...]:
         return tuple(self.stacks.shape)
 
-    def train_dataset(self, seed: int, start_step: int,
+    def train_dataset(self, seed: int, start_step: int, stop_step: int | None = None,
                       segmentation_labels: bool = False) -> tf.data.Dataset:
         return configured_train_dataset(self.cfg["Data"], self.stacks,
-                                        self.cfg["Train"]["minibatch_size"], seed, start_step)
+                                        self.cfg["Train"]["minibatch_size"], seed, start_step,
+                                        stop_step)
 
     def preprocess(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         # The stack pipeline augments each pair itself; distances are in pixels.
