@@ -32,10 +32,13 @@ def main() -> None:
     moving = tf.constant(rng.uniform(size=(1, *args.moving, 1)).astype(np.float32))
     fixed = tf.constant(rng.uniform(size=(1, *args.fixed, 1)).astype(np.float32))
     print(f"one pair: moving {list(args.moving)}, fixed {list(args.fixed)}; forward, training=False")
-    print(row("network", "params", "eager ms", "tf.function ms", widths=(30, 14, 16, 16)))
+    print(row("network", "params", "eager ms", "tf.function ms", widths=(36, 12, 16, 16)))
     for name, kwargs in [("local", {"num_channel_initial": 32}),
                          ("local", {"num_channel_initial": 16}),
-                         ("global", {}), ("composite", {})]:
+                         ("global", {}), ("composite", {}),
+                         # the networks of the image-driven MR/TRUS rows (docs/results.md)
+                         ("composite", {"num_channel_initial": 8}),
+                         ("unet", {"num_channel_initial": 8, "depth": 3})]:
         model = build_network(name, 3, fixed_shape=tuple(args.fixed), **kwargs)
         model([moving, fixed], training=False)
         graph = tf.function(lambda m, f, model=model: model([m, f], training=False))
@@ -44,7 +47,7 @@ def main() -> None:
         compiled = time_call(lambda graph=graph: graph(moving, fixed).numpy(), repeats=args.repeats)
         label = f"{name} " + " ".join(f"{k}={v}" for k, v in kwargs.items())
         print(row(label, f"{model.count_params():,}", eager["median"], compiled["median"],
-                  widths=(30, 14, 16, 16)))
+                  widths=(36, 12, 16, 16)))
     print(f"peak resident memory: {peak_rss_mib():.0f} MiB")
 
 

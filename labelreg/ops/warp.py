@@ -2,7 +2,8 @@
 
 One vectorised N-linear sampler serves 2-D and 3-D, any channel count and moving and fixed grids
 of different shapes. The ``2**n`` corners of every sample are gathered from the flattened batch in
-one ``tf.gather`` each, with no per-sample ``map_fn``.
+one ``tf.gather`` each, with no per-sample ``map_fn``. Compiled with XLA, linear sampling of data
+(an image no gradient tape records) has a written-out backward pass (:func:`_linear_sampler`).
 """
 
 from __future__ import annotations
@@ -225,8 +226,11 @@ def _linear_coords_gradient(image, points, upstream, relative, fill_mode, fill_v
 
 def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float):
     """Linear sampling of ``image`` at ``points`` (a DDF if ``relative``), compiled, with the
-    backward pass written out: TensorFlow's automatic one for a compiled function keeps every
-    intermediate of the forward pass and runs several times slower."""
+    backward pass written out as separate compiled functions. TensorFlow's automatic backward of
+    a compiled function is one function that always computes the image gradient too, a
+    scatter-add that costs more than the rest; here, inside a ``tf.function`` (a training step),
+    the image gradient's function is pruned when nothing uses it. Measured on ``[2, 96³]``, one
+    core: forward + DDF-only backward 105 ms against 201 ms."""
 
     @tf.custom_gradient
     def sample(image, points):
@@ -260,7 +264,8 @@ def _sample_points(
 
     Linear sampling of an image that no gradient tape records (data, labels: the usual case in
     training, where only the DDF is learned) runs through :func:`_linear_sampler`, whose DDF
-    gradient is a compiled function of its own, so the image gradient is never computed. An
+    gradient is a compiled function of its own, so a training step never computes the image
+    gradient. An
     image that receives a gradient (a network's output, a DDF warped by itself when integrating
     a velocity field) keeps TensorFlow's differentiation of the compiled forward pass, which
     computes both gradients in one pass and is faster when both are needed. The two gradients
