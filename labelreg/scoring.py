@@ -66,6 +66,7 @@ __all__ = [
     "CaseResult",
     "EvaluationTable",
     "evaluate",
+    "label_results",
     "quartiles",
 ]
 
@@ -315,7 +316,7 @@ def _read_batches(paired: PairedDataset, batch_size: int, normalise: bool,
                       for role in _ROLES}
 
 
-def _label_results(fixed: np.ndarray, warped: np.ndarray, identity: np.ndarray,
+def label_results(fixed: np.ndarray, warped: np.ndarray, identity: np.ndarray,
                    spacing: np.ndarray) -> list[LabelResult]:
     """Per label, Dice and centroid distance after registration and with the identity.
 
@@ -413,7 +414,7 @@ def evaluate(
                                   label_interpolation=label_interpolation, warp_image=False)
             before = register_pair(lambda m, f, d=zero: d, *pair, moving_label,
                                    label_interpolation=label_interpolation, warp_image=False)
-            labels = _label_results(data["fixed_label"][i], after["warped_label"].numpy()[0],
+            labels = label_results(data["fixed_label"][i], after["warped_label"].numpy()[0],
                                     before["warped_label"].numpy()[0], spacings[case])
             table.rows.append(CaseResult(paired.names[case], tuple(labels)))
         if log is not None:
