@@ -47,7 +47,7 @@ def _sample(
     a plausible-looking number that would hide the bad displacement.
     """
     n = coords.shape[-1]
-    finite = tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1, keepdims=True)
+    finite = _finite(coords)
     flat, sizes, strides, batch_offset = _flat_layout(image, n)
 
     if interpolation == "nearest":
@@ -125,15 +125,17 @@ def _linear_corners(coords: tf.Tensor, sizes: list, strides: list, fill_mode: st
     return corners
 
 
-def _corner_terms(corners: _Corners, batch_offset: tf.Tensor):
-    """``(flat index [B, *S_out], weight [B, *S_out])`` of each of the ``2**n`` corners."""
+def _corner_terms(corners: _Corners, batch_offset: tf.Tensor, slope_axis: int | None = None):
+    """``(flat index [B, *S_out], weight [B, *S_out])`` of each of the ``2**n`` corners; with
+    ``slope_axis``, the weight's derivative by that coordinate instead (the axis' slope times
+    the other axes' weights)."""
     n = len(corners.offsets)
     for corner in itertools.product((0, 1), repeat=n):
         index = batch_offset
         weight = None
         for d, bit in enumerate(corner):
             index = index + corners.offsets[d][bit]
-            w = corners.weights[d][bit]
+            w = corners.slopes[d][bit] if d == slope_axis else corners.weights[d][bit]
             weight = w if weight is None else weight * w
         yield index, weight
 
@@ -171,14 +173,20 @@ def _sample_at(image, points, relative, interpolation, fill_mode, fill_value):
     return _sample(image, _points_to_coords(points, relative), interpolation, fill_mode, fill_value)
 
 
+def _linear_setup(image, points, relative, fill_mode):
+    """What each backward function recomputes from the forward's inputs (cheaper than keeping
+    the corners of every sample): ``finite [B, *S_out, 1]``, the flattened image, the batch
+    offsets and the corners."""
+    coords = _points_to_coords(points, relative)
+    flat, sizes, strides, batch_offset = _flat_layout(image, coords.shape[-1])
+    corners = _linear_corners(coords, sizes, strides, fill_mode)
+    return _finite(coords), flat, batch_offset, corners
+
+
 def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     """The adjoint of the linear sampler: ``upstream [B, *S_out, C]`` splatted back onto the
     moving grid with the corner weights, one scatter-add of all ``2**n`` corners."""
-    coords = _points_to_coords(points, relative)
-    n = coords.shape[-1]
-    finite = tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1, keepdims=True)
-    flat, sizes, strides, batch_offset = _flat_layout(image, n)
-    corners = _linear_corners(coords, sizes, strides, fill_mode)
+    finite, flat, batch_offset, corners = _linear_setup(image, points, relative, fill_mode)
     channels = tf.shape(flat)[-1]
     indices, updates = [], []
     for index, weight in _corner_terms(corners, batch_offset):
@@ -200,28 +208,18 @@ def _linear_coords_gradient(image, points, upstream, relative, fill_mode, fill_v
     such sum into a single vectorised loop; asked for all axes at once, it evaluates the gathers
     and weights separately for each axis and runs about 1.6 times slower than three calls.
     """
-    coords = _points_to_coords(points, relative)
-    n = coords.shape[-1]
-    finite = tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1)
-    flat, sizes, strides, batch_offset = _flat_layout(image, n)
-    corners = _linear_corners(coords, sizes, strides, fill_mode)
+    finite, flat, batch_offset, corners = _linear_setup(image, points, relative, fill_mode)
     fill_part = None
     if fill_mode == "constant" and fill_value != 0.0:
         # out also holds fill_value * (1 - sum of weights).
         fill_part = fill_value * tf.reduce_sum(upstream, -1)
     gradient = None
-    for corner in itertools.product((0, 1), repeat=n):
-        index = batch_offset
-        term = None
-        for d, bit in enumerate(corner):
-            index = index + corners.offsets[d][bit]
-            factor = corners.slopes[d][bit] if d == axis else corners.weights[d][bit]
-            term = factor if term is None else term * factor
+    for index, slope in _corner_terms(corners, batch_offset, slope_axis=axis):
         value = tf.reduce_sum(tf.gather(flat, index) * upstream, -1)
         if fill_part is not None:
             value = value - fill_part
-        gradient = value * term if gradient is None else gradient + value * term
-    return tf.where(finite, gradient, tf.zeros_like(gradient))
+        gradient = value * slope if gradient is None else gradient + value * slope
+    return tf.where(finite[..., 0], gradient, tf.zeros_like(gradient))
 
 
 def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float):
@@ -251,6 +249,11 @@ def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float
     return sample
 
 
+def _finite(coords: tf.Tensor) -> tf.Tensor:
+    """``[B, *S, 1]``: whether every component of each coordinate is finite."""
+    return tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1, keepdims=True)
+
+
 def _nan_unless(finite: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     """``values [B, *S, C]`` with NaN wherever ``finite [B, *S, 1]`` is false."""
     return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
@@ -265,11 +268,9 @@ def _sample_points(
     Linear sampling of an image that no gradient tape records (data, labels: the usual case in
     training, where only the DDF is learned) runs through :func:`_linear_sampler`, whose DDF
     gradient is a compiled function of its own, so a training step never computes the image
-    gradient. An
-    image that receives a gradient (a network's output, a DDF warped by itself when integrating
-    a velocity field) keeps TensorFlow's differentiation of the compiled forward pass, which
-    computes both gradients in one pass and is faster when both are needed. The two gradients
-    are tested against each other and against finite differences.
+    gradient. An image that receives a gradient (a network's output, a DDF warped by itself when
+    integrating a velocity field) keeps TensorFlow's differentiation of the compiled forward
+    pass, which computes both gradients in one pass and is faster when both are needed.
     """
     rank = image.shape.rank
     fill_value = float(fill_value)
