@@ -8,12 +8,12 @@ one ``tf.gather`` each, with no per-sample ``map_fn``. Compiled with XLA, linear
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
 from labelreg._tf import tf
 from labelreg.ops.checks import check_ddf, check_image
-from labelreg.ops.grid import reference_grid
 from labelreg.ops.jit import maybe_compiled, xla_enabled
 
 try:  # TensorFlow's own check of what a tape records; not part of its public API.
@@ -37,25 +37,84 @@ def _validate_options(interpolation: str, fill_mode: str) -> None:
         raise ValueError(f"fill_mode must be one of {_FILL_MODES}; received fill_mode={fill_mode!r}.")
 
 
-def _sample(
-    image: tf.Tensor, coords: tf.Tensor, interpolation: str, fill_mode: str, fill_value: float
-) -> tf.Tensor:
-    """Sample ``image [B, *S_in, C]`` at voxel coordinates ``coords [B, *S_out, n]``.
+class _Rows:
+    """The sampler's row layout: one row per output sample, ``R = B * prod(S_out)``.
+
+    XLA compiles loops over one flat row axis into tighter code than loops over ``[B, *S_out, 1]``
+    (whose innermost loop has a single channel); computing the fixed grid from the row number
+    also spares the broadcast of a ``[*S_out, n]`` grid. Measured on ``[2, 128³, 1]``, both
+    cores: forward 23 ms in rows against 38 ms on the 5-D layout.
+
+    Attributes:
+        coords: ``n`` tensors ``[R]``, the voxel coordinate of every sample along each axis.
+        flat: the moving image as ``[B * prod(S_in)]`` (one static channel) or
+            ``[B * prod(S_in), C]``.
+        sizes, strides: per axis, ``S_in[d]`` and its row-major stride (int32 scalars).
+        batch_offset: ``[R]``, the index of each row's image in ``flat``.
+        out_shape: ``[B, *S_out, C]`` as a tensor.
+    """
+
+    def __init__(self, image: tf.Tensor, points: tf.Tensor, relative: bool) -> None:
+        n = points.shape[-1]
+        in_shape, points_shape = tf.shape(image), tf.shape(points)
+        self.sizes = [in_shape[1 + d] for d in range(n)]
+        self.strides = [None] * n
+        step = tf.constant(1, tf.int32)
+        for d in reversed(range(n)):
+            self.strides[d] = step
+            step = step * self.sizes[d]
+        out_sizes = [points_shape[1 + d] for d in range(n)]
+        per_image = tf.reduce_prod(points_shape[1:-1])
+        rows = tf.range(points_shape[0] * per_image)
+        self.batch_offset = (rows // per_image) * step
+        flat_points = tf.reshape(points, [-1, n])
+        self.coords = [flat_points[:, d] for d in range(n)]
+        if relative:  # a DDF: add the sample's own grid index, from its row number
+            within = rows % per_image
+            stride = per_image
+            for d in range(n):
+                stride = stride // out_sizes[d]
+                index = (within // stride) % out_sizes[d]
+                self.coords[d] = self.coords[d] + tf.cast(index, points.dtype)
+        channels = image.shape[-1]
+        self.flat = tf.reshape(image, [-1] if channels == 1 else [-1, in_shape[-1]])
+        self.out_shape = tf.concat([points_shape[:-1], in_shape[-1:]], 0)
+
+    def finite(self) -> tf.Tensor:
+        """``[R]``: whether every coordinate of the sample is finite."""
+        return functools.reduce(tf.logical_and,
+                                [tf.abs(x) <= _FLOAT32_MAX for x in self.coords])
+
+    def column(self, factor: tf.Tensor) -> tf.Tensor:
+        """A per-row ``factor [R]`` shaped to broadcast against the sampled values."""
+        return factor if self.flat.shape.rank == 1 else factor[:, None]
+
+    def channel_sum(self, values: tf.Tensor) -> tf.Tensor:
+        """``[R]``: ``values`` summed over channels (unchanged with one channel)."""
+        return values if values.shape.rank == 1 else tf.reduce_sum(values, -1)
+
+    def as_rows(self, tensor: tf.Tensor) -> tf.Tensor:
+        """A ``[B, *S_out, C]`` tensor in the layout of the sampled values."""
+        return tf.reshape(tensor, [-1] if self.flat.shape.rank == 1 else [-1, tf.shape(tensor)[-1]])
+
+    def nan_unless(self, finite: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+        """``values`` with NaN in every row whose coordinate is not finite."""
+        return tf.where(self.column(finite), values, tf.constant(float("nan"), values.dtype))
+
+
+def _sample(rows: _Rows, interpolation: str, fill_mode: str, fill_value: float) -> tf.Tensor:
+    """The moving image sampled at ``rows.coords``: ``[R]`` or ``[R, C]``.
 
     Where a coordinate is NaN or infinite the output is NaN: such a point has no place in the
     image, and the clamping below would otherwise turn it into the fill value or a border voxel,
     a plausible-looking number that would hide the bad displacement.
     """
-    n = coords.shape[-1]
-    finite = _finite(coords)
-    flat, sizes, strides, batch_offset = _flat_layout(image, n)
-
+    finite = rows.finite()
     if interpolation == "nearest":
-        index = batch_offset
+        index = rows.batch_offset
         valid = None
-        for d in range(n):
-            size_f = tf.cast(sizes[d], coords.dtype)
-            x = coords[..., d]
+        for d, x in enumerate(rows.coords):
+            size_f = tf.cast(rows.sizes[d], x.dtype)
             if fill_mode == "nearest":
                 x = tf.clip_by_value(x, 0.0, size_f - 1.0)
             i = tf.floor(x + 0.5)
@@ -63,28 +122,28 @@ def _sample(
                 inside = (i >= 0.0) & (i <= size_f - 1.0)
                 valid = inside if valid is None else valid & inside
                 i = tf.clip_by_value(i, 0.0, size_f - 1.0)
-            index = index + tf.cast(i, tf.int32) * strides[d]
-        values = tf.gather(flat, index)
+            index = index + tf.cast(i, tf.int32) * rows.strides[d]
+        values = tf.gather(rows.flat, index)
         if valid is not None:
-            values = tf.where(valid[..., None], values, tf.cast(fill_value, values.dtype))
-        return _nan_unless(finite, values)
+            values = tf.where(rows.column(valid), values, tf.cast(fill_value, values.dtype))
+        return rows.nan_unless(finite, values)
 
-    corners = _linear_corners(coords, sizes, strides, fill_mode)
+    corners = _linear_corners(rows, fill_mode)
     result = None
     total_weight = None
-    for index, weight in _corner_terms(corners, batch_offset):
-        term = tf.gather(flat, index) * weight[..., None]
+    for index, weight in _corner_terms(corners, rows.batch_offset):
+        term = tf.gather(rows.flat, index) * rows.column(weight)
         result = term if result is None else result + term
         if fill_mode == "constant" and fill_value != 0.0:
             total_weight = weight if total_weight is None else total_weight + weight
     if total_weight is not None:
-        result = result + fill_value * (1.0 - total_weight)[..., None]
-    return _nan_unless(finite, result)
+        result = result + rows.column(fill_value * (1.0 - total_weight))
+    return rows.nan_unless(finite, result)
 
 
 class _Corners:
     """Per axis ``d`` of the linear sampler: the two corner offsets into the flattened image,
-    their weights and the weights' derivatives by the coordinate ``x_d``."""
+    their weights and the weights' derivatives by the coordinate ``x_d`` (each ``[R]``)."""
 
     def __init__(self) -> None:
         self.offsets: list[tuple[tf.Tensor, tf.Tensor]] = []
@@ -92,7 +151,7 @@ class _Corners:
         self.slopes: list[tuple[tf.Tensor, tf.Tensor]] = []
 
 
-def _linear_corners(coords: tf.Tensor, sizes: list, strides: list, fill_mode: str) -> _Corners:
+def _linear_corners(rows: _Rows, fill_mode: str) -> _Corners:
     # Per axis, the lower corner index, and the weights of the lower and upper corners. In
     # constant mode a corner outside the grid keeps its weight out of the sum and the missing
     # weight goes to fill_value (scipy's "grid-constant"); in nearest mode the coordinate is
@@ -100,9 +159,8 @@ def _linear_corners(coords: tf.Tensor, sizes: list, strides: list, fill_mode: st
     # d(weight)/dx: -1 and +1 times the corner's inside mask, or times the clamp's pass-through
     # mask in nearest mode (zero where the coordinate is clamped).
     corners = _Corners()
-    for d in range(coords.shape[-1]):
-        size_f = tf.cast(sizes[d], coords.dtype)
-        x = coords[..., d]
+    for d, x in enumerate(rows.coords):
+        size_f = tf.cast(rows.sizes[d], x.dtype)
         slope = None
         if fill_mode == "nearest":
             slope = tf.cast((x >= 0.0) & (x <= size_f - 1.0), x.dtype)
@@ -120,15 +178,15 @@ def _linear_corners(coords: tf.Tensor, sizes: list, strides: list, fill_mode: st
             corners.slopes.append((-slope, slope))
         i0 = tf.cast(tf.clip_by_value(x0, 0.0, size_f - 1.0), tf.int32)
         i1 = tf.cast(tf.clip_by_value(x1, 0.0, size_f - 1.0), tf.int32)
-        corners.offsets.append((i0 * strides[d], i1 * strides[d]))
+        corners.offsets.append((i0 * rows.strides[d], i1 * rows.strides[d]))
         corners.weights.append((w0, w1))
     return corners
 
 
 def _corner_terms(corners: _Corners, batch_offset: tf.Tensor, slope_axis: int | None = None):
-    """``(flat index [B, *S_out], weight [B, *S_out])`` of each of the ``2**n`` corners; with
-    ``slope_axis``, the weight's derivative by that coordinate instead (the axis' slope times
-    the other axes' weights)."""
+    """``(flat index [R], weight [R])`` of each of the ``2**n`` corners; with ``slope_axis``, the
+    weight's derivative by that coordinate instead (the axis' slope times the other axes'
+    weights)."""
     n = len(corners.offsets)
     for corner in itertools.product((0, 1), repeat=n):
         index = batch_offset
@@ -140,22 +198,6 @@ def _corner_terms(corners: _Corners, batch_offset: tf.Tensor, slope_axis: int | 
         yield index, weight
 
 
-def _flat_layout(image: tf.Tensor, n: int):
-    """The flattened ``[B * prod(S_in), C]`` image, its row-major strides and batch offsets."""
-    in_shape = tf.shape(image)
-    batch = in_shape[0]
-    channels = in_shape[-1]
-    sizes = [in_shape[1 + d] for d in range(n)]
-    strides = [None] * n
-    step = tf.constant(1, tf.int32)
-    for d in reversed(range(n)):
-        strides[d] = step
-        step = step * sizes[d]
-    flat = tf.reshape(image, [-1, channels])
-    batch_offset = tf.reshape(tf.range(batch) * step, [-1] + [1] * n)
-    return flat, sizes, strides, batch_offset
-
-
 def _receives_gradient(tensor: tf.Tensor) -> bool:
     """Whether an active gradient tape records ``tensor`` (watched, or computed from watched
     values or variables). Unknown (an older TensorFlow without this check) counts as yes."""
@@ -164,38 +206,28 @@ def _receives_gradient(tensor: tf.Tensor) -> bool:
     return bool(_should_record_backprop([tensor]))
 
 
-def _points_to_coords(points: tf.Tensor, relative: bool) -> tf.Tensor:
-    """Voxel coordinates from ``points``: a DDF plus the fixed grid, or coordinates as given."""
-    return points + reference_grid(tf.shape(points)[1:-1]) if relative else points
-
-
 def _sample_at(image, points, relative, interpolation, fill_mode, fill_value):
-    return _sample(image, _points_to_coords(points, relative), interpolation, fill_mode, fill_value)
-
-
-def _linear_setup(image, points, relative, fill_mode):
-    """What each backward function recomputes from the forward's inputs (cheaper than keeping
-    the corners of every sample): ``finite [B, *S_out, 1]``, the flattened image, the batch
-    offsets and the corners."""
-    coords = _points_to_coords(points, relative)
-    flat, sizes, strides, batch_offset = _flat_layout(image, coords.shape[-1])
-    corners = _linear_corners(coords, sizes, strides, fill_mode)
-    return _finite(coords), flat, batch_offset, corners
+    """``image [B, *S_in, C]`` sampled at ``points [B, *S_out, n]``: ``[B, *S_out, C]``."""
+    rows = _Rows(image, points, relative)
+    return tf.reshape(_sample(rows, interpolation, fill_mode, fill_value), rows.out_shape)
 
 
 def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     """The adjoint of the linear sampler: ``upstream [B, *S_out, C]`` splatted back onto the
     moving grid with the corner weights, one scatter-add of all ``2**n`` corners."""
-    finite, flat, batch_offset, corners = _linear_setup(image, points, relative, fill_mode)
-    channels = tf.shape(flat)[-1]
+    rows = _Rows(image, points, relative)
+    finite = rows.finite()
+    corners = _linear_corners(rows, fill_mode)
+    upstream = rows.as_rows(upstream)
     indices, updates = [], []
-    for index, weight in _corner_terms(corners, batch_offset):
+    for index, weight in _corner_terms(corners, rows.batch_offset):
         # A sample at a non-finite coordinate has NaN weights and no place in the image: it
         # passes nothing back.
-        update = tf.where(finite, upstream * weight[..., None], tf.zeros_like(upstream))
-        indices.append(tf.reshape(index, [-1, 1]))
-        updates.append(tf.reshape(update, [-1, channels]))
-    summed = tf.tensor_scatter_nd_add(tf.zeros_like(flat), tf.concat(indices, 0),
+        update = tf.where(rows.column(finite), upstream * rows.column(weight),
+                          tf.zeros_like(upstream))
+        indices.append(index)
+        updates.append(update)
+    summed = tf.tensor_scatter_nd_add(tf.zeros_like(rows.flat), tf.concat(indices, 0)[:, None],
                                       tf.concat(updates, 0))
     return tf.reshape(summed, tf.shape(image))
 
@@ -208,18 +240,22 @@ def _linear_coords_gradient(image, points, upstream, relative, fill_mode, fill_v
     such sum into a single vectorised loop; asked for all axes at once, it evaluates the gathers
     and weights separately for each axis and runs about 1.6 times slower than three calls.
     """
-    finite, flat, batch_offset, corners = _linear_setup(image, points, relative, fill_mode)
+    rows = _Rows(image, points, relative)
+    finite = rows.finite()
+    corners = _linear_corners(rows, fill_mode)
+    upstream = rows.as_rows(upstream)
     fill_part = None
     if fill_mode == "constant" and fill_value != 0.0:
         # out also holds fill_value * (1 - sum of weights).
-        fill_part = fill_value * tf.reduce_sum(upstream, -1)
+        fill_part = fill_value * rows.channel_sum(upstream)
     gradient = None
-    for index, slope in _corner_terms(corners, batch_offset, slope_axis=axis):
-        value = tf.reduce_sum(tf.gather(flat, index) * upstream, -1)
+    for index, slope in _corner_terms(corners, rows.batch_offset, slope_axis=axis):
+        value = rows.channel_sum(tf.gather(rows.flat, index) * upstream)
         if fill_part is not None:
             value = value - fill_part
         gradient = value * slope if gradient is None else gradient + value * slope
-    return tf.where(finite[..., 0], gradient, tf.zeros_like(gradient))
+    gradient = tf.where(finite, gradient, tf.zeros_like(gradient))
+    return tf.reshape(gradient, tf.shape(points)[:-1])
 
 
 def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float):
@@ -247,16 +283,6 @@ def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float
         return out, backward
 
     return sample
-
-
-def _finite(coords: tf.Tensor) -> tf.Tensor:
-    """``[B, *S, 1]``: whether every component of each coordinate is finite."""
-    return tf.reduce_all(tf.abs(coords) <= _FLOAT32_MAX, axis=-1, keepdims=True)
-
-
-def _nan_unless(finite: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    """``values [B, *S, C]`` with NaN wherever ``finite [B, *S, 1]`` is false."""
-    return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
 
 
 def _sample_points(
