@@ -226,6 +226,55 @@ def test_zero_cnn_is_exact_gradient_descent_on_ssd(ndim):
     np.testing.assert_array_equal(model([moving, fixed]).numpy(), steps[-1].numpy())
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_zero_correction_init_starts_at_the_plain_descent(ndim):
+    """correction_init="zero": each level's last convolution starts at zero, so the untrained
+    network equals one whose CNN output is zeroed by hand (the plain descent, checked against
+    NumPy above); the earlier convolutions keep the reference initialisation, and a training
+    gradient reaches the last kernel at once."""
+    rng = np.random.default_rng(11)
+    pair = [smooth_images(rng, SHAPES[ndim]), smooth_images(rng, SHAPES[ndim])]
+    zero = built(ndim, correction_init="zero", **SMALL)
+    for step in zero.steps:
+        assert not np.any(step.convs[-1].kernel.numpy()) and not np.any(step.convs[-1].bias.numpy())
+        assert np.any(step.convs[0].kernel.numpy()) and np.any(step.convs[0].bias.numpy())
+    by_hand = built(ndim, **SMALL)
+    zero_cnn_output(by_hand)
+    want = by_hand(pair).numpy()
+    assert np.abs(want).max() > 0.05  # the descent moves
+    np.testing.assert_allclose(zero(pair).numpy(), want, rtol=0, atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(zero(pair)))
+    last = [step.convs[-1].kernel for step in zero.steps]
+    assert all(np.any(g.numpy()) for g in tape.gradient(loss, last))
+    assert GraDIRN.from_config(zero.get_config()).correction_init == "zero"
+
+
+def test_a_three_level_pyramid_does_not_set_off_the_retracing_warning(caplog):
+    """Each level's shape traces the compiled warp gradients once (then relaxed shapes serve):
+    TensorFlow's "excessive retracing" warning, which counts traces per Python function, must
+    not fire for a network that is working as designed."""
+    import logging
+
+    rng = np.random.default_rng(5)
+    pair = [smooth_images(rng, (12, 10, 8), batch=1), smooth_images(rng, (12, 10, 8), batch=1)]
+    model = GraDIRN(ndim=3, num_levels=3, num_repeat=2, channels=2, similarity="nmi")
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            for _ in range(2):
+                model(pair)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()], caplog.text
+
+
+def test_correction_init_names_its_choices():
+    with pytest.raises(ValueError, match=r"correction_init.*'reference', 'zero'.*'random'"):
+        GraDIRN(ndim=2, correction_init="random")
+
+
 def _directional_derivatives(similarity, energy_fn, seed, shape, sigma, fractions, h):
     """The step's gradient (``numel · ∂E/∂u`` per sample) against central differences along a
     random direction: ``(analytic [2], finite difference [2])``.

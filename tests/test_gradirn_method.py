@@ -93,3 +93,19 @@ def test_gradirn_trains_infers_and_exports_with_its_inner_gradient(tmp_path):
     got = np.load(tmp_path / "ddf.npy")
     assert np.abs(want).max() > 1e-3  # a real displacement, not zeros
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_correction_init_key_reaches_every_level(tmp_path):
+    from labelreg.methods.registry import get_method, load_config
+
+    stacks = write_synthetic_stacks(tmp_path / "stacks", frames=3, size=(16, 16))
+    ini = tmp_path / "gradirn.ini"
+    text = INI.format(stacks=stacks, run=tmp_path / "run", inner="nmi", loss="nmi")
+    ini.write_text(text.replace("inner_similarity = nmi",
+                                "inner_similarity = nmi\ncorrection_init = zero"))
+    name, cfg = load_config(str(ini))
+    method = get_method(name)(cfg, log=lambda line: None)
+    method.prepare_data()
+    model = method.build()["model"]
+    assert model.correction_init == "zero" and model.similarity == "nmi"
+    assert all(step.correction_init == "zero" for step in model.steps)

@@ -57,7 +57,11 @@ __all__ = [
     "ncc_energy",
     "similarity_gradient",
     "pyramid_shapes",
+    "CORRECTION_INITS",
 ]
+
+#: How the last convolution of each step's CNN starts (``GradientStep(correction_init=...)``).
+CORRECTION_INITS = ("reference", "zero")
 
 #: The built-in energies (:func:`inner_similarities` at import).
 SIMILARITIES = inner_similarities()
@@ -258,6 +262,10 @@ class GradientStep(keras.layers.Layer):
         channels: width of the CNN's hidden convolutions.
         tau_init: initial value of the learned step size ``tau``.
         train_scale: constant factor on ``tau`` (a learning-rate rescaling of ``tau``).
+        correction_init: ``"reference"`` (the PyTorch initialisation above for every
+            convolution) or ``"zero"`` (the last convolution's kernel and bias start at zero, so
+            the untrained step is the plain gradient step and training starts from plain
+            descent; the gradient still reaches every weight through the last kernel).
 
     Call arguments:
         ddf: ``[B, *S, n]``, the current displacement in voxels of this level.
@@ -275,6 +283,7 @@ class GradientStep(keras.layers.Layer):
         channels: int = 32,
         tau_init: float = 0.05,
         train_scale: float = 10.0,
+        correction_init: str = "reference",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")  # the descent's arithmetic; see the docstring
@@ -285,6 +294,10 @@ class GradientStep(keras.layers.Layer):
         self.channels = check_positive_int(channels, "channels")
         self.tau_init = check_number(tau_init, "tau_init", 0.0)
         self.train_scale = check_number(train_scale, "train_scale", 0.0, exclusive_minimum=True)
+        if correction_init not in CORRECTION_INITS:
+            raise ValueError(f"correction_init must be one of {CORRECTION_INITS}; received "
+                             f"correction_init={correction_init!r}.")
+        self.correction_init = correction_init
         self.convs: list[keras.layers.Layer] = []
 
     def build(
@@ -309,13 +322,14 @@ class GradientStep(keras.layers.Layer):
         shape: tuple[int | None, ...] = (None,) * (self.ndim + 1) + (in_channels,)
         for k, width in enumerate(widths):
             last = k == _NUM_CONVS - 1
+            zero = last and self.correction_init == "zero"
             conv = conv_layer(
                 self.ndim,
                 width,
                 3,
                 use_bias=True,
-                kernel_initializer=_kaiming_uniform(0.0 if last else _LEAK),
-                bias_initializer=_torch_default_bias(volume * shape[-1]),
+                kernel_initializer="zeros" if zero else _kaiming_uniform(0.0 if last else _LEAK),
+                bias_initializer="zeros" if zero else _torch_default_bias(volume * shape[-1]),
                 name=f"conv_{k}",
             )
             conv.build(shape)
@@ -339,6 +353,7 @@ class GradientStep(keras.layers.Layer):
             "channels": self.channels,
             "tau_init": self.tau_init,
             "train_scale": self.train_scale,
+            "correction_init": self.correction_init,
         }
 
 
@@ -401,6 +416,8 @@ class GraDIRN(RegistrationModel):
         channels: width of the CNNs.
         tau_init: initial step size ``tau`` of every level.
         train_scale: fixed factor on ``tau`` (effective initial step ``tau_init · train_scale``).
+        correction_init: ``"reference"`` or ``"zero"`` (every level's CNN starts with a zero
+            output: the untrained network is the plain descent; see :class:`GradientStep`).
         **kwargs: ``name``, ``trainable``, ``dtype``.
 
     Call arguments:
@@ -427,6 +444,7 @@ class GraDIRN(RegistrationModel):
         channels: int = 32,
         tau_init: float = 0.05,
         train_scale: float = 10.0,
+        correction_init: str = "reference",
         **kwargs: Any,
     ) -> None:
         super().__init__(ndim=ndim, **kwargs)
@@ -439,12 +457,13 @@ class GraDIRN(RegistrationModel):
         # steps[l] serves pyramid level l (0 = full resolution); each step checks the arguments.
         self.steps = [
             GradientStep(self.ndim, similarity, channels, tau_init, train_scale,
-                         name=f"step_level_{level}")
+                         correction_init, name=f"step_level_{level}")
             for level in range(self.num_levels)
         ]
         first = self.steps[0]
         self.similarity, self.channels = first.similarity, first.channels
         self.tau_init, self.train_scale = first.tau_init, first.train_scale
+        self.correction_init = first.correction_init
 
     def build(self, input_shape: Any) -> None:
         moving, fixed = pair_shapes(input_shape, type(self).__name__)
@@ -501,4 +520,5 @@ class GraDIRN(RegistrationModel):
             "channels": self.channels,
             "tau_init": self.tau_init,
             "train_scale": self.train_scale,
+            "correction_init": self.correction_init,
         }

@@ -28,6 +28,12 @@ OPTIONS = ComponentOptions(
                                 "follows: ssd, GraDIRN's ncc (negative squared global NCC), or an "
                                 "image loss that needs no network; mind (MIND-SSC) and nmi work "
                                 "across modalities.", choices=inner_similarities()),
+        "correction_init": Key("str", "reference", "How each level's correcting CNN starts: "
+                               "reference (the paper's PyTorch initialisation, whose random "
+                               "corrections outweigh the gradient steps at first) or zero (its "
+                               "last convolution at zero: the untrained network is the plain "
+                               "descent on its energy, and training starts from there).",
+                               choices=("reference", "zero")),
     }},
     arguments={"inner_similarity": "similarity"},
 )

@@ -44,8 +44,12 @@ def _compiled(fn: Callable, rank: int, variant: Hashable) -> Callable:
     # would still rewrite every nested call at each trace (about 2 s per training graph).
     # ``variant`` keeps apart calls that differ in a Python argument known at every call site
     # (e.g. the axis of a per-axis gradient), so they do not retrace one function in turn.
+    # TensorFlow counts retracings per code object to warn about "excessive" tracing; wrapping
+    # ``fn`` in a partial gives each (rank, variant) a count of its own, so GraDIRN's pyramid
+    # (one trace per level shape, then one with relaxed shapes) does not set it off.
     del rank, variant
-    return tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+    return tf.function(functools.partial(fn), jit_compile=True, reduce_retracing=True,
+                       autograph=False)
 
 
 def maybe_compiled(fn: Callable, rank: int, variant: Hashable = None) -> Callable:

@@ -268,14 +268,15 @@ def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float
 
     @tf.custom_gradient
     def sample(image, points):
-        out = maybe_compiled(_sample_at, rank)(image, points, relative, "linear", fill_mode,
-                                               fill_value)
+        options = (relative, fill_mode, fill_value)
+        out = maybe_compiled(_sample_at, rank, ("linear", *options))(
+            image, points, relative, "linear", fill_mode, fill_value)
 
         def backward(upstream):
             return (
-                maybe_compiled(_linear_image_gradient, rank)(
+                maybe_compiled(_linear_image_gradient, rank, options)(
                     image, points, upstream, relative, fill_mode),
-                tf.stack([maybe_compiled(_linear_coords_gradient, rank, axis)(
+                tf.stack([maybe_compiled(_linear_coords_gradient, rank, (axis, *options))(
                     image, points, upstream, relative, fill_mode, fill_value, axis)
                     for axis in range(rank - 2)], -1),
             )
@@ -302,7 +303,7 @@ def _sample_points(
     fill_value = float(fill_value)
     if interpolation == "linear" and xla_enabled() and not _receives_gradient(image):
         return _linear_sampler(rank, relative, fill_mode, fill_value)(image, points)
-    fn = maybe_compiled(_sample_at, rank)
+    fn = maybe_compiled(_sample_at, rank, (interpolation, relative, fill_mode, fill_value))
     return fn(image, points, relative, interpolation, fill_mode, fill_value)
 
 
