@@ -109,3 +109,16 @@ def test_the_correction_init_key_reaches_every_level(tmp_path):
     model = method.build()["model"]
     assert model.correction_init == "zero" and model.similarity == "nmi"
     assert all(step.correction_init == "zero" for step in model.steps)
+
+
+def test_the_shipped_mrus_config_descends_on_nmi_from_the_plain_descent():
+    from pathlib import Path
+
+    from labelreg.methods.registry import load_config
+
+    name, cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "gradirn_mrus.ini"))
+    assert name == "image_driven"
+    network = cfg["Network"]
+    assert network["network_type"] == "gradirn" and network["inner_similarity"] == "nmi"
+    assert network["correction_init"] == "zero"
+    assert cfg["Loss"]["image_loss_type"] == "deepsim"
