@@ -231,7 +231,7 @@ def test_zero_correction_init_starts_at_the_plain_descent(ndim):
     """correction_init="zero": each level's last convolution starts at zero, so the untrained
     network equals one whose CNN output is zeroed by hand (the plain descent, checked against
     NumPy above); the earlier convolutions keep the reference initialisation, and a training
-    gradient reaches the last kernel at once."""
+    gradient reaches the last kernel at once (checked in 2-D)."""
     rng = np.random.default_rng(11)
     pair = [smooth_images(rng, SHAPES[ndim]), smooth_images(rng, SHAPES[ndim])]
     zero = built(ndim, correction_init="zero", **SMALL)
@@ -243,11 +243,13 @@ def test_zero_correction_init_starts_at_the_plain_descent(ndim):
     want = by_hand(pair).numpy()
     assert np.abs(want).max() > 0.05  # the descent moves
     np.testing.assert_allclose(zero(pair).numpy(), want, rtol=0, atol=1e-6)
+    assert GraDIRN.from_config(zero.get_config()).correction_init == "zero"
+    if ndim == 3:  # the gradient's path is the same in 3-D, at several times the tracing time
+        return
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.square(zero(pair)))
     last = [step.convs[-1].kernel for step in zero.steps]
     assert all(np.any(g.numpy()) for g in tape.gradient(loss, last))
-    assert GraDIRN.from_config(zero.get_config()).correction_init == "zero"
 
 
 def test_a_three_level_pyramid_does_not_set_off_the_retracing_warning(caplog):
