@@ -35,7 +35,7 @@ from labelreg._tf import tf
 from labelreg.losses.image import ssd
 from labelreg.losses.registry import build_loss
 from labelreg.networks.activations import leaky_relu
-from labelreg.networks.gradirn_options import inner_similarities
+from labelreg.networks.gradirn_options import CORRECTION_INITS, inner_similarities
 from labelreg.networks.layers import (
     RegistrationModel,
     as_float32,
@@ -59,9 +59,6 @@ __all__ = [
     "pyramid_shapes",
     "CORRECTION_INITS",
 ]
-
-#: How the last convolution of each step's CNN starts (``GradientStep(correction_init=...)``).
-CORRECTION_INITS = ("reference", "zero")
 
 #: The built-in energies (:func:`inner_similarities` at import).
 SIMILARITIES = inner_similarities()

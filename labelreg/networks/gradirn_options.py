@@ -6,7 +6,10 @@ from __future__ import annotations
 from labelreg.config import ComponentOptions, Key
 from labelreg.losses.registry import LOSSES, available_losses
 
-__all__ = ["OPTIONS", "inner_similarities"]
+__all__ = ["OPTIONS", "CORRECTION_INITS", "inner_similarities"]
+
+#: How the last convolution of each step's CNN starts (``GradientStep(correction_init=...)``).
+CORRECTION_INITS = ("reference", "zero")
 
 
 def inner_similarities() -> tuple[str, ...]:
@@ -33,7 +36,7 @@ OPTIONS = ComponentOptions(
                                "corrections outweigh the gradient steps at first) or zero (its "
                                "last convolution at zero: the untrained network is the plain "
                                "descent on its energy, and training starts from there).",
-                               choices=("reference", "zero")),
+                               choices=CORRECTION_INITS),
     }},
     arguments={"inner_similarity": "similarity"},
 )

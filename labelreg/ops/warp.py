@@ -212,13 +212,18 @@ def _sample_at(image, points, relative, interpolation, fill_mode, fill_value):
     return tf.reshape(_sample(rows, interpolation, fill_mode, fill_value), rows.out_shape)
 
 
+def _linear_setup(image, points, upstream, relative, fill_mode):
+    """What each backward function recomputes from the forward's inputs (cheaper than keeping
+    the corners of every sample): the row layout, ``finite [R]``, the corners and ``upstream``
+    in rows."""
+    rows = _Rows(image, points, relative)
+    return rows, rows.finite(), _linear_corners(rows, fill_mode), rows.as_rows(upstream)
+
+
 def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     """The adjoint of the linear sampler: ``upstream [B, *S_out, C]`` splatted back onto the
     moving grid with the corner weights, one scatter-add of all ``2**n`` corners."""
-    rows = _Rows(image, points, relative)
-    finite = rows.finite()
-    corners = _linear_corners(rows, fill_mode)
-    upstream = rows.as_rows(upstream)
+    rows, finite, corners, upstream = _linear_setup(image, points, upstream, relative, fill_mode)
     indices, updates = [], []
     for index, weight in _corner_terms(corners, rows.batch_offset):
         # A sample at a non-finite coordinate has NaN weights and no place in the image: it
@@ -240,10 +245,7 @@ def _linear_coords_gradient(image, points, upstream, relative, fill_mode, fill_v
     such sum into a single vectorised loop; asked for all axes at once, it evaluates the gathers
     and weights separately for each axis and runs about 1.6 times slower than three calls.
     """
-    rows = _Rows(image, points, relative)
-    finite = rows.finite()
-    corners = _linear_corners(rows, fill_mode)
-    upstream = rows.as_rows(upstream)
+    rows, finite, corners, upstream = _linear_setup(image, points, upstream, relative, fill_mode)
     fill_part = None
     if fill_mode == "constant" and fill_value != 0.0:
         # out also holds fill_value * (1 - sum of weights).
