@@ -57,7 +57,9 @@ def refinement_loss(delta: tf.Tensor, ddf: tf.Tensor, moving_segmentation: tf.Te
     return loss
 
 
-@tf.function
+# No AutoGraph: the loop is an explicit tf.while_loop, and converting every nested call (the
+# warp, the Gaussian filters) would only slow the tracing.
+@tf.function(autograph=False)
 def _adam(ddf: tf.Tensor, moving_segmentation: tf.Tensor, fixed_segmentation: tf.Tensor,
           steps: tf.Tensor, learning_rate: tf.Tensor, bending_weight: float,
           scales: tuple[float, ...]) -> tf.Tensor:

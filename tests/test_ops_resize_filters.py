@@ -8,6 +8,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from labelreg import ops
+from labelreg.ops.resize import _interpolation_matrix, _static_interpolation_matrix
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,26 @@ def test_resize_dynamic_shape(rng):
         return ops.resize(x, (5, 6, 7))
 
     np.testing.assert_allclose(fn(image).numpy(), ops.resize(image, (5, 6, 7)).numpy(), atol=1e-5)
+
+
+def test_static_sizes_resize_with_one_constant_per_axis(rng):
+    # Sizes known when the graph is built give a precomputed matrix (one constant an axis);
+    # only sizes known at run time build the matrix from TensorFlow operations.
+    def graph_ops(spec):
+        return tf.function(lambda x: ops.resize(x, (5, 6, 7))).get_concrete_function(
+            spec).graph.get_operations()
+
+    static = graph_ops(tf.TensorSpec([2, 9, 10, 11, 1]))
+    dynamic = graph_ops(tf.TensorSpec([None, None, None, None, 1]))
+    assert not any(op.type == "OneHot" for op in static)
+    assert sum(op.type == "OneHot" for op in dynamic) == 6
+    assert len(static) < len(dynamic) / 2
+    # Down and up, odd and even: the precomputed rows (float64, then rounded) equal the
+    # TensorFlow form's within its float32 rounding of coordinates up to 64 (eps * 64 = 8e-6).
+    for size_in, size_out in ((9, 5), (5, 11), (64, 47), (7, 7), (1, 4), (4, 1)):
+        np.testing.assert_allclose(_static_interpolation_matrix(size_in, size_out),
+                                   _interpolation_matrix(tf.constant(size_in), size_out).numpy(),
+                                   atol=1e-5)
 
 
 def test_resize_errors():

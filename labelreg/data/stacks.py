@@ -533,8 +533,11 @@ def make_stack_train_dataset(
 
     stream = tf.data.Dataset.from_generator(generate, output_signature=signature)
     # tf.data runs its functions uncompiled; tracing the warp without XLA keeps it valid there.
+    # ``finish`` branches on Python values only: without AutoGraph's rewriting of every nested
+    # call (the affine resampling, the warp) the map traces in a fifth of the time.
     with xla_disabled():
-        stream = stream.map(finish, num_parallel_calls=1, deterministic=True)
+        stream = stream.map(tf.autograph.experimental.do_not_convert(finish),
+                            num_parallel_calls=1, deterministic=True)
     return stream.prefetch(1)
 
 

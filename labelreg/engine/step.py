@@ -19,6 +19,7 @@ from typing import Any
 import keras
 
 from labelreg._tf import tf
+from labelreg.engine.adam import FusedAdam
 
 __all__ = [
     "learning_rate_schedule",
@@ -124,7 +125,7 @@ def make_optimizer(kind: str, learning_rate: Rate, momentum: float = 0.9
     """``adam`` or ``sgd`` (with momentum), as ``[Train] optimizer`` names them; the learning
     rate may be a schedule (:func:`learning_rate_schedule`)."""
     if kind == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
+        return FusedAdam(learning_rate=learning_rate)
     if kind == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
     raise ValueError(f"optimizer must be 'adam' or 'sgd'; received optimizer={kind!r}.")

@@ -210,17 +210,26 @@ class LearnSim(Method):
             h = posterior.entropy() + (posterior.quadratic(v1) + posterior.quadratic(v2)) / 2.0
             return d, r, h
 
-        @tf.function
+        iterations = int(var["iterations"])
+
+        # An explicit tf.while_loop, not a Python loop over tf.range: AutoGraph would make the
+        # same loop but also rewrite every nested call (warps, filters) at each trace.
+        @tf.function(autograph=False)
         def fit(moving: tf.Tensor, fixed: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
             for variable, value in zip(optimizer.variables, initial, strict=True):
                 variable.assign(value)  # a fresh Adam for every batch
-            d = r = h = tf.zeros([tf.shape(moving)[0]])
-            for i in tf.range(int(var["iterations"]), dtype=tf.int64):
+
+            def step(i, *_):
                 with tf.GradientTape() as tape:
                     d, r, h = objective(moving, fixed, tf.stack([seed[0], seed[1] + i]))
                     loss = tf.reduce_sum(d + r - h)
                 grads = tape.gradient(loss, posterior.trainable_variables)
                 optimizer.apply_gradients(zip(grads, posterior.trainable_variables, strict=True))
+                return i + 1, d, r, h
+
+            zeros = tf.zeros([tf.shape(moving)[0]])
+            _, d, r, h = tf.while_loop(lambda i, *_: i < iterations, step,
+                                       (tf.constant(0, tf.int64), zeros, zeros, zeros))
             return {"loss": tf.reduce_mean(d + r - h), "data": tf.reduce_mean(d),
                     "regulariser": tf.reduce_mean(r), "entropy": tf.reduce_mean(h),
                     "sigma": tf.reduce_mean(posterior.sigma)}
@@ -290,7 +299,8 @@ class LearnSim(Method):
                  (optimizers["negatives"], negatives.trainable_variables)]
         variables = [v for _, group in pairs for v in group]
 
-        @tf.function
+        # Python loops over Python lists only: no AutoGraph rewriting to pay for.
+        @tf.function(autograph=False)
         def metric_step(moving: tf.Tensor, fixed: tf.Tensor, seed: tf.Tensor):
             s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
             v, _ = self.posterior.sample(s1)
