@@ -341,44 +341,85 @@ def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
                                  Loss={"segmentation_weight": "-1"}))
 
 
-def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, dataset):
-    # Step 1 trains the segmentations alone (segmentation_only_steps = 1), steps 2-3 everything;
-    # LocalNet registers on a grid of half the fixed shape (register_resolution).
-    ini = write_config(tmp_path / "run.ini", dataset,
-                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
-                                "num_channel_segment": "2", "register_resolution": "0.5"},
-                       Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "1"},
+def test_two_phase_training_with_frozen_segmentations_on_a_half_grid(tmp_path, dataset):
+    # One run for both phases: step 1 trains the segmentations alone (segmentation_only_steps
+    # = 1); steps 2-3 train LocalNet alone (freeze_segmentations), which registers on a grid
+    # of half the fixed shape (register_resolution). The unfrozen second phase's objective is
+    # checked on the same batch below, without a second training.
+    network = {"network_type": "centroid_align", "num_channel_initial": "2",
+               "num_channel_segment": "2", "register_resolution": "0.5"}
+    loss = {"segmentation_weight": "0.5", "segmentation_only_steps": "1"}
+    ini = write_config(tmp_path / "run.ini", dataset, Network=network,
+                       Loss={**loss, "freeze_segmentations": "true"},
                        Train={"total_iterations": "3", "freq_info_print": "1",
-                              "freq_model_save": "3"})
+                              "freq_model_save": "1"})
     cfg = config.load(ini)
     result = train(cfg, log=lambda line: None)
     history = dict(result.history)
     assert set(history[1]) == {"segmentation_loss", "loss"}
     assert history[1]["loss"] == pytest.approx(0.5 * history[1]["segmentation_loss"], rel=1e-5)
-    assert "label_loss" in history[2] and "segmentation_loss" in history[3]
-    values = result.last_values
-    assert 0.0 < values["segmentation_loss"] < 1.0
-    assert values["loss"] == pytest.approx(values["label_loss"] + 0.5 * values["regulariser"]
-                                           + 0.5 * values["segmentation_loss"], rel=1e-4)
+    # The second phase logs the segmentation loss but leaves it out of the objective.
+    for step in (2, 3):
+        assert history[step]["loss"] == pytest.approx(
+            history[step]["label_loss"] + 0.5 * history[step]["regulariser"], rel=1e-4)
+        assert 0.0 < history[step]["segmentation_loss"] < 1.0
     run = load_trained_run(tmp_path / "run")
     assert isinstance(run.models["model"], CentroidAlignNet)
     assert run.models["model"].num_channel_segment == 2
     assert run.models["model"].register_resolution == 0.5
-    # The method's term is the mean of the two Dice losses of the network's segmentations.
+    # Between the checkpoints of steps 1 and 3, every segmentation variable (batch-norm
+    # statistics included) is unchanged and LocalNet's weights moved.
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    def variables(step):
+        reader = tf.train.load_checkpoint(str(checkpoints / f"model.ckpt-{step}"))
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+                if name.startswith("model/") and "OPTIMIZER_SLOT" not in name}
+
+    first, last = variables(1), variables(3)
+    segment = [name for name in first if "segment_" in name]
+    local = [name for name in first if "local_net" in name]
+    assert segment and local
+    for name in segment:
+        np.testing.assert_array_equal(first[name], last[name], err_msg=name)
+    assert any(not np.array_equal(first[name], last[name]) for name in local)
+
+    # The frozen objective sends no gradient to the segmentations.
     method = LabelDriven(cfg)
     method.prepare_data()
     method.models = method.build()
     assert method.schedule_restarts() == (1,)
-    assert method.phase_loss_terms(1) == method.loss_terms
     model = method.models["model"]
     batch = {**method.source.cache.batch([0, 1], [1, 1], segmentation_labels=True),
              "spacing": tf.ones([2, 3])}
-    terms = method.loss_terms(batch)
+    segment_vars = model.segment_moving.trainable_variables + model.segment_fixed.trainable_variables
+    with tf.GradientTape() as tape:
+        mean = tf.reduce_mean(method.phase_loss_terms(1)(batch)["loss"])
+    assert all(g is None for g in tape.gradient(mean, segment_vars))
+
+    # Unfrozen, the second phase's objective is the whole loss, and the method's term is the
+    # mean of the two Dice losses of the network's segmentations, per pair.
+    method = LabelDriven(config.load(write_config(tmp_path / "unfrozen.ini", dataset,
+                                                  Network=network, Loss=loss)))
+    method.prepare_data()
+    method.models = method.build()
+    assert method.phase_loss_terms(1) == method.loss_terms
+    model = method.models["model"]
     out = model.forward([batch["moving_image"], batch["fixed_image"]], training=True)
     expected = 0.5 * (dice_loss(batch["moving_seg_label"], out["moving_segmentation"])
                       + dice_loss(batch["fixed_seg_label"], out["fixed_segmentation"]))
-    np.testing.assert_allclose(terms["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
     assert float(expected[0]) != float(expected[1])  # per pair, not averaged over the batch
+    local_vars = model.local_net.trainable_variables
+    segment_vars = model.segment_moving.trainable_variables + model.segment_fixed.trainable_variables
+    with tf.GradientTape() as tape:
+        terms = method.loss_terms(batch)
+        mean = tf.reduce_mean(terms["loss"])
+    np.testing.assert_allclose(terms["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        terms["loss"].numpy(), (terms["label_loss"] + 0.5 * terms["regulariser"]
+                                + 0.5 * terms["segmentation_loss"]).numpy(), rtol=1e-4)
+    gradients = tape.gradient(mean, local_vars + segment_vars)
+    assert all(g is not None for g in gradients)
     # The first phase's objective is the same Dice loss from the segmentations alone: its
     # gradient reaches the segmentation U-Nets and not LocalNet, which it never runs.
     with tf.GradientTape() as tape:
@@ -387,55 +428,11 @@ def test_training_adds_the_segmentation_dice_and_the_run_restores(tmp_path, data
     assert set(first) == {"segmentation_loss", "loss"}
     np.testing.assert_allclose(first["segmentation_loss"].numpy(), expected.numpy(), rtol=1e-5)
     np.testing.assert_allclose(first["loss"].numpy(), 0.5 * expected.numpy(), rtol=1e-5)
-    local = model.local_net.trainable_variables
     segment = model.segment_fixed.trainable_variables
-    gradients = tape.gradient(mean, local + segment)
-    assert all(g is None for g in gradients[:len(local)])
-    assert all(g is not None for g in gradients[len(local):])
-    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients[len(local):])
-
-
-def test_freeze_segmentations_trains_localnet_alone_after_the_first_phase(tmp_path, dataset):
-    ini = write_config(tmp_path / "run.ini", dataset,
-                       Network={"network_type": "centroid_align", "num_channel_initial": "2",
-                                "num_channel_segment": "2"},
-                       Loss={"segmentation_weight": "0.5", "segmentation_only_steps": "1",
-                             "freeze_segmentations": "true"},
-                       Train={"total_iterations": "3", "freq_info_print": "1",
-                              "freq_model_save": "1"})
-    cfg = config.load(ini)
-    result = train(cfg, log=lambda line: None)
-    history = dict(result.history)
-    # The second phase logs the segmentation loss but leaves it out of the objective.
-    for step in (2, 3):
-        assert history[step]["loss"] == pytest.approx(
-            history[step]["label_loss"] + 0.5 * history[step]["regulariser"], rel=1e-4)
-        assert history[step]["segmentation_loss"] > 0
-    # Between the checkpoints of steps 1 and 3, every segmentation variable (batch-norm
-    # statistics included) is unchanged and LocalNet's weights moved.
-    checkpoints = tmp_path / "run" / "checkpoints"
-    def variables(step):
-        reader = tf.train.load_checkpoint(str(checkpoints / f"model.ckpt-{step}"))
-        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-                if name.startswith("model/") and "OPTIMIZER_SLOT" not in name}
-    first, last = variables(1), variables(3)
-    segment = [name for name in first if "segment_" in name]
-    local = [name for name in first if "local_net" in name]
-    assert segment and local
-    for name in segment:
-        np.testing.assert_array_equal(first[name], last[name], err_msg=name)
-    assert any(not np.array_equal(first[name], last[name]) for name in local)
-    # The frozen objective sends no gradient to the segmentations.
-    method = LabelDriven(cfg)
-    method.prepare_data()
-    method.models = method.build()
-    model = method.models["model"]
-    batch = {**method.source.cache.batch([0, 1], [1, 1], segmentation_labels=True),
-             "spacing": tf.ones([2, 3])}
-    with tf.GradientTape() as tape:
-        mean = tf.reduce_mean(method.phase_loss_terms(1)(batch)["loss"])
-    segment_vars = model.segment_moving.trainable_variables + model.segment_fixed.trainable_variables
-    assert all(g is None for g in tape.gradient(mean, segment_vars))
+    gradients = tape.gradient(mean, local_vars + segment)
+    assert all(g is None for g in gradients[:len(local_vars)])
+    assert all(g is not None for g in gradients[len(local_vars):])
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients[len(local_vars):])
     with pytest.raises(ConfigError, match=r"freeze_segmentations.*segmentation_only_steps > 0"):
         config.load(write_config(tmp_path / "bad.ini", dataset,
                                  Network={"network_type": "centroid_align"},
