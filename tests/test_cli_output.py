@@ -76,8 +76,12 @@ def test_importing_tensorflow_prints_no_native_notices_unless_verbose(verbose):
     assert _native_notices(ours) == _native_notices(plain), ours
 
 
-@pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False), ("1", True)],
-                         ids=["unset", "off", "on"])
+# Each case is a fresh process importing TensorFlow (5-6 s): the default (unset) runs in the
+# default suite, the user's explicit choices in make test-slow.
+@pytest.mark.parametrize("setting, enabled", [
+    pytest.param(None, True, id="unset"),
+    pytest.param("0", False, id="off", marks=pytest.mark.slow),
+    pytest.param("1", True, id="on", marks=pytest.mark.slow)])
 def test_importing_labelreg_prefers_onednn_unless_the_user_chose(setting, enabled):
     # Without it an AVX2-only CPU runs Eigen's 3-D convolutions, several times slower.
     env = {k: v for k, v in _subprocess_env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}

@@ -55,6 +55,8 @@ def _equivariance(model: keras.Model, images: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+# Two trainings of 60 steps, 15-25 s (make test-slow).
+@pytest.mark.slow
 def test_c4_training_makes_a_toy_model_more_equivariant():
     """The same toy networks trained with and without random C4 turns, from the same start:
     the C4-trained pair commutes better with quarter turns on held-out images."""

@@ -101,6 +101,21 @@ def test_mirrored_step_equals_single_device_step(tmp_path):
     assert any(np.any(v != 0) for n, v in one.items() if "ddf" in n and "kernel" in n)
 
 
+def test_the_global_batch_must_split_over_the_replicas():
+    from types import SimpleNamespace
+
+    from labelreg.engine.distribute import check_global_batch
+    from labelreg.errors import ConfigError
+
+    check_global_batch(SimpleNamespace(num_replicas_in_sync=2), 4)
+    check_global_batch(SimpleNamespace(num_replicas_in_sync=1), 3)
+    with pytest.raises(ConfigError, match=r"minibatch_size = 3 must be a multiple of the 2 "
+                                          r"replicas.*\[Train\] strategy"):
+        check_global_batch(SimpleNamespace(num_replicas_in_sync=2), 3)
+
+
+# The same error from a real mirrored run, in a fresh process (make test-slow).
+@pytest.mark.slow
 def test_minibatch_not_divisible_by_replicas_is_a_config_error(tmp_path):
     data = write_dataset(tmp_path / "data", num_cases=4)
     ini = _config(tmp_path, data, "odd", strategy="mirrored", minibatch_size="3")

@@ -328,7 +328,8 @@ def signature_block(text: str, name: str) -> str:
     return text[start:end if end > 0 else len(text)]
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
+# A fresh saved_model_cli process each (6-10 s): the 2-D export's in make test-slow.
+@pytest.mark.parametrize("ndim", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_saved_model_cli_show_lists_the_signatures(exported, ndim):
     text = run_cli("show", "--all", "--dir", str(exported[ndim]["path"]))
     free = ", ".join(["-1"] * (ndim + 1))

@@ -398,6 +398,8 @@ def bfloat16_exports(tmp_path_factory):
     return cases
 
 
+# Two bfloat16 exports, emulated and slow on CPUs without bfloat16 hardware (make test-slow).
+@pytest.mark.slow
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_the_bfloat16_saved_model_answers_close_to_float32(bfloat16_exports, ndim):
     case = bfloat16_exports[ndim]
