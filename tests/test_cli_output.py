@@ -55,7 +55,10 @@ def _native_notices(stderr: str) -> list[str]:
             if line.startswith(logs._ABSL_PREAMBLE) or logs._NATIVE_LINE.match(line)]
 
 
-@pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
+# Fresh processes importing TensorFlow: the default level in the default suite, --verbose's
+# (two processes) in make test-slow.
+@pytest.mark.parametrize("verbose", [pytest.param(False, id="default"),
+                                     pytest.param(True, id="verbose", marks=pytest.mark.slow)])
 def test_importing_tensorflow_prints_no_native_notices_unless_verbose(verbose):
     # The levels the command lines set: 2 by default, 0 with --verbose.
     env = _subprocess_env(**({logs.VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0"} if verbose

@@ -252,6 +252,8 @@ def test_zero_correction_init_starts_at_the_plain_descent(ndim):
     assert all(np.any(g.numpy()) for g in tape.gradient(loss, last))
 
 
+# Traces a three-level pyramid with XLA (make test-slow).
+@pytest.mark.slow
 def test_a_three_level_pyramid_does_not_set_off_the_retracing_warning(caplog):
     """Each level's shape traces the compiled warp gradients once (then relaxed shapes serve):
     TensorFlow's "excessive retracing" warning, which counts traces per Python function, must
@@ -460,7 +462,10 @@ def model_shape(model):
 
 
 @pytest.mark.parametrize(
-    "ndim,xla", [(2, True), (3, False), pytest.param(3, True, marks=pytest.mark.slow)]
+    # The compiled warp's second-order gradient against the plain graph is also checked in
+    # tests/test_ops_warp.py; here with XLA in make test-slow.
+    "ndim,xla", [pytest.param(2, True, marks=pytest.mark.slow), (3, False),
+                 pytest.param(3, True, marks=pytest.mark.slow)]
 )
 def test_training_gradients_under_tf_function(ndim, xla):
     """Under tf.function and an outer tape every weight gets a finite, non-zero gradient. With
@@ -518,6 +523,9 @@ def train(model, moving, fixed, num_steps):
     return [float(step(moving, fixed)[0]) for _ in range(num_steps)]
 
 
+# 30 training steps (make test-slow, beside the defaults' variant below); the default suite
+# trains GraDIRN end to end in tests/test_gradirn_method.py.
+@pytest.mark.slow
 def test_short_training_lowers_the_loss():
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)

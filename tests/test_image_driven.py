@@ -130,7 +130,12 @@ def test_deepsim_registration_keeps_the_extractor_frozen(features_run, stacks, t
     assert not any("stage" in n.lower() for n in names if n.startswith("model/")), names[:5]
 
 
-@pytest.mark.parametrize("similarity", ["ssd", "lncc", "gncc", "nmi", "mind"])
+# Every similarity is checked against its formula in tests/test_losses_image.py; end to end
+# through training.py and inference.py, SSD and MIND in the default suite, the others in make
+# test-slow.
+@pytest.mark.parametrize("similarity", [
+    "ssd", pytest.param("lncc", marks=pytest.mark.slow), pytest.param("gncc", marks=pytest.mark.slow),
+    pytest.param("nmi", marks=pytest.mark.slow), "mind"])
 def test_each_similarity_trains_and_infers_on_stacks(similarity, stacks, tmp_path):
     ini = _registration_ini(tmp_path, stacks, similarity, steps=3)
     assert train_main([str(ini)]) == 0

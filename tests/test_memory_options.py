@@ -39,12 +39,14 @@ def _loss_and_gradients(network: str, shape: tuple[int, ...], remat: bool, **kwa
     return model, float(loss), [g.numpy() for g in grads]
 
 
+# LocalNet in 2-D repeats the 3-D case's blocks (make test-slow).
 @pytest.mark.parametrize(("network", "shape", "kwargs"), [
-    ("local", (16, 16, 16), {"num_channel_initial": 4}),
-    ("local", (24, 20), {"num_channel_initial": 4}),
-    ("global", (16, 16, 16), {"num_channel_initial": 4}),
-    ("unet", (16, 16, 16), {"num_channel_initial": 4}),
-], ids=["localnet-3d", "localnet-2d", "globalnet-3d", "unet-3d"])
+    pytest.param("local", (16, 16, 16), {"num_channel_initial": 4}, id="localnet-3d"),
+    pytest.param("local", (24, 20), {"num_channel_initial": 4}, id="localnet-2d",
+                 marks=pytest.mark.slow),
+    pytest.param("global", (16, 16, 16), {"num_channel_initial": 4}, id="globalnet-3d"),
+    pytest.param("unet", (16, 16, 16), {"num_channel_initial": 4}, id="unet-3d"),
+])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(network, shape, kwargs):
     plain, loss, grads = _loss_and_gradients(network, shape, False, **kwargs)
     checkpointed, loss_remat, grads_remat = _loss_and_gradients(network, shape, True, **kwargs)
