@@ -471,7 +471,7 @@ def test_one_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
 
 
 # The shipped configs register on the full grid; the half grid (trained in the default suite by
-# the segmentation-Dice test above) is exported in `make test-slow`.
+# the two-phase test above) is exported in `make test-slow`.
 @pytest.mark.parametrize("register_resolution",
                          [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_exported_signature_returns_the_keras_ddf(tmp_path, rng, register_resolution):

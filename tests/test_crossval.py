@@ -67,6 +67,9 @@ def test_read_groups_reads_case_group_rows_and_names_what_is_wrong(tmp_path):
         read_groups(tmp_path / "missing.csv", ["a"])
 
 
+# Two fold trainings (make test-slow); the default suite runs the command end to end in the
+# keep_best test below, and the fold arithmetic in the tests above.
+@pytest.mark.slow
 def test_two_folds_validate_every_case_once_and_a_rerun_does_not_retrain(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num_cases=4)
     # GlobalNet (an affine network): the quickest network to trace, twice, on 2 cores.

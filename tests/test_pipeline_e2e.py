@@ -92,21 +92,8 @@ def test_train_resume_infer_end_to_end(tmp_path, dataset, capsys):
     assert "resumed from" in out and "model.ckpt-3" in out and "step 4/5" in out
     assert "step 1/5" not in out
     assert (run / "checkpoints" / "model.ckpt-5.index").is_file()
-
-    # The resumed run reaches the weights of one uninterrupted 5-step run.
-    straight = config.load(write_config(tmp_path / "a" / "a.ini", dataset,
-                                        Train={"total_iterations": "5"}))
-    result = train(straight, log=lambda line: None)
-    assert result.first_step == 0 and result.last_step == 5
-    import tensorflow as tf
-
-    reader_a = tf.train.load_checkpoint(str(tmp_path / "a" / "run" / "checkpoints" / "model.ckpt-5"))
-    reader_b = tf.train.load_checkpoint(str(run / "checkpoints" / "model.ckpt-5"))
-    names = [n for n in reader_a.get_variable_to_shape_map() if n.startswith("model/")]
-    assert len(names) > 20
-    for name in names:
-        np.testing.assert_allclose(reader_a.get_tensor(name), reader_b.get_tensor(name),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    # That the resumed run reaches the weights of an uninterrupted one: the next test
+    # (make test-slow), and tests/test_training_faults.py for a killed process.
 
     assert infer_main([str(ini), "--set", "Train.total_iterations=5"]) == 0
     out_dir = tmp_path / "out"
@@ -134,6 +121,28 @@ def test_train_resume_infer_end_to_end(tmp_path, dataset, capsys):
                                              spacing=(1.5, 1.5, 2.0)).numpy()[0]
         assert float(row["centroid_distance_mm"]) == pytest.approx(distance, abs=1e-4)
         assert 0.0 <= float(row["folding_ratio"]) <= 1.0
+
+
+# A third training (make test-slow).
+@pytest.mark.slow
+def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tmp_path, dataset):
+    import tensorflow as tf
+
+    def run_to(folder: str, steps: list[int]) -> Path:
+        ini = write_config(tmp_path / folder / "run.ini", dataset)
+        for total in steps:
+            result = train(config.load(ini, overrides=[f"Train.total_iterations={total}"]),
+                           log=lambda line: None)
+            assert result.last_step == total
+        return tmp_path / folder / "run" / "checkpoints" / "model.ckpt-5"
+
+    reader_a = tf.train.load_checkpoint(str(run_to("straight", [5])))
+    reader_b = tf.train.load_checkpoint(str(run_to("resumed", [3, 5])))
+    names = [n for n in reader_a.get_variable_to_shape_map() if n.startswith("model/")]
+    assert len(names) > 20
+    for name in names:
+        np.testing.assert_allclose(reader_a.get_tensor(name), reader_b.get_tensor(name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path, dataset):
