@@ -140,12 +140,9 @@ def test_existing_dataset_is_reused_and_conflicts_fail(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_full_demo_dataset(tmp_path):
-    import time
-
-    start = time.perf_counter()
+    # Its generation time is part of `make demo`'s, which the README reports; not asserted
+    # here (a timed test fails on a loaded machine and says nothing about correctness).
     folder = generate_demo_data(tmp_path / "demo")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20.0, f"generation took {elapsed:.1f} s"
     train = PairedDataset(*demo_dirs(folder, "train").values())
     test = PairedDataset(*demo_dirs(folder, "test").values())
     assert (train.num_cases, test.num_cases) == (16, 4)
