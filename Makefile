@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_comir.py
+	$(BIN)/python benchmarks/bench_graph_building.py
 
 clean:
 	rm -rf $(VENV) demo_data runs exports .pytest_cache
