@@ -35,28 +35,27 @@ class FusedAdam(keras.optimizers.Adam):
     def __init__(self, *args: Any, name: str = "adam", **kwargs: Any) -> None:
         # Keras's name, so the slot variables keep their paths (``adam/..._momentum``).
         super().__init__(*args, name=name, **kwargs)
+        # The scalars every variable's update shares (learning rate, beta powers), built once
+        # per apply() and dtype rather than once per variable. Held in a plain object: Keras
+        # would track a dict attribute of an optimiser as part of its state.
+        self._per_apply = _PerApply()
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
-        # The scalars every variable's update shares (learning rate, beta powers) are built
-        # once per call and per dtype, not once per variable.
-        self._shared_scalars: dict[tf.DType, tuple[tf.Tensor, ...]] = {}
         try:
             return super().apply(grads, trainable_variables)
         finally:
-            self._shared_scalars = {}
+            self._per_apply.scalars.clear()  # they belong to this call's graph
 
     def _scalars(self, learning_rate: Any, dtype: tf.DType) -> tuple[tf.Tensor, ...]:
-        cached = getattr(self, "_shared_scalars", {}).get(dtype)
-        if cached is not None:
-            return cached
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.constant(self.beta_1, dtype)
-        beta_2 = tf.constant(self.beta_2, dtype)
-        scalars = (tf.cast(learning_rate, dtype), tf.pow(beta_1, step), tf.pow(beta_2, step),
-                   beta_1, beta_2, tf.constant(self.epsilon, dtype))
-        if hasattr(self, "_shared_scalars"):
-            self._shared_scalars[dtype] = scalars
-        return scalars
+        cache = self._per_apply.scalars
+        if dtype not in cache:
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1 = tf.constant(self.beta_1, dtype)
+            beta_2 = tf.constant(self.beta_2, dtype)
+            cache[dtype] = (tf.cast(learning_rate, dtype), tf.pow(beta_1, step),
+                            tf.pow(beta_2, step), beta_1, beta_2,
+                            tf.constant(self.epsilon, dtype))
+        return cache[dtype]
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
@@ -73,3 +72,10 @@ class FusedAdam(keras.optimizers.Adam):
             beta2_power=beta_2_power, lr=lr, beta1=beta_1, beta2=beta_2, epsilon=epsilon,
             grad=tf.cast(gradient, variable.dtype))
         return None
+
+
+class _PerApply:
+    """What one :meth:`FusedAdam.apply` call shares between its variables' updates."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[tf.DType, tuple[tf.Tensor, ...]] = {}
