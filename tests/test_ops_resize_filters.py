@@ -76,16 +76,63 @@ def test_gaussian_kernel_lengths_follow_label_reg(sigma, length):
     np.testing.assert_allclose(kernel, kernel[::-1])
 
 
+def _correlate(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """scipy's zero-padded correlation along every spatial axis of ``[B, *S, C]``."""
+    out = x.astype(np.float64)
+    for d in range(x.ndim - 2):
+        out = ndimage.correlate1d(out, kernel.astype(np.float64), axis=1 + d, mode="constant")
+    return out
+
+
+def _traced(fn, x: np.ndarray, static: bool):
+    """``fn`` run in a graph whose spatial sizes are known (banded matrices) or not
+    (convolutions)."""
+    shape = x.shape if static else (None, *[None] * (x.ndim - 2), x.shape[-1])
+    return tf.function(fn, input_signature=[tf.TensorSpec(shape, tf.float32)],
+                       autograph=False)(x).numpy()
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static-sizes", "dynamic-sizes"])
 @pytest.mark.parametrize("shape", [(11, 12, 10), (15, 16)])
 @pytest.mark.parametrize("sigma", [0, 1, 2.5, 8])
-def test_gaussian_filter_matches_scipy(rng, shape, sigma):
+def test_gaussian_filter_matches_scipy(rng, shape, sigma, static):
+    # sigma 8 has 49 taps, longer than every axis: the band is cut by the zero padding.
     x = rng.uniform(size=(2, *shape, 2)).astype(np.float32)
-    out = ops.gaussian_filter(x, sigma).numpy()
-    kernel = ops.gaussian_kernel1d(sigma).astype(np.float64)
-    ref = x.astype(np.float64)
-    for d in range(len(shape)):
-        ref = ndimage.correlate1d(ref, kernel, axis=1 + d, mode="constant")
-    np.testing.assert_allclose(out, ref, atol=1e-5)
+    out = _traced(lambda v: ops.gaussian_filter(v, sigma), x, static)
+    np.testing.assert_allclose(out, _correlate(x, ops.gaussian_kernel1d(sigma)), atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static-sizes", "dynamic-sizes"])
+@pytest.mark.parametrize("shape", [(9, 8, 7), (13, 6)])
+def test_filter_gradients_are_the_adjoint_correlation(rng, shape, static):
+    # The gradient of a zero-padded correlation is the correlation with the reversed kernel:
+    # an asymmetric kernel through separable_filter, the Gaussian (sigma 4, 25 taps, longer
+    # than every axis) through gaussian_filter.
+    kernel = np.array([0.1, -0.4, 1.0, 0.3, 0.2], np.float32)
+    x = rng.normal(size=(2, *shape, 3)).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+    cases = [(lambda v: ops.separable_filter(v, kernel), kernel),
+             (lambda v: ops.gaussian_filter(v, 4), ops.gaussian_kernel1d(4))]
+    for fn, taps in cases:
+        def value_and_gradient(v: tf.Tensor, fn=fn) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                out = fn(v)
+                total = tf.reduce_sum(out * weights)
+            return tf.concat([out, tape.gradient(total, v)], axis=-1)
+
+        both = _traced(value_and_gradient, x, static)
+        np.testing.assert_allclose(both[..., :3], _correlate(x, taps), atol=1e-5)
+        np.testing.assert_allclose(both[..., 3:], _correlate(weights, taps[::-1]), atol=1e-5)
+
+
+def test_static_sizes_filter_with_one_matrix_product_per_axis_and_no_convolution(rng):
+    graph = tf.function(lambda v: ops.gaussian_filter(v, 16), autograph=False
+                        ).get_concrete_function(tf.TensorSpec([2, 47, 63, 44, 1])).graph
+    types = [op.type for op in graph.get_operations()]
+    assert not any(t.startswith("Conv") for t in types)
+    assert sum(t == "Const" and op.outputs[0].shape.rank == 2
+               for t, op in zip(types, graph.get_operations(), strict=True)) == 3
 
 
 def test_gaussian_filter_rejects_negative_sigma():

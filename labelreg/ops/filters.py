@@ -1,12 +1,22 @@
 """Separable filtering with zero padding: Gaussian smoothing and box sums.
 
-These run as plain TensorFlow graphs, not XLA: on this kind of CPU the oneDNN convolutions are
-30-50x faster than XLA's for long 1-D kernels (measured with sigma 16 on ``[4, 64, 64, 64, 1]``:
-0.19 s plain against 9.2 s compiled).
+When the spatial sizes are known as the graph is built (training, exported models), each axis
+of a Gaussian smoothing is one matrix product with a banded Toeplitz matrix built once in
+NumPy: a matrix product runs at the CPU's GEMM rate whatever the kernel's length, where a
+single-channel 1-D convolution runs far below it. On 2 AVX2 cores, forward and backward of one
+smoothing of ``[2, 47, 63, 44, 1]`` take 6-7 ms for every sigma from 1 to 16 against 16-83 ms
+as convolutions, and of ``[1, 128, 128, 128, 1]`` 36-44 ms against 95-680 ms.
+
+Sizes known only at run time, and box sums (LNCC), keep the convolutions. LNCC's treatment of
+flat windows relies on the window sums of ``f`` and of ``c f`` (``c`` a power of two) rounding
+alike, which one convolution gives and a matrix product blocked by position does not. Neither
+runs under XLA: its convolutions are 30-50x slower than oneDNN's for long 1-D kernels on this
+kind of CPU.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,6 +41,40 @@ def gaussian_kernel1d(sigma: float) -> np.ndarray:
     x = np.arange(-tail, tail + 1, dtype=np.float64)
     kernel = np.exp(-(x**2) / (2.0 * sigma**2))
     return (kernel / kernel.sum()).astype(np.float32)
+
+
+# Above this many voxels along an axis the banded matrix (size^2 floats) is no longer small.
+_MAX_MATRIX_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _band_matrix(kernel: tuple[float, ...], size: int) -> np.ndarray:
+    """``[size, size]`` matrix ``M`` with ``M @ v`` equal to correlating ``v`` with the odd-length
+    ``kernel`` under zero padding: ``M[i, j] = kernel[j - i + half]`` for ``|j - i| <= half``."""
+    half = (len(kernel) - 1) // 2
+    weights = np.asarray(kernel, np.float32)
+    matrix = np.zeros((size, size), np.float32)
+    for offset in range(-half, half + 1):
+        # The diagonal j - i = offset holds kernel[offset + half].
+        matrix += np.eye(size, k=offset, dtype=np.float32) * weights[offset + half]
+    matrix.flags.writeable = False  # shared by every caller through the cache
+    return matrix
+
+
+def _static_sizes(x: tf.Tensor) -> list[int] | None:
+    sizes = x.shape[1:-1]
+    if any(size is None or size > _MAX_MATRIX_SIZE for size in sizes):
+        return None
+    return [int(size) for size in sizes]
+
+
+def _filter_by_matrices(x: tf.Tensor, kernel: np.ndarray, sizes: list[int]) -> tf.Tensor:
+    letters = "hwd"[:len(sizes)]
+    source = "b" + letters + "c"
+    for axis, size in zip(letters, sizes, strict=True):
+        matrix = tf.constant(_band_matrix(tuple(kernel.tolist()), size))
+        x = tf.einsum(f"o{axis},{source}->{source.replace(axis, 'o')}", matrix, x)
+    return x
 
 
 def _filter(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -87,4 +131,7 @@ def gaussian_filter(x: Any, sigma: float) -> tf.Tensor:
     kernel = gaussian_kernel1d(sigma)
     if kernel.size == 1:
         return x
+    sizes = _static_sizes(x)
+    if sizes is not None:
+        return _filter_by_matrices(x, kernel, sizes)
     return _filter(x, tf.constant(kernel))
