@@ -29,6 +29,7 @@ from labelreg.methods.runs import load_trained_run
 from labelreg.methods.sources import PairSource, source_for
 from labelreg.networks.apply import network_ddf, register_pair
 from labelreg.networks.registry import NETWORKS, build_network
+from labelreg.ops.jit import xla_disabled
 
 __all__ = ["PairwiseMethod", "RECALIBRATION_BATCHES"]
 
@@ -288,7 +289,11 @@ class PairwiseMethod(Method):
 
 
 def _build_on_zeros(model: keras.Model, moving_shape, fixed_shape) -> None:
-    model([tf.zeros([1, *moving_shape, 1]), tf.zeros([1, *fixed_shape, 1])], training=False)
+    # Only the variables are wanted: without XLA the warps of this one eager call (GraDIRN's
+    # inner gradients, a composite's stages) run as plain operations instead of compiling
+    # kernels for shapes the training graph compiles again anyway (4 s of GraDIRN's build).
+    with xla_disabled():
+        model([tf.zeros([1, *moving_shape, 1]), tf.zeros([1, *fixed_shape, 1])], training=False)
 
 
 def _centroid_term(batch: Mapping[str, Any], out: Mapping[str, tf.Tensor]) -> tf.Tensor | None:

@@ -212,18 +212,11 @@ def _sample_at(image, points, relative, interpolation, fill_mode, fill_value):
     return tf.reshape(_sample(rows, interpolation, fill_mode, fill_value), rows.out_shape)
 
 
-def _linear_setup(image, points, upstream, relative, fill_mode):
-    """What each backward function recomputes from the forward's inputs (cheaper than keeping
-    the corners of every sample): the row layout, ``finite [R]``, the corners and ``upstream``
-    in rows."""
-    rows = _Rows(image, points, relative)
-    return rows, rows.finite(), _linear_corners(rows, fill_mode), rows.as_rows(upstream)
-
-
 def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     """The adjoint of the linear sampler: ``upstream [B, *S_out, C]`` splatted back onto the
     moving grid with the corner weights, one scatter-add of all ``2**n`` corners."""
-    rows, finite, corners, upstream = _linear_setup(image, points, upstream, relative, fill_mode)
+    rows = _Rows(image, points, relative)
+    finite, corners, upstream = rows.finite(), _linear_corners(rows, fill_mode), rows.as_rows(upstream)
     indices, updates = [], []
     for index, weight in _corner_terms(corners, rows.batch_offset):
         # A sample at a non-finite coordinate has NaN weights and no place in the image: it
@@ -237,50 +230,101 @@ def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     return tf.reshape(summed, tf.shape(image))
 
 
-def _linear_coords_gradient(image, points, upstream, relative, fill_mode, fill_value, axis):
-    """``d(sum upstream * out) / d coords[..., axis]``, ``[B, *S_out]``.
+def _gather_corners(image, points, relative, fill_mode):
+    """The moving image at the ``2**n`` corners of every sample, ``[R, 2**n, C]``, in the order of :func:`_corner_terms`. One gather of all corners, kept as
+    the output of its own compiled function so that XLA cannot fuse it into (and so repeat it
+    in) each of its consumers."""
+    rows = _Rows(image, points, relative)
+    corners = _linear_corners(rows, fill_mode)
+    index = tf.stack([index for index, _ in _corner_terms(corners, rows.batch_offset)], axis=1)
+    # Always [R, 2**n, C]: a retrace with relaxed shapes may not know the channel count.
+    return tf.gather(tf.reshape(image, [-1, tf.shape(image)[-1]]), index)
 
-    One axis per call: per axis, the sum over the ``2**n`` corners of the corner's value (dotted
-    with ``upstream``), the slope of that axis' weight and the other axes' weights. XLA fuses one
-    such sum into a single vectorised loop; asked for all axes at once, it evaluates the gathers
-    and weights separately for each axis and runs about 1.6 times slower than three calls.
-    """
-    rows, finite, corners, upstream = _linear_setup(image, points, upstream, relative, fill_mode)
-    fill_part = None
+
+def _corner_value(rows: _Rows, values: tf.Tensor, corner: int) -> tf.Tensor:
+    """Corner ``corner`` of :func:`_gather_corners`'s ``values`` in the layout of ``rows``."""
+    value = values[:, corner]
+    return value[:, 0] if rows.flat.shape.rank == 1 else value
+
+
+def _combine_corners(image, points, values, relative, fill_mode, fill_value):
+    """The linear sampler's output from the gathered corner ``values`` (as :func:`_sample_at`)."""
+    rows = _Rows(image, points, relative)
+    corners = _linear_corners(rows, fill_mode)
+    result, total_weight = None, None
+    for c, (_, weight) in enumerate(_corner_terms(corners, rows.batch_offset)):
+        term = _corner_value(rows, values, c) * rows.column(weight)
+        result = term if result is None else result + term
+        if fill_mode == "constant" and fill_value != 0.0:
+            total_weight = weight if total_weight is None else total_weight + weight
+    if total_weight is not None:
+        result = result + rows.column(fill_value * (1.0 - total_weight))
+    return tf.reshape(rows.nan_unless(rows.finite(), result), rows.out_shape)
+
+
+def _corners_coords_gradient(image, points, values, upstream, relative, fill_mode, fill_value):
+    """``d(sum upstream * out) / d coords``, ``[B, *S_out, n]``, from the gathered corner
+    ``values``: per axis, the sum over corners of the corner's value (less ``fill_value``,
+    dotted with ``upstream``) times that axis' weight slope and the other axes' weights. No
+    gather: the arithmetic of all axes in one function."""
+    rows = _Rows(image, points, relative)
+    finite = rows.finite()
+    corners = _linear_corners(rows, fill_mode)
+    upstream = rows.as_rows(upstream)
+    dotted = [rows.channel_sum(_corner_value(rows, values, c) * upstream) for c in range(2 ** len(rows.coords))]
     if fill_mode == "constant" and fill_value != 0.0:
-        # out also holds fill_value * (1 - sum of weights).
         fill_part = fill_value * rows.channel_sum(upstream)
-    gradient = None
-    for index, slope in _corner_terms(corners, rows.batch_offset, slope_axis=axis):
-        value = rows.channel_sum(tf.gather(rows.flat, index) * upstream)
-        if fill_part is not None:
-            value = value - fill_part
-        gradient = value * slope if gradient is None else gradient + value * slope
-    gradient = tf.where(finite, gradient, tf.zeros_like(gradient))
-    return tf.reshape(gradient, tf.shape(points)[:-1])
+        dotted = [value - fill_part for value in dotted]
+    gradients = []
+    for axis in range(len(rows.coords)):
+        gradient = None
+        for value, (_, slope) in zip(dotted, _corner_terms(corners, rows.batch_offset,
+                                                            slope_axis=axis), strict=True):
+            gradient = value * slope if gradient is None else gradient + value * slope
+        gradients.append(tf.where(finite, gradient, tf.zeros_like(gradient)))
+    return tf.reshape(tf.stack(gradients, -1), tf.shape(points))
 
 
 def _linear_sampler(rank: int, relative: bool, fill_mode: str, fill_value: float):
-    """Linear sampling of ``image`` at ``points`` (a DDF if ``relative``), compiled, with the
-    backward pass written out as separate compiled functions. TensorFlow's automatic backward of
-    a compiled function is one function that always computes the image gradient too, a
-    scatter-add that costs more than the rest; here, inside a ``tf.function`` (a training step),
-    the image gradient's function is pruned when nothing uses it. Measured on ``[2, 96³]``, one
-    core: forward + DDF-only backward 105 ms against 201 ms."""
+    """Linear sampling of ``image`` at ``points`` (a DDF if ``relative``) when no tape records
+    ``image`` (data, labels): compiled, with the backward pass written out.
+
+    When a tape records ``points``, the forward pass gathers the ``2**n`` corners of every
+    sample once, as an output of its own, and keeps them for the backward pass, whose DDF
+    gradient is then arithmetic only. Recomputing them in the backward pass instead cost one
+    gather per corner and axis (XLA fuses each gather into every consumer), and gathers are
+    what a CPU without AVX-512 does slowest: on ``[2, 128³]`` and 2 AVX2 cores, forward +
+    DDF backward took 4.2 forward passes that way and takes about 2.5 now (MONAI's ``Warp``:
+    2.6-2.8). The kept corners cost ``2**n`` floats per sample and channel until the backward
+    pass. Without a tape (``tf.gradients`` in a graph) the forward pass is the fused one and
+    the backward pass gathers the corners once. TensorFlow's automatic backward of a compiled
+    function would also always compute the image gradient, a scatter-add that costs more than
+    the rest; here, inside a ``tf.function`` (a training step), the image gradient's function
+    is pruned when nothing uses it."""
+
+    options = (relative, fill_mode, fill_value)
+
+    def gather(image: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+        return maybe_compiled(_gather_corners, rank, (relative, fill_mode))(
+            image, points, relative, fill_mode)
 
     @tf.custom_gradient
     def sample(image, points):
-        options = (relative, fill_mode, fill_value)
-        out = maybe_compiled(_sample_at, rank, ("linear", *options))(
-            image, points, relative, "linear", fill_mode, fill_value)
+        if _receives_gradient(points):  # a tape will ask for the DDF gradient: keep the corners
+            values = gather(image, points)
+            out = maybe_compiled(_combine_corners, rank, options)(image, points, values, *options)
+        else:  # no tape (e.g. tf.gradients in a graph): the fused forward pass
+            values = None
+            out = maybe_compiled(_sample_at, rank, ("linear", *options))(
+                image, points, relative, "linear", fill_mode, fill_value)
 
         def backward(upstream):
+            corners = gather(image, points) if values is None else values
             return (
                 maybe_compiled(_linear_image_gradient, rank, options)(
                     image, points, upstream, relative, fill_mode),
-                tf.stack([maybe_compiled(_linear_coords_gradient, rank, (axis, *options))(
-                    image, points, upstream, relative, fill_mode, fill_value, axis)
-                    for axis in range(rank - 2)], -1),
+                maybe_compiled(_corners_coords_gradient, rank, options)(
+                    image, points, corners, upstream, *options),
             )
 
         return out, backward
