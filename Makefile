@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_warp.py
+	$(BIN)/python benchmarks/bench_label_loss.py
 	$(BIN)/python benchmarks/bench_networks.py
 	$(BIN)/python benchmarks/bench_breakdown.py
 	$(BIN)/python benchmarks/bench_training.py
