@@ -71,8 +71,9 @@ def _static_sizes(x: tf.Tensor) -> list[int] | None:
 def _filter_by_matrices(x: tf.Tensor, kernel: np.ndarray, sizes: list[int]) -> tf.Tensor:
     letters = "hwd"[:len(sizes)]
     source = "b" + letters + "c"
+    taps = tuple(kernel.tolist())  # hashable, for the cache
     for axis, size in zip(letters, sizes, strict=True):
-        matrix = tf.constant(_band_matrix(tuple(kernel.tolist()), size))
+        matrix = tf.constant(_band_matrix(taps, size))
         x = tf.einsum(f"o{axis},{source}->{source.replace(axis, 'o')}", matrix, x)
     return x
 

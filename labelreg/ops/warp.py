@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from labelreg._tf import tf
@@ -128,17 +129,25 @@ def _sample(rows: _Rows, interpolation: str, fill_mode: str, fill_value: float) 
             values = tf.where(rows.column(valid), values, tf.cast(fill_value, values.dtype))
         return rows.nan_unless(finite, values)
 
+    return rows.nan_unless(finite, _linear_combination(
+        rows, fill_mode, fill_value, lambda corner, index: tf.gather(rows.flat, index)))
+
+
+def _linear_combination(rows: _Rows, fill_mode: str, fill_value: float,
+                        value: Callable[[int, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """``[R]`` or ``[R, C]``: the sum over the ``2**n`` corners of ``value(corner number, flat
+    index)`` times the corner's weight, plus ``fill_value`` times the weight that fell outside
+    the grid (constant mode). Before the NaN of non-finite coordinates."""
     corners = _linear_corners(rows, fill_mode)
-    result = None
-    total_weight = None
-    for index, weight in _corner_terms(corners, rows.batch_offset):
-        term = tf.gather(rows.flat, index) * rows.column(weight)
+    result, total_weight = None, None
+    for corner, (index, weight) in enumerate(_corner_terms(corners, rows.batch_offset)):
+        term = value(corner, index) * rows.column(weight)
         result = term if result is None else result + term
         if fill_mode == "constant" and fill_value != 0.0:
             total_weight = weight if total_weight is None else total_weight + weight
     if total_weight is not None:
         result = result + rows.column(fill_value * (1.0 - total_weight))
-    return rows.nan_unless(finite, result)
+    return result
 
 
 class _Corners:
@@ -216,7 +225,8 @@ def _linear_image_gradient(image, points, upstream, relative, fill_mode):
     """The adjoint of the linear sampler: ``upstream [B, *S_out, C]`` splatted back onto the
     moving grid with the corner weights, one scatter-add of all ``2**n`` corners."""
     rows = _Rows(image, points, relative)
-    finite, corners, upstream = rows.finite(), _linear_corners(rows, fill_mode), rows.as_rows(upstream)
+    finite, corners = rows.finite(), _linear_corners(rows, fill_mode)
+    upstream = rows.as_rows(upstream)
     indices, updates = [], []
     for index, weight in _corner_terms(corners, rows.batch_offset):
         # A sample at a non-finite coordinate has NaN weights and no place in the image: it
@@ -231,9 +241,9 @@ def _linear_image_gradient(image, points, upstream, relative, fill_mode):
 
 
 def _gather_corners(image, points, relative, fill_mode):
-    """The moving image at the ``2**n`` corners of every sample, ``[R, 2**n, C]``, in the order of :func:`_corner_terms`. One gather of all corners, kept as
-    the output of its own compiled function so that XLA cannot fuse it into (and so repeat it
-    in) each of its consumers."""
+    """The moving image at the ``2**n`` corners of every sample, ``[R, 2**n, C]``, in the order
+    of :func:`_corner_terms`. One gather of all corners, kept as the output of its own compiled
+    function so that XLA cannot fuse it into (and so repeat it in) each of its consumers."""
     rows = _Rows(image, points, relative)
     corners = _linear_corners(rows, fill_mode)
     index = tf.stack([index for index, _ in _corner_terms(corners, rows.batch_offset)], axis=1)
@@ -250,15 +260,8 @@ def _corner_value(rows: _Rows, values: tf.Tensor, corner: int) -> tf.Tensor:
 def _combine_corners(image, points, values, relative, fill_mode, fill_value):
     """The linear sampler's output from the gathered corner ``values`` (as :func:`_sample_at`)."""
     rows = _Rows(image, points, relative)
-    corners = _linear_corners(rows, fill_mode)
-    result, total_weight = None, None
-    for c, (_, weight) in enumerate(_corner_terms(corners, rows.batch_offset)):
-        term = _corner_value(rows, values, c) * rows.column(weight)
-        result = term if result is None else result + term
-        if fill_mode == "constant" and fill_value != 0.0:
-            total_weight = weight if total_weight is None else total_weight + weight
-    if total_weight is not None:
-        result = result + rows.column(fill_value * (1.0 - total_weight))
+    result = _linear_combination(rows, fill_mode, fill_value,
+                                 lambda corner, index: _corner_value(rows, values, corner))
     return tf.reshape(rows.nan_unless(rows.finite(), result), rows.out_shape)
 
 
@@ -271,7 +274,8 @@ def _corners_coords_gradient(image, points, values, upstream, relative, fill_mod
     finite = rows.finite()
     corners = _linear_corners(rows, fill_mode)
     upstream = rows.as_rows(upstream)
-    dotted = [rows.channel_sum(_corner_value(rows, values, c) * upstream) for c in range(2 ** len(rows.coords))]
+    dotted = [rows.channel_sum(_corner_value(rows, values, c) * upstream)
+              for c in range(2 ** len(rows.coords))]
     if fill_mode == "constant" and fill_value != 0.0:
         fill_part = fill_value * rows.channel_sum(upstream)
         dotted = [value - fill_part for value in dotted]
