@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,18 @@ def _add_metadata_variables(
     archive.add_variable_collection(
         "model_description", [tf.Variable(json.dumps(description), dtype=tf.string,
                                           trainable=False, name="model_description")])
+
+
+def _traced_once(fn: Callable[..., Any], specs: Sequence[tf.TensorSpec]) -> Callable[..., Any]:
+    """``fn`` traced once into a concrete function.
+
+    ``ExportArchive.write_out`` traces each endpoint twice: once to list the variables it uses
+    and once more inside ``tf.saved_model.save``, whose save context is part of TensorFlow's
+    trace cache key. Handing it a function already traced makes both of those traces a single
+    call op, which halves the time of an export (the network's graph is built once)."""
+    if not isinstance(fn, tf.types.experimental.GenericFunction):
+        fn = tf.function(fn, autograph=False)
+    return fn.get_concrete_function(*specs)
 
 
 def _xla_context(jit_compile: bool) -> contextlib.AbstractContextManager:
@@ -296,6 +308,6 @@ def export_endpoints(
         # No archive.track(model): the endpoints capture every variable they use, and tracking
         # the Keras model as well stores every weight twice (measured: variables/ doubles).
         for signature, (fn, specs, *_) in endpoints.items():
-            archive.add_endpoint(signature, fn, input_signature=specs)
+            archive.add_endpoint(signature, _traced_once(fn, specs), input_signature=specs)
         _add_metadata_variables(archive, step, description)
         return _write_archive(archive, model_dir, version, files)
