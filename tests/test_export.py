@@ -328,19 +328,44 @@ def signature_block(text: str, name: str) -> str:
     return text[start:end if end > 0 else len(text)]
 
 
-# A fresh saved_model_cli process each (6-10 s): the 2-D export's in make test-slow.
-@pytest.mark.parametrize("ndim", [pytest.param(2, marks=pytest.mark.slow), 3])
+EXPECTED_SIGNATURES = {  # {signature: ({input: channels}, {output: channels})}; ndim = DDF's
+    "serving_default": ({"moving_image": 1, "fixed_image": 1},
+                        {"ddf": "ndim", "warped_moving_image": 1}),
+    "warp_labels": ({"moving_label": -1, "ddf": "ndim"}, {"warped_label": -1}),
+    "register_with_labels": ({"moving_image": 1, "fixed_image": 1, "moving_label": -1},
+                             {"ddf": "ndim", "warped_moving_image": 1, "warped_label": -1}),
+}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_signature_defs_are_what_tf_serving_reads(exported, ndim):
+    """The signature defs of saved_model.pb (what TF-Serving and ``saved_model_cli show`` read):
+    the predict method, every input and output by name, float32, free batch and spatial sizes."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported[ndim]["path"] / "saved_model.pb").read_bytes())
+    (meta_graph,) = proto.meta_graphs
+    assert list(meta_graph.meta_info_def.tags) == ["serve"]
+    for name, (inputs, outputs) in EXPECTED_SIGNATURES.items():
+        signature = meta_graph.signature_def[name]
+        assert signature.method_name == "tensorflow/serving/predict"
+        for found, tensors in ((signature.inputs, inputs), (signature.outputs, outputs)):
+            assert sorted(found) == sorted(tensors), name
+            for tensor, channels in tensors.items():
+                info = found[tensor]
+                assert info.dtype == tf.float32.as_datatype_enum
+                dims = [d.size for d in info.tensor_shape.dim]
+                assert dims == [-1] * (ndim + 1) + [ndim if channels == "ndim" else channels]
+
+
+# A fresh saved_model_cli process each (6-10 s; the same defs are read in-process above).
+@pytest.mark.slow
+@pytest.mark.parametrize("ndim", [2, 3])
 def test_saved_model_cli_show_lists_the_signatures(exported, ndim):
     text = run_cli("show", "--all", "--dir", str(exported[ndim]["path"]))
     free = ", ".join(["-1"] * (ndim + 1))
-    expected = {
-        "serving_default": ({"moving_image": 1, "fixed_image": 1},
-                            {"ddf": ndim, "warped_moving_image": 1}),
-        "warp_labels": ({"moving_label": -1, "ddf": ndim}, {"warped_label": -1}),
-        "register_with_labels": ({"moving_image": 1, "fixed_image": 1, "moving_label": -1},
-                                 {"ddf": ndim, "warped_moving_image": 1, "warped_label": -1}),
-    }
-    for name, (inputs, outputs) in expected.items():
+    for name, (inputs, outputs) in EXPECTED_SIGNATURES.items():
         block = signature_block(text, name)
         assert "Method name is: tensorflow/serving/predict" in block
         for kind, tensors in (("inputs", inputs), ("outputs", outputs)):
@@ -350,9 +375,13 @@ def test_saved_model_cli_show_lists_the_signatures(exported, ndim):
             for tensor, channels in tensors.items():
                 entry = block[block.index(f"{kind}['{tensor}']"):]
                 assert entry.splitlines()[1].strip() == "dtype: DT_FLOAT"
+                channels = ndim if channels == "ndim" else channels
                 assert entry.splitlines()[2].strip() == f"shape: ({free}, {channels})"
 
 
+# A fresh saved_model_cli process (6-10 s); the fixture fresh_process runs every signature of
+# both exports in a TensorFlow-only process in the default suite.
+@pytest.mark.slow
 def test_saved_model_cli_run_serving_default(exported, tmp_path):
     case = exported[3]
     np.save(tmp_path / "moving.npy", case["inputs"]["moving"][:1])
