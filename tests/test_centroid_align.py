@@ -341,14 +341,19 @@ def test_segmentation_weight_needs_the_segmenting_network(tmp_path, dataset):
                                  Loss={"segmentation_weight": "-1"}))
 
 
+HALF_GRID_NETWORK = {"network_type": "centroid_align", "num_channel_initial": "2",
+                     "num_channel_segment": "2", "register_resolution": "0.5"}
+TWO_PHASE_LOSS = {"segmentation_weight": "0.5", "segmentation_only_steps": "1"}
+
+
+# Three traced graphs (two phases and the BatchNorm pass) and three checkpoints: make test-slow.
+# The objectives of both phases are checked without training by the next test.
+@pytest.mark.slow
 def test_two_phase_training_with_frozen_segmentations_on_a_half_grid(tmp_path, dataset):
     # One run for both phases: step 1 trains the segmentations alone (segmentation_only_steps
     # = 1); steps 2-3 train LocalNet alone (freeze_segmentations), which registers on a grid
-    # of half the fixed shape (register_resolution). The unfrozen second phase's objective is
-    # checked on the same batch below, without a second training.
-    network = {"network_type": "centroid_align", "num_channel_initial": "2",
-               "num_channel_segment": "2", "register_resolution": "0.5"}
-    loss = {"segmentation_weight": "0.5", "segmentation_only_steps": "1"}
+    # of half the fixed shape (register_resolution).
+    network, loss = HALF_GRID_NETWORK, TWO_PHASE_LOSS
     ini = write_config(tmp_path / "run.ini", dataset, Network=network,
                        Loss={**loss, "freeze_segmentations": "true"},
                        Train={"total_iterations": "3", "freq_info_print": "1",
@@ -384,6 +389,12 @@ def test_two_phase_training_with_frozen_segmentations_on_a_half_grid(tmp_path, d
         np.testing.assert_array_equal(first[name], last[name], err_msg=name)
     assert any(not np.array_equal(first[name], last[name]) for name in local)
 
+
+
+def test_objectives_of_the_two_phases_with_frozen_and_unfrozen_segmentations(tmp_path, dataset):
+    network, loss = HALF_GRID_NETWORK, TWO_PHASE_LOSS
+    cfg = config.load(write_config(tmp_path / "run.ini", dataset, Network=network,
+                                   Loss={**loss, "freeze_segmentations": "true"}))
     # The frozen objective sends no gradient to the segmentations.
     method = LabelDriven(cfg)
     method.prepare_data()
