@@ -201,6 +201,9 @@ dir_fixed_label = {dataset}/fixed_labels
     assert result.last_step == 1 and np.isfinite(result.last_values["loss"])
 
 
+# A training step at the real shapes (MR 69x69x64, US 47x63x44): make test-slow. The real
+# files' loading and batching run in the default suite (tests/test_data_pipeline.py).
+@pytest.mark.slow
 def test_one_training_step_on_the_shared_real_data(tmp_path, mrus_sample_dir):
     # With the centroid term, the random shifts and the intensity augmentation on.
     data = Path(mrus_sample_dir)

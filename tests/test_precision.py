@@ -48,7 +48,12 @@ NETWORKS = {
     "gradirn": {"channels": 4, "num_levels": 2, "num_repeat": 1},
     "centroid_align": {"num_channel_initial": 4, "num_channel_segment": 4},
 }
-CASES = [(name, ndim) for name in NETWORKS for ndim in (2, 3)]
+#: The 3-D cases of the networks made of others (composite: global + local; centroid_align:
+#: U-Nets + LocalNet; GraDIRN's unrolled steps) repeat their parts' 3-D cases under a
+#: bfloat16 that CPUs without bfloat16 hardware emulate slowly: make test-slow.
+SLOW_3D = {"composite", "gradirn", "centroid_align"}
+CASES = [pytest.param(name, ndim, marks=pytest.mark.slow) if ndim == 3 and name in SLOW_3D
+         else (name, ndim) for name in NETWORKS for ndim in (2, 3)]
 
 
 def pair(ndim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +273,8 @@ def test_precision_scope_restores_the_policy_even_on_error():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
+# The 3-D step repeats the 2-D one's layers under emulated bfloat16: make test-slow.
+@pytest.mark.parametrize("ndim", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_a_gradient_step_under_mixed_bfloat16_gives_finite_float32_gradients(ndim):
     moving, fixed = pair(ndim)
     keras.utils.set_random_seed(0)
