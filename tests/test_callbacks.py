@@ -205,7 +205,7 @@ def test_a_method_adds_its_own_callback_to_a_real_run(tmp_path):
     from labelreg import config
     from labelreg.engine import train
     from labelreg.methods.label_driven import LabelDriven
-    from tests.test_pipeline_e2e import write_config, write_dataset
+    from tests.test_pipeline_e2e import GLOBAL, write_config, write_dataset
 
     dataset = write_dataset(tmp_path / "data", num_cases=2)
     events: list[tuple[str, int]] = []
@@ -229,7 +229,7 @@ def test_a_method_adds_its_own_callback_to_a_real_run(tmp_path):
         def callbacks(self):
             return [Recorder()]
 
-    ini = write_config(tmp_path / "x.ini", dataset,
+    ini = write_config(tmp_path / "x.ini", dataset, Network=GLOBAL,
                        Train={"total_iterations": "3", "freq_model_save": "2"})
     result = train(Recording(config.load(ini), log=lambda line: None))
     assert result.last_step == 3

@@ -14,7 +14,7 @@ from labelreg import config
 from labelreg.data import CaseCache, PairedDataset
 from labelreg.engine import train
 from labelreg.evaluation import EVALUATION_COLUMNS, evaluate, main
-from tests.test_pipeline_e2e import write_config, write_dataset
+from tests.test_pipeline_e2e import GLOBAL, write_config, write_dataset
 
 MOVING, FIXED = (16, 16, 16), (14, 15, 14)
 SPACING = (1.5, 1.5, 2.0)  # fixed voxel size (mm)
@@ -183,7 +183,7 @@ def _valid_keys(data: Path) -> dict[str, str]:
 
 def test_command_on_a_trained_run(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num_cases=4)
-    ini = write_config(tmp_path / "run.ini", data, Data=_valid_keys(data),
+    ini = write_config(tmp_path / "run.ini", data, Data=_valid_keys(data), Network=GLOBAL,
                        Train={"total_iterations": "2", "freq_model_save": "2"})
     result = train(config.load(ini), log=lambda line: None)
     # Validation at the checkpoint reports the gland / TRE medians and the former means.
