@@ -390,7 +390,6 @@ def test_two_phase_training_with_frozen_segmentations_on_a_half_grid(tmp_path, d
     assert any(not np.array_equal(first[name], last[name]) for name in local)
 
 
-
 def test_objectives_of_the_two_phases_with_frozen_and_unfrozen_segmentations(tmp_path, dataset):
     network, loss = HALF_GRID_NETWORK, TWO_PHASE_LOSS
     cfg = config.load(write_config(tmp_path / "run.ini", dataset, Network=network,
